@@ -1,0 +1,1 @@
+"""MISA (Mutual Information Regularized Offline RL) for TorchRL."""
