@@ -1,0 +1,381 @@
+"""Update-step throughput: MISALoss against TorchRL's CQLLoss on the same networks.
+
+One update = loss forward + backward + Adam step + target update
+(:class:`torchrl.objectives.SoftUpdate`), at the paper's settings: batch 256,
+256-256 networks, observation 17 / action 6, k = 50 MCMC samples, 5 burn-in
+steps, 2 leapfrog steps. Configurations:
+
+* ``misa``: eager; ``misa_compiled_sampler``: ``compile_sampler=True``;
+  with ``--compile`` also ``misa_compiled_update`` (the whole update under
+  :func:`torch.compile`);
+* ``cql10`` / ``cql50``: :class:`~torchrl.objectives.CQLLoss` with
+  ``num_random`` 10 and 50 (the authors' CQL setting), eager, plus compiled
+  versions with ``--compile``.
+
+With ``--cudagraphs`` (CUDA only) the compiled updates are also wrapped in
+:class:`tensordict.nn.CudaGraphModule`.
+
+Prints updates/s per configuration and the ratios of MISA to CQL, and writes
+``benchmarks/results/bench_update[_<tag>].json`` and ``.md``.
+
+Usage::
+
+    python benchmarks/bench_update.py                 # CPU, eager + compiled sampler
+    python benchmarks/bench_update.py --compile       # + fully compiled updates
+    python benchmarks/bench_update.py --device cuda --compile --cudagraphs
+    python benchmarks/bench_update.py --quick         # a few steps, to check it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch import nn
+
+from torchrl.data import Bounded
+from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
+from torchrl.modules import ValueOperator
+from torchrl.objectives import CQLLoss, SoftUpdate
+
+try:
+    from torchrl_misa import MISALoss
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from torchrl_misa import MISALoss
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {
+    "min_updates_per_s": 5.4,  # spec §6, 2-core CPU
+    "max_step_ratio_vs_cql10": 2.5,
+}
+
+
+def make_networks(obs_dim: int, act_dim: int, hidden: int, device: torch.device):
+    """Actor (ReLU MLP, TanhNormal) and critic (ELU MLP), as in the paper."""
+    actor_mlp = nn.Sequential(
+        MLP(
+            in_features=obs_dim,
+            out_features=2 * act_dim,
+            num_cells=[hidden, hidden],
+            activation_class=nn.ReLU,
+            device=device,
+        ),
+        NormalParamExtractor(),
+    )
+    actor = ProbabilisticActor(
+        TensorDictModule(actor_mlp, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        spec=Bounded(-1.0, 1.0, (act_dim,), device=device),
+        distribution_class=TanhNormal,
+    )
+    critic = ValueOperator(
+        MLP(
+            in_features=obs_dim + act_dim,
+            out_features=1,
+            num_cells=[hidden, hidden],
+            activation_class=nn.ELU,
+            device=device,
+        ),
+        in_keys=["observation", "action"],
+    )
+    return actor, critic
+
+
+def make_batches(n: int, batch: int, obs_dim: int, act_dim: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        done = torch.rand(batch, 1, generator=g) < 0.01
+        td = TensorDict(
+            {
+                "observation": torch.randn(batch, obs_dim, generator=g),
+                "action": (torch.rand(batch, act_dim, generator=g) * 2 - 1) * 0.999,
+                "next": {
+                    "observation": torch.randn(batch, obs_dim, generator=g),
+                    "reward": torch.randn(batch, 1, generator=g),
+                    "done": done,
+                    "terminated": done.clone(),
+                },
+            },
+            [batch],
+        )
+        out.append(td.to(device))
+    return out
+
+
+def make_update(loss_module, loss_keys, lrs, compile_update: bool, cudagraphs: bool):
+    """The update step: losses, backward, Adam, Polyak target update."""
+    groups = []
+    for prefix, lr in lrs.items():
+        params = [p for n, p in loss_module.named_parameters() if n.startswith(prefix)]
+        if params:
+            groups.append({"params": params, "lr": lr})
+    optim = torch.optim.Adam(groups, capturable=cudagraphs)
+    updater = SoftUpdate(loss_module, tau=5e-3)
+
+    def update(data):
+        out = loss_module(data)
+        total = sum(out[k] for k in loss_keys)
+        optim.zero_grad(set_to_none=False)
+        total.backward()
+        optim.step()
+        updater.step()
+        return total.detach()
+
+    if compile_update:
+        update = torch.compile(update)
+    if cudagraphs:
+        from tensordict.nn import CudaGraphModule
+
+        update = CudaGraphModule(update, warmup=5)
+    return update
+
+
+def time_update(update, batches, steps: int, warmup: int, device) -> dict:
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        update(batches[i % len(batches)])
+    sync()
+    warmup_s = time.perf_counter() - t0
+    times = []
+    for i in range(steps):
+        data = batches[i % len(batches)]
+        sync()
+        t = time.perf_counter()
+        update(data)
+        sync()
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    return {
+        "steps": steps,
+        "warmup_steps": warmup,
+        "warmup_s": warmup_s,
+        "median_step_ms": 1e3 * median,
+        "mean_step_ms": 1e3 * statistics.fmean(times),
+        "updates_per_s": 1.0 / median,
+    }
+
+
+def build_configs(args, device):
+    actor_lrs = {
+        "actor_network_params": 1e-4,
+        "qvalue_network_params": 3e-4,
+        "log_alpha": 1e-4,
+    }
+    cfgs = []
+
+    def misa(compile_sampler):
+        def make():
+            torch.manual_seed(0)
+            actor, critic = make_networks(
+                args.obs_dim, args.act_dim, args.hidden, device
+            )
+            return MISALoss(
+                actor,
+                critic,
+                num_mcmc_samples=args.k,
+                num_burnin=args.burnin,
+                num_leapfrog=args.leapfrog,
+                compile_sampler=compile_sampler,
+                validate_inputs=not (args.compile or args.cudagraphs),
+            )
+
+        return make
+
+    def cql(num_random):
+        def make():
+            torch.manual_seed(0)
+            actor, critic = make_networks(
+                args.obs_dim, args.act_dim, args.hidden, device
+            )
+            loss = CQLLoss(actor, critic, num_random=num_random, loss_function="l2")
+            loss.make_value_estimator(gamma=0.99)
+            return loss
+
+        return make
+
+    misa_keys = ("loss_actor", "loss_qvalue", "loss_alpha")
+    cql_keys = ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha")
+    cfgs.append(("misa", misa(False), misa_keys, False))
+    cfgs.append(("misa_compiled_sampler", misa(True), misa_keys, False))
+    if args.compile:
+        cfgs.append(("misa_compiled_update", misa(False), misa_keys, True))
+    for n in (10, 50):
+        cfgs.append((f"cql{n}", cql(n), cql_keys, False))
+        if args.compile:
+            cfgs.append((f"cql{n}_compiled_update", cql(n), cql_keys, True))
+    if args.only:
+        cfgs = [c for c in cfgs if c[0] in args.only]
+    return [(name, make, keys, comp, actor_lrs) for name, make, keys, comp in cfgs]
+
+
+def summarise(results: dict) -> dict:
+    """Ratios of each MISA configuration to CQL (matching compile mode when there)."""
+    summary = {}
+    for name, res in results.items():
+        if not name.startswith("misa"):
+            continue
+        suffix = "_compiled_update" if name.endswith("compiled_update") else ""
+        row = {"updates_per_s": res["updates_per_s"]}
+        for cql in ("cql10", "cql50"):
+            ref = results.get(cql + suffix) or results.get(cql)
+            if ref is not None:
+                row[f"step_ratio_vs_{cql}"] = (
+                    res["median_step_ms"] / ref["median_step_ms"]
+                )
+        row["meets_min_updates_per_s"] = (
+            res["updates_per_s"] >= TARGETS["min_updates_per_s"]
+        )
+        if "step_ratio_vs_cql50" in row:
+            row["faster_than_cql50"] = row["step_ratio_vs_cql50"] < 1.0
+        if "step_ratio_vs_cql10" in row:
+            row["within_2.5x_cql10"] = (
+                row["step_ratio_vs_cql10"] <= TARGETS["max_step_ratio_vs_cql10"]
+            )
+        summary[name] = row
+    return summary
+
+
+def write_markdown(path: Path, meta: dict, results: dict, summary: dict) -> None:
+    lines = [
+        "# Update-step throughput: MISALoss vs CQLLoss",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Device: {meta['device']} ({meta['cpu']}, {meta['threads']} threads), "
+        f"torch {meta['torch']}, load average at start {meta['loadavg']}  ",
+        f"Settings: batch {meta['batch']}, hidden {meta['hidden']}-{meta['hidden']}, "
+        f"obs {meta['obs_dim']} / act {meta['act_dim']}, k={meta['k']}, "
+        f"burn-in {meta['burnin']}, {meta['leapfrog']} leapfrog steps",
+        "",
+        "| configuration | median step (ms) | updates/s | steps | warm-up (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['median_step_ms']:.1f} | {r['updates_per_s']:.2f} | "
+            f"{r['steps']} | {r['warmup_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "| MISA configuration | updates/s | step / CQL(10) | step / CQL(50) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, s in summary.items():
+        r10 = s.get("step_ratio_vs_cql10", float("nan"))
+        r50 = s.get("step_ratio_vs_cql50", float("nan"))
+        lines.append(f"| {name} | {s['updates_per_s']:.2f} | {r10:.2f} | {r50:.2f} |")
+    lines += [
+        "",
+        f"Targets (2-core CPU): >= {TARGETS['min_updates_per_s']} updates/s, faster than "
+        f"CQL(50), step <= {TARGETS['max_step_ratio_vs_cql10']}x CQL(10).",
+    ]
+    if meta.get("note"):
+        lines += ["", meta["note"]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--compile", action="store_true", help="add fully compiled updates"
+    )
+    parser.add_argument(
+        "--cudagraphs", action="store_true", help="CUDA graphs (CUDA only)"
+    )
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="3 steps, 1 warm-up")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--obs-dim", type=int, default=17)
+    parser.add_argument("--act-dim", type=int, default=6)
+    parser.add_argument("--k", type=int, default=50)
+    parser.add_argument("--burnin", type=int, default=5)
+    parser.add_argument("--leapfrog", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--only", nargs="*", help="run only these configurations")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--note", default="", help="free text stored with the results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup = 3, 1
+    device = torch.device(args.device)
+    if args.cudagraphs and device.type != "cuda":
+        parser.error("--cudagraphs needs --device cuda")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="No target network updater")
+
+    batches = make_batches(8, args.batch, args.obs_dim, args.act_dim, device)
+    results = {}
+    for name, make, keys, compile_update, lrs in build_configs(args, device):
+        loss = make()
+        update = make_update(
+            loss, keys, lrs, compile_update or args.cudagraphs, args.cudagraphs
+        )
+        warmup = args.warmup + (3 if (compile_update or "compiled" in name) else 0)
+        res = time_update(update, batches, args.steps, warmup, device)
+        results[name] = res
+        print(
+            f"{name:28s} {res['median_step_ms']:8.1f} ms/step  "
+            f"{res['updates_per_s']:6.2f} updates/s  (warm-up {res['warmup_s']:.1f} s)",
+            flush=True,
+        )
+    summary = summarise(results)
+    for name, s in summary.items():
+        ratios = "  ".join(
+            f"{k}={v:.2f}" for k, v in s.items() if k.startswith("step_ratio")
+        )
+        print(f"{name}: {s['updates_per_s']:.2f} updates/s  {ratios}")
+
+    meta = {
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "device": (
+            str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
+        ),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "batch": args.batch,
+        "hidden": args.hidden,
+        "obs_dim": args.obs_dim,
+        "act_dim": args.act_dim,
+        "k": args.k,
+        "burnin": args.burnin,
+        "leapfrog": args.leapfrog,
+        "compile": args.compile,
+        "cudagraphs": args.cudagraphs,
+        "quick": args.quick,
+        "note": args.note,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "bench_update" + (f"_{args.tag}" if args.tag else "")
+    payload = {"meta": meta, "targets": TARGETS, "results": results, "summary": summary}
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_markdown(RESULTS / f"{stem}.md", meta, results, summary)
+    print(f"wrote {RESULTS / stem}.json and .md")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
