@@ -1,0 +1,74 @@
+"""Offline datasets for MISA, through TorchRL's dataset registry.
+
+``import torchrl_misa.data`` registers the ``"d4rl_file"`` prefix and points
+``"d4rl"`` to :class:`OfflineD4RLExperienceReplay` (TorchRL's D4RL class plus
+offline lookup and clear errors) in :func:`torchrl.data.datasets.load_dataset`.
+"""
+
+from torchrl.data.datasets import register_dataset
+
+from torchrl_misa.data.buffer import (
+    check_transitions,
+    load_offline_dataset,
+    make_offline_replay_buffer,
+)
+from torchrl_misa.data.d4rl import (
+    D4RLFileExperienceReplay,
+    DatasetUnavailableError,
+    DEMO_DATASET,
+    DEMO_DATASET_PATH,
+    OfflineD4RLExperienceReplay,
+)
+from torchrl_misa.data.envs import make_env, make_eval_env
+from torchrl_misa.data.hdf5 import (
+    DatasetFormatError,
+    read_metadata,
+    validate_d4rl_hdf5,
+    write_d4rl_hdf5,
+)
+from torchrl_misa.data.processing import (
+    action_clip_transform,
+    antmaze_reward_transform,
+    minmax_reward_transform,
+    obs_norm_transform,
+    observation_stats,
+)
+from torchrl_misa.data.scores import (
+    dataset_average_normalized_score,
+    dataset_episode_returns,
+    normalized_score,
+    reference_returns,
+)
+from torchrl_misa.data.tasks import D4RL_REF_RETURNS, dataset_env_id, task_family
+
+register_dataset("d4rl_file", D4RLFileExperienceReplay, replace=True)
+register_dataset("d4rl", OfflineD4RLExperienceReplay, replace=True)
+
+__all__ = [
+    "D4RL_REF_RETURNS",
+    "D4RLFileExperienceReplay",
+    "DEMO_DATASET",
+    "DEMO_DATASET_PATH",
+    "DatasetFormatError",
+    "DatasetUnavailableError",
+    "OfflineD4RLExperienceReplay",
+    "action_clip_transform",
+    "antmaze_reward_transform",
+    "check_transitions",
+    "dataset_average_normalized_score",
+    "dataset_env_id",
+    "dataset_episode_returns",
+    "load_offline_dataset",
+    "make_env",
+    "make_eval_env",
+    "make_offline_replay_buffer",
+    "minmax_reward_transform",
+    "normalized_score",
+    "obs_norm_transform",
+    "observation_stats",
+    "read_metadata",
+    "reference_returns",
+    "task_family",
+    "validate_d4rl_hdf5",
+    "write_d4rl_hdf5",
+]

@@ -1,0 +1,231 @@
+"""Reading, checking and writing D4RL-layout HDF5 files.
+
+A D4RL file holds one row per transition, in time order:
+
+==================== ============ ==================================================
+key                  shape        meaning
+==================== ============ ==================================================
+``observations``     ``[N, *obs]`` state ``s_t``
+``actions``          ``[N, *act]`` action ``a_t``, in ``[-1, 1]``
+``rewards``          ``[N]``       reward ``r_t``
+``terminals``        ``[N]``       ``s_{t+1}`` is terminal (no bootstrap)
+``timeouts``         ``[N]``       the episode was cut by a time limit after ``a_t``
+``next_observations`` ``[N, *obs]`` ``s_{t+1}`` (optional in D4RL, always written here)
+``infos/*``          ``[N, ...]``  optional per-step extras
+``metadata/*``       scalars       free-form description (task, returns, ...)
+==================== ============ ==================================================
+
+``h5py`` is imported lazily so that ``import torchrl_misa`` works without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+#: keys every D4RL-layout file must have
+REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
+#: keys that, when present, must have one row per transition
+ROW_KEYS = REQUIRED_KEYS + ("timeouts", "next_observations")
+#: keys whose values must all be finite
+FINITE_KEYS = ("observations", "actions", "rewards", "next_observations")
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file or buffer does not follow the D4RL layout or holds bad values."""
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as err:  # pragma: no cover - h5py is in the test extras
+        raise ImportError(
+            "Reading D4RL-layout files needs h5py: `pip install h5py`."
+        ) from err
+    return h5py
+
+
+def _check_finite(name: str, values: np.ndarray, where: str) -> None:
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        bad = np.argwhere(~np.isfinite(values))[0]
+        raise DatasetFormatError(
+            f"{where}: key '{name}' holds NaN or inf values (first at index "
+            f"{tuple(int(i) for i in bad)}). Remove or repair those rows."
+        )
+
+
+def validate_d4rl_hdf5(path: str | Path, *, check_values: bool = True) -> int:
+    """Checks that ``path`` is a readable D4RL-layout HDF5 file.
+
+    Args:
+        path: the file.
+        check_values: also refuse NaN/inf in the float arrays and actions
+            outside ``[-1, 1]`` (reads the whole file, in chunks).
+
+    Returns:
+        the number of transitions ``N``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DatasetFormatError: not HDF5, a required key is missing, rows do not
+            match, or values are bad; the message names the key.
+
+    Examples:
+        >>> import tempfile, numpy as np
+        >>> from torchrl_misa.data.hdf5 import write_d4rl_hdf5, validate_d4rl_hdf5
+        >>> n = 5
+        >>> data = dict(observations=np.zeros((n, 3), "f4"), actions=np.zeros((n, 1), "f4"),
+        ...             rewards=np.zeros(n, "f4"), terminals=np.zeros(n, bool),
+        ...             timeouts=np.eye(n, dtype=bool)[-1], next_observations=np.zeros((n, 3), "f4"))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = write_d4rl_hdf5(f"{d}/x.hdf5", data, {"env_id": "Pendulum-v1"})
+        ...     validate_d4rl_hdf5(f"{d}/x.hdf5")
+        5
+    """
+    h5py = _h5py()
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"Dataset file {path} does not exist.")
+    if not h5py.is_hdf5(path):
+        raise DatasetFormatError(
+            f"{path} is not an HDF5 file. A D4RL-layout file is HDF5 with the keys "
+            f"{', '.join(REQUIRED_KEYS)} (plus timeouts, next_observations)."
+        )
+    where = str(path)
+    with h5py.File(path, "r") as f:
+        for key in REQUIRED_KEYS:
+            if key not in f or not isinstance(f[key], h5py.Dataset):
+                raise DatasetFormatError(
+                    f"{where}: required key '{key}' is missing (found: "
+                    f"{sorted(f.keys())}). A D4RL-layout file needs "
+                    f"{', '.join(REQUIRED_KEYS)}."
+                )
+        n = f["observations"].shape[0] if f["observations"].ndim else 0
+        if n == 0:
+            raise DatasetFormatError(f"{where}: key 'observations' holds no rows.")
+        rows = {k: f[k] for k in ROW_KEYS if k in f}
+        if "infos" in f:
+            f["infos"].visititems(
+                lambda name, obj: (
+                    rows.__setitem__(f"infos/{name}", obj)
+                    if isinstance(obj, h5py.Dataset)
+                    else None
+                )
+            )
+        for key, ds in rows.items():
+            if ds.ndim == 0 or ds.shape[0] != n:
+                raise DatasetFormatError(
+                    f"{where}: key '{key}' has {ds.shape[0] if ds.ndim else 0} rows "
+                    f"but 'observations' has {n}: every per-step key needs one row per "
+                    "transition."
+                )
+        if "next_observations" in f and (
+            f["next_observations"].shape != f["observations"].shape
+        ):
+            raise DatasetFormatError(
+                f"{where}: key 'next_observations' has shape "
+                f"{f['next_observations'].shape}, 'observations' has "
+                f"{f['observations'].shape}."
+            )
+        if check_values:
+            chunk = 1 << 16
+            for key in FINITE_KEYS:
+                if key not in f:
+                    continue
+                for start in range(0, n, chunk):
+                    _check_finite(key, f[key][start : start + chunk], where)
+            for start in range(0, n, chunk):
+                check_action_bounds(f["actions"][start : start + chunk], where, start)
+    return n
+
+
+def check_action_bounds(
+    actions: np.ndarray, where: str, offset: int = 0, bound: float = 1.0
+) -> None:
+    """Raises :class:`DatasetFormatError` if any action is outside ``[-bound, bound]``."""
+    actions = np.asarray(actions)
+    bad = np.abs(actions) > bound
+    if bad.any():
+        idx = np.argwhere(bad)[0]
+        raise DatasetFormatError(
+            f"{where}: key 'actions' has values outside [-{bound}, {bound}] "
+            f"(e.g. {actions[tuple(idx)]!r} at row {int(idx[0]) + offset}, max |a| = "
+            f"{float(np.abs(actions).max()):.4g}). Offline datasets here store actions "
+            "scaled to [-1, 1]; rescale them with the env's action bounds first."
+        )
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Returns the file's ``metadata/*`` entries as python values (``{}`` if none).
+
+    Nested groups are flattened with ``/`` (``metadata/policy/x`` -> ``"policy/x"``).
+    """
+    h5py = _h5py()
+    out: dict[str, Any] = {}
+    with h5py.File(Path(path).expanduser(), "r") as f:
+        if "metadata" not in f:
+            return out
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = _to_python(obj[()])
+
+        f["metadata"].visititems(visit)
+    return out
+
+
+def _to_python(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "SO":
+            return [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_d4rl_hdf5(
+    path: str | Path,
+    data: Mapping[str, np.ndarray],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    infos: Mapping[str, np.ndarray] | None = None,
+) -> Path:
+    """Writes transitions in D4RL's layout (float32 arrays, bool flags).
+
+    Args:
+        path: destination; parent folders are created. Written to a temporary
+            name first and renamed, so a crash never leaves a half file.
+        data: ``observations``, ``actions``, ``rewards``, ``terminals``,
+            ``timeouts`` and ``next_observations`` (first dimension ``N``).
+        metadata: scalars or strings stored under ``metadata/<name>``.
+        infos: optional per-step arrays stored under ``infos/<name>``.
+
+    Returns:
+        the path written.
+    """
+    h5py = _h5py()
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    flags = ("terminals", "timeouts")
+    with h5py.File(tmp, "w") as f:
+        for key, value in data.items():
+            value = np.asarray(value)
+            if key in flags:
+                value = value.astype(bool)
+            elif np.issubdtype(value.dtype, np.floating):
+                value = value.astype(np.float32)
+            f.create_dataset(key, data=value, compression="gzip", compression_opts=4)
+        for key, value in (infos or {}).items():
+            f.create_dataset(f"infos/{key}", data=np.asarray(value))
+        for key, value in (metadata or {}).items():
+            if value is None:
+                continue
+            f[f"metadata/{key}"] = value
+    tmp.replace(path)
+    return path
