@@ -30,6 +30,7 @@ from torchrl_misa.data.processing import (
     action_clip_transform,
     antmaze_reward_transform,
     minmax_reward_transform,
+    obs_norm_from_state_dict,
     obs_norm_transform,
     observation_stats,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "make_offline_replay_buffer",
     "minmax_reward_transform",
     "normalized_score",
+    "obs_norm_from_state_dict",
     "obs_norm_transform",
     "observation_stats",
     "read_metadata",

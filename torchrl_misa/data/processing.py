@@ -110,3 +110,20 @@ def obs_norm_transform(
         in_keys=list(in_keys),
         standard_normal=True,
     )
+
+
+def obs_norm_from_state_dict(state: dict, in_keys=("observation",)) -> ObservationNorm:
+    """Rebuilds the normaliser saved with ``obs_norm.state_dict()`` (e.g. from a checkpoint).
+
+    Examples:
+        >>> import torch
+        >>> saved = obs_norm_transform(torch.tensor([1.0]), torch.tensor([2.0])).state_dict()
+        >>> t = obs_norm_from_state_dict(saved)
+        >>> t.loc, t.scale
+        (tensor([1.]), tensor([2.]))
+    """
+    norm = obs_norm_transform(
+        torch.zeros_like(state["loc"]), torch.ones_like(state["scale"]), in_keys
+    )
+    norm.load_state_dict(state)
+    return norm

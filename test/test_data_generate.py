@@ -1,0 +1,230 @@
+"""The dataset generator: D4RL recipes, metadata, loading back, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from tensordict import TensorDict
+
+from torchrl_misa.data import (
+    dataset_average_normalized_score,
+    dataset_env_id,
+    make_offline_replay_buffer,
+    normalized_score,
+    read_metadata,
+)
+from torchrl_misa.data.generate import generate, GenerateConfig, parse_args, RECIPES
+from torchrl_misa.data.sac_agent import SACAgent, SACConfig
+
+EPISODE = 50
+
+
+def tiny_config(out, **kw):
+    # MountainCarContinuous: an untrained deterministic policy (small actions)
+    # already beats uniform random actions (action cost), so the expert > random
+    # check holds at any budget; episodes cut at 50 steps
+    cfg = dict(
+        env_id="MountainCarContinuous-v0",
+        out=str(out),
+        max_episode_steps=EPISODE,
+        train_steps=400,
+        init_random_steps=200,
+        frames_per_batch=50,
+        eval_every=100,
+        eval_episodes=1,
+        final_eval_episodes=2,
+        dataset_steps=120,
+        checkpoint_every=100,
+        progress=False,
+        sac=SACConfig(hidden=16, batch_size=16),
+    )
+    cfg.update(kw)
+    return GenerateConfig(**cfg)
+
+
+def h5(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+
+
+def brute_force_returns(arrays):
+    returns, acc = [], 0.0
+    for r, term, out in zip(arrays["rewards"], arrays["terminals"], arrays["timeouts"]):
+        acc += float(r)
+        if term or out:
+            returns.append(acc)
+            acc = 0.0
+    return returns
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen")
+    cfg = tiny_config(out, recipes=RECIPES)
+    paths = generate(cfg, log=lambda *a: None)
+    return cfg, paths
+
+
+def test_recipes_files_and_metadata(generated):
+    cfg, paths = generated
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    assert set(paths) == set(RECIPES)
+    for recipe, path in paths.items():
+        meta = read_metadata(path)
+        arrays = h5(path)
+        assert meta["recipe"] == recipe and meta["env_id"] == cfg.env_id
+        assert meta["seed"] == cfg.seed
+        assert meta["random_return"] == pytest.approx(summary["random_return"])
+        assert meta["expert_return"] == pytest.approx(summary["expert_return"])
+        assert meta["expert_return"] > meta["random_return"]
+        returns = brute_force_returns(arrays)
+        assert meta["dataset_episodes"] == len(returns)
+        assert meta["dataset_return_mean"] == pytest.approx(np.mean(returns), rel=1e-5)
+        # whole episodes of at most EPISODE steps; a time limit only at exactly EPISODE steps
+        ends = arrays["terminals"] | arrays["timeouts"]
+        assert ends[-1] and not (arrays["terminals"] & arrays["timeouts"]).any()
+        starts = np.r_[0, np.flatnonzero(ends)[:-1] + 1]
+        lengths = np.flatnonzero(ends) + 1 - starts
+        assert lengths.max() <= EPISODE
+        np.testing.assert_array_equal(lengths[arrays["timeouts"][ends]], EPISODE)
+        # inside episodes next_observations[t] == observations[t + 1]
+        inside = ~ends[:-1]
+        np.testing.assert_array_equal(
+            arrays["next_observations"][:-1][inside], arrays["observations"][1:][inside]
+        )
+        assert np.abs(arrays["actions"]).max() <= 1.0
+        if recipe in ("random", "medium", "expert"):
+            assert len(arrays["rewards"]) >= cfg.dataset_steps
+        if recipe != "random":
+            assert meta["policy_checkpoint"]
+        assert dataset_env_id(path) == cfg.env_id
+        avg = dataset_average_normalized_score(path)
+        lo, hi = meta["random_return"], meta["expert_return"]
+        assert avg == pytest.approx(
+            np.mean([100 * (g - lo) / (hi - lo) for g in returns])
+        )
+
+
+def test_medium_policy_choice(generated):
+    cfg, paths = generated
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    lo, hi = summary["random_return"], summary["expert_return"]
+    threshold = lo + (hi - lo) / 3
+    assert summary["medium_threshold"] == pytest.approx(threshold)
+    evals = summary["evals"]
+    first = next(s for s, r in evals if r >= threshold)
+    assert summary["medium_step"] == first
+    assert all(r < threshold for s, r in evals if s < first)
+
+
+def test_medium_replay_is_the_training_buffer_prefix(generated):
+    cfg, paths = generated
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    arrays = h5(paths["medium-replay"])
+    buf = TensorDict.load_memmap(cfg.run_dir / "training_buffer")
+    n = len(arrays["rewards"])
+    # ends at the first episode end at or after the medium step
+    done = buf["next", "done"].reshape(-1).numpy()
+    expected_n = (
+        summary["medium_step"]
+        - 1
+        + np.flatnonzero(done[summary["medium_step"] - 1 :])[0]
+        + 1
+    )
+    assert n == expected_n
+    np.testing.assert_array_equal(
+        arrays["observations"], buf["observation"][:n].numpy()
+    )
+    np.testing.assert_array_equal(arrays["actions"], buf["action"][:n].numpy())
+    np.testing.assert_array_equal(
+        arrays["rewards"], buf["next", "reward"][:n, 0].numpy()
+    )
+
+
+def test_medium_expert_is_medium_then_expert(generated):
+    cfg, paths = generated
+    me, m, e = (h5(paths[r]) for r in ("medium-expert", "medium", "expert"))
+    for key in (
+        "observations",
+        "actions",
+        "rewards",
+        "terminals",
+        "timeouts",
+        "next_observations",
+    ):
+        np.testing.assert_array_equal(me[key], np.concatenate([m[key], e[key]]))
+
+
+def test_generated_file_through_the_entry_point(generated, tmp_path):
+    cfg, paths = generated
+    path = paths["medium-replay"]
+    arrays = h5(path)
+    rb = make_offline_replay_buffer(
+        f"d4rl_file:{path}", 32, root=tmp_path, clip_actions=None
+    )
+    data = rb.storage._storage
+    term, trunc = arrays["terminals"], arrays["timeouts"]
+    assert len(rb) == len(arrays["rewards"])
+    np.testing.assert_array_equal(data["observation"].numpy(), arrays["observations"])
+    np.testing.assert_array_equal(data["action"].numpy(), arrays["actions"])
+    np.testing.assert_array_equal(
+        data["next", "reward"].numpy()[:, 0], arrays["rewards"]
+    )
+    np.testing.assert_array_equal(data["next", "terminated"].numpy()[:, 0], term)
+    np.testing.assert_array_equal(data["next", "truncated"].numpy()[:, 0], trunc)
+    np.testing.assert_array_equal(data["next", "done"].numpy()[:, 0], term | trunc)
+    np.testing.assert_array_equal(
+        data["next", "observation"].numpy()[~term], arrays["next_observations"][~term]
+    )
+    meta = read_metadata(path)
+    ret = 0.5 * (meta["random_return"] + meta["expert_return"])
+    assert normalized_score(rb, ret) == pytest.approx(50.0)
+
+
+def test_existing_files_are_kept(generated):
+    cfg, paths = generated
+    before = paths["random"].stat().st_mtime_ns
+    logs = []
+    generate(cfg, log=logs.append)
+    assert paths["random"].stat().st_mtime_ns == before
+    assert any("training already done" in line for line in logs)
+
+
+def test_interrupted_run_resumes(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, recipes=("medium-replay",))
+    calls = {"n": 0}
+    original = SACAgent.update
+
+    def crash_after_100(self, batch):
+        calls["n"] += 1
+        if calls["n"] > 100:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(SACAgent, "update", crash_after_100)
+    with pytest.raises(KeyboardInterrupt):
+        generate(cfg, log=lambda *a: None)
+    state = cfg.run_dir / "state"
+    assert (state / "state.pt").exists() and not (cfg.run_dir / "summary.json").exists()
+    monkeypatch.setattr(SACAgent, "update", original)
+    logs = []
+    paths = generate(cfg, log=logs.append)
+    assert any(line.startswith("resuming") for line in logs)
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    steps = [s for s, _ in summary["evals"]]
+    assert steps == sorted(set(steps)) and steps[-1] == cfg.train_steps
+    buf = TensorDict.load_memmap(cfg.run_dir / "training_buffer")
+    assert buf.shape[0] == cfg.train_steps
+    assert paths["medium-replay"].exists()
+
+
+def test_command_line():
+    cfg = parse_args(
+        "--env Hopper-v5 --recipes medium-replay expert --train-steps 1000 --out x --hidden 64".split()
+    )
+    assert cfg.env_id == "Hopper-v5" and cfg.recipes == ("medium-replay", "expert")
+    assert cfg.train_steps == 1000 and cfg.sac.hidden == 64
+    assert str(cfg.dataset_path("medium-replay")) == "x/hopper-medium-replay-v0.hdf5"

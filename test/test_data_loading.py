@@ -1,0 +1,305 @@
+"""Loading offline datasets: local D4RL-layout files, D4RL ids offline, Minari, bad files."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data.datasets import load_dataset
+from torchrl.data.datasets.d4rl import D4RLExperienceReplay
+from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
+
+import torchrl_misa  # noqa: F401  (registers the prefixes)
+from torchrl_misa.data import (
+    check_transitions,
+    D4RLFileExperienceReplay,
+    DatasetFormatError,
+    DatasetUnavailableError,
+    make_env,
+    make_offline_replay_buffer,
+    write_d4rl_hdf5,
+)
+from torchrl_misa.data.generate import collect_episodes, to_d4rl_arrays
+
+KEYS = [
+    "observation",
+    "action",
+    ("next", "observation"),
+    ("next", "reward"),
+    ("next", "done"),
+    ("next", "terminated"),
+    ("next", "truncated"),
+]
+
+
+def toy_arrays(n=40, obs_dim=3, act_dim=2, seed=0, episode=10):
+    """Random transitions with a terminal at row 4 and time limits every ``episode`` rows."""
+    rng = np.random.default_rng(seed)
+    terminals = np.zeros(n, bool)
+    terminals[4] = True
+    timeouts = (np.arange(n) % episode == episode - 1) & ~terminals
+    return dict(
+        observations=rng.normal(size=(n, obs_dim)).astype("f4"),
+        actions=rng.uniform(-1, 1, (n, act_dim)).astype("f4"),
+        rewards=rng.normal(size=n).astype("f4"),
+        terminals=terminals,
+        timeouts=timeouts,
+        next_observations=rng.normal(size=(n, obs_dim)).astype("f4"),
+    )
+
+
+def read_h5(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+
+
+def check_storage_matches_file(rb, arrays):
+    """Every stored transition equals the file's row, flags and boundaries included."""
+    data = rb.storage._storage
+    n = len(arrays["rewards"])
+    assert len(rb) == n
+    term = arrays["terminals"].astype(bool)
+    trunc = arrays["timeouts"].astype(bool)
+    np.testing.assert_array_equal(data["observation"].numpy(), arrays["observations"])
+    np.testing.assert_array_equal(data["action"].numpy(), arrays["actions"])
+    np.testing.assert_array_equal(
+        data["next", "reward"].numpy()[:, 0], arrays["rewards"]
+    )
+    np.testing.assert_array_equal(data["next", "terminated"].numpy()[:, 0], term)
+    np.testing.assert_array_equal(data["next", "truncated"].numpy()[:, 0], trunc)
+    np.testing.assert_array_equal(data["next", "done"].numpy()[:, 0], term | trunc)
+    next_obs = data["next", "observation"].numpy()
+    # a terminal next state is never used (no bootstrap): TorchRL zeroes it
+    np.testing.assert_array_equal(next_obs[term], 0 * arrays["next_observations"][term])
+    np.testing.assert_array_equal(next_obs[~term], arrays["next_observations"][~term])
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection raises."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
+
+
+def test_handmade_file_roundtrip(tmp_path):
+    arrays = toy_arrays()
+    path = write_d4rl_hdf5(tmp_path / "toy.hdf5", arrays, {"env_id": "Pendulum-v1"})
+    rb = load_dataset(f"d4rl_file:{path}", batch_size=16, root=tmp_path / "cache")
+    assert isinstance(rb, D4RLExperienceReplay)
+    check_storage_matches_file(rb, read_h5(path))
+    # second load comes from the memory-mapped cache and is the same
+    again = load_dataset(f"d4rl_file:{path}", batch_size=16, root=tmp_path / "cache")
+    check_storage_matches_file(again, read_h5(path))
+
+
+def test_episode_boundaries_from_a_terminating_env(tmp_path):
+    # Hopper falls (terminated) and is cut at 30 steps (truncated): both kinds of ends
+    env_fn = lambda: make_env("Hopper-v5", max_episode_steps=30)  # noqa: E731
+    td = collect_episodes(env_fn, None, 300, seed=0)
+    arrays = to_d4rl_arrays(td)
+    assert arrays["terminals"].any() and arrays["timeouts"].any()
+    assert not (arrays["terminals"] & arrays["timeouts"]).any()
+    ends = arrays["terminals"] | arrays["timeouts"]
+    assert ends[-1]
+    # within an episode the next observation is the following row's observation
+    inside = ~ends[:-1]
+    np.testing.assert_array_equal(
+        arrays["next_observations"][:-1][inside], arrays["observations"][1:][inside]
+    )
+    # episode lengths: at most 30, exactly 30 when cut by the time limit
+    starts = np.r_[0, np.flatnonzero(ends)[:-1] + 1]
+    lengths = np.flatnonzero(ends) + 1 - starts
+    assert lengths.max() <= 30
+    np.testing.assert_array_equal(lengths[arrays["timeouts"][ends]], 30)
+    path = write_d4rl_hdf5(tmp_path / "hop.hdf5", arrays, {"env_id": "Hopper-v5"})
+    rb = make_offline_replay_buffer(path, 64, root=tmp_path / "c", clip_actions=None)
+    check_storage_matches_file(rb, read_h5(path))
+
+
+def test_samples_keys_shapes_and_values(tmp_path):
+    arrays = toy_arrays(n=50, obs_dim=4, act_dim=3)
+    arrays["actions"][:3] = [
+        [1.0, -1.0, 0.9995]
+    ] * 3  # on the bound: allowed, then clipped
+    path = write_d4rl_hdf5(tmp_path / "toy.hdf5", arrays, {"env_id": "Pendulum-v1"})
+    rb = make_offline_replay_buffer(str(path), 32, root=tmp_path / "c")
+    batch, info = rb.sample(return_info=True)
+    idx = info["index"]
+    idx = idx.numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
+    for key in KEYS:
+        assert key in batch.keys(True), key
+    assert (
+        batch["observation"].shape == (32, 4)
+        and batch["observation"].dtype == torch.float32
+    )
+    assert batch["action"].shape == (32, 3)
+    for key in ("reward", "done", "terminated", "truncated"):
+        assert batch["next", key].shape == (32, 1)
+    assert batch["next", "done"].dtype == torch.bool
+    np.testing.assert_array_equal(
+        batch["observation"].numpy(), arrays["observations"][idx]
+    )
+    np.testing.assert_allclose(
+        batch["action"].numpy(), np.clip(arrays["actions"][idx], -0.999, 0.999)
+    )
+    np.testing.assert_array_equal(
+        batch["next", "reward"].numpy()[:, 0], arrays["rewards"][idx]
+    )
+    done = arrays["terminals"] | arrays["timeouts"]
+    np.testing.assert_array_equal(batch["next", "done"].numpy()[:, 0], done[idx])
+
+
+def test_plain_path_and_prefix_are_the_same(tmp_path):
+    path = write_d4rl_hdf5(tmp_path / "toy.hdf5", toy_arrays(), {})
+    a = make_offline_replay_buffer(str(path), 4, root=tmp_path / "c")
+    b = make_offline_replay_buffer(f"d4rl_file:{path}", 4, root=tmp_path / "c")
+    assert (a.storage._storage == b.storage._storage).all()
+
+
+def _d4rl_folder_file(tmp_path, monkeypatch, dataset_id, arrays):
+    """Places a D4RL-layout file where D4RL itself keeps ``dataset_id``."""
+    d4rl_dir = tmp_path / "d4rl_datasets"
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(d4rl_dir))
+    name = Path(urllib.request.urlparse(D4RL_DATASETS[dataset_id]).path).name
+    return write_d4rl_hdf5(d4rl_dir / name, arrays, {})
+
+
+def test_d4rl_id_offline_from_d4rl_folder_then_cache(tmp_path, monkeypatch, no_network):
+    arrays = toy_arrays(n=30, obs_dim=11, act_dim=3)
+    raw = _d4rl_folder_file(tmp_path, monkeypatch, "hopper-medium-v2", arrays)
+    root = tmp_path / "torchrl_cache"
+    rb = load_dataset("d4rl:hopper-medium-v2", batch_size=8, root=root)
+    check_storage_matches_file(rb, arrays)
+    assert (root / "hopper-medium-v2").is_dir()
+    raw.unlink()  # now only TorchRL's cache is left
+    rb = make_offline_replay_buffer("hopper-medium-v2", 8, root=root)
+    check_storage_matches_file(rb, arrays)
+    assert rb.sample()["observation"].shape == (8, 11)
+
+
+def test_d4rl_id_no_cache_no_network(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "empty"))
+    start = time.monotonic()
+    with pytest.raises(DatasetUnavailableError) as err:
+        make_offline_replay_buffer("halfcheetah-medium-v2", 8, root=tmp_path / "c")
+    msg = str(err.value)
+    assert "not found" in msg and "d4rl_file:" in msg and "demo" in msg
+    assert "halfcheetah_medium-v2.hdf5" in msg  # says which file to bring
+    assert (
+        time.monotonic() - start < 60
+    )  # no long hang (loose bound, not a timing test)
+    with pytest.raises(DatasetUnavailableError):
+        load_dataset("d4rl:halfcheetah-medium-v2", batch_size=8, root=tmp_path / "c")
+
+
+def test_unknown_d4rl_id(tmp_path):
+    with pytest.raises(KeyError, match="halfcheetah-medium-v2"):
+        make_offline_replay_buffer("halfcheetah-medum-v2", 8, root=tmp_path)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("minari") is not None, reason="minari installed"
+)
+def test_minari_missing_package(tmp_path):
+    with pytest.raises(ImportError, match="pip install minari") as err:
+        make_offline_replay_buffer("minari:mujoco/hopper/medium-v0", 8, root=tmp_path)
+    assert "d4rl_file:" in str(err.value)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("minari") is None, reason="minari not installed"
+)
+def test_minari_offline_without_local_copy(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    with pytest.raises(DatasetUnavailableError, match="minari download"):
+        make_offline_replay_buffer("minari:mujoco/hopper/medium-v0", 8, root=tmp_path)
+
+
+# -- bad files ---------------------------------------------------------------
+@pytest.mark.parametrize("key", ["observations", "actions", "rewards", "terminals"])
+def test_missing_key_refused(tmp_path, key):
+    arrays = toy_arrays()
+    del arrays[key]
+    path = write_d4rl_hdf5(tmp_path / "bad.hdf5", arrays, {})
+    with pytest.raises(DatasetFormatError, match=f"'{key}' is missing"):
+        load_dataset(f"d4rl_file:{path}", batch_size=4, root=tmp_path / "c")
+
+
+@pytest.mark.parametrize("key", ["rewards", "timeouts", "next_observations", "actions"])
+def test_length_mismatch_refused(tmp_path, key):
+    arrays = toy_arrays()
+    arrays[key] = arrays[key][:-3]
+    path = write_d4rl_hdf5(tmp_path / "bad.hdf5", arrays, {})
+    with pytest.raises(DatasetFormatError, match=f"'{key}' has 37 rows"):
+        make_offline_replay_buffer(path, 4, root=tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("observations", np.nan),
+        ("rewards", np.inf),
+        ("next_observations", -np.inf),
+        ("actions", np.nan),
+    ],
+)
+def test_non_finite_refused(tmp_path, key, value):
+    arrays = toy_arrays()
+    arrays[key][7] = value
+    path = write_d4rl_hdf5(tmp_path / "bad.hdf5", arrays, {})
+    with pytest.raises(DatasetFormatError, match=f"'{key}' holds NaN or inf"):
+        make_offline_replay_buffer(path, 4, root=tmp_path / "c")
+
+
+def test_out_of_bound_actions_refused(tmp_path):
+    arrays = toy_arrays()
+    arrays["actions"][5, 1] = 1.5
+    path = write_d4rl_hdf5(tmp_path / "bad.hdf5", arrays, {})
+    with pytest.raises(
+        DatasetFormatError, match=r"'actions' has values outside \[-1.0, 1.0\].*row 5"
+    ):
+        make_offline_replay_buffer(path, 4, root=tmp_path / "c")
+
+
+def test_not_hdf5_and_missing_file_refused(tmp_path):
+    path = tmp_path / "notes.hdf5"
+    path.write_text("observations,actions\n1,2\n")
+    with pytest.raises(DatasetFormatError, match="not an HDF5 file"):
+        load_dataset(f"d4rl_file:{path}", batch_size=4, root=tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        D4RLFileExperienceReplay(tmp_path / "nope.hdf5", 4, root=tmp_path / "c")
+
+
+def test_check_transitions_on_buffers():
+    n = 6
+    td = TensorDict(
+        {
+            "observation": torch.zeros(n, 2),
+            "action": torch.zeros(n, 1),
+            "next": {"observation": torch.zeros(n, 2), "reward": torch.zeros(n, 1)},
+        },
+        [n],
+    )
+    check_transitions(td, "ok")
+    bad = td.clone()
+    bad["next", "reward"][2] = float("nan")
+    with pytest.raises(DatasetFormatError, match="'next', 'reward'"):
+        check_transitions(bad, "buf")
+    bad = td.clone()
+    bad["action"][1] = -1.01
+    with pytest.raises(DatasetFormatError, match="outside"):
+        check_transitions(bad, "buf")
