@@ -1,0 +1,37 @@
+"""Leapfrog (velocity Verlet) integration of Hamiltonian dynamics, unit mass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+
+def leapfrog(
+    position: Tensor,
+    momentum: Tensor,
+    grad: Tensor,
+    step_size: Tensor,
+    num_steps: int,
+    value_and_grad_fn: Callable[[Tensor], tuple[Tensor, Tensor]],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Integrates ``num_steps`` leapfrog steps for all chains at once.
+
+    Args:
+        position, momentum, grad: ``[*batch, d]``; ``grad`` is that of the log
+            density at ``position`` (the potential is ``-log_prob``).
+        step_size: broadcastable to ``[*batch, d]``.
+        num_steps: number of leapfrog steps (one gradient evaluation each).
+        value_and_grad_fn: ``position -> (log_prob, grad)``.
+
+    Returns:
+        the new position, momentum, log density and gradient.
+    """
+    momentum = momentum + 0.5 * step_size * grad
+    for i in range(num_steps):
+        position = position + step_size * momentum
+        log_prob, grad = value_and_grad_fn(position)
+        # Full momentum steps in between, half a step at the end.
+        scale = 0.5 if i == num_steps - 1 else 1.0
+        momentum = momentum + scale * step_size * grad
+    return position, momentum, log_prob, grad

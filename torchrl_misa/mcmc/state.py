@@ -1,0 +1,66 @@
+"""The HMC chain state and the log-density evaluation it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor
+
+LogProbFn = Callable[[Tensor], Tensor]
+
+
+def value_and_grad(log_prob_fn: LogProbFn, position: Tensor) -> tuple[Tensor, Tensor]:
+    """``log_prob_fn(position)`` and its gradient w.r.t. ``position`` only.
+
+    ``torch.autograd.grad`` with ``inputs=position`` leaves the ``.grad`` of any
+    parameter inside ``log_prob_fn`` untouched, and the detached copy keeps the
+    caller's graph out of it. Works under an outer ``torch.no_grad()``.
+    Non-finite log-densities or gradients are returned as ``-inf`` / zeros so
+    that the kernel rejects them instead of propagating NaNs.
+    """
+    with torch.enable_grad():
+        x = position.detach().requires_grad_(True)
+        log_prob = log_prob_fn(x)
+        if log_prob.shape != position.shape[:-1]:
+            raise ValueError(
+                f"log_prob_fn must map positions of shape {tuple(position.shape)} to "
+                f"{tuple(position.shape[:-1])}, got {tuple(log_prob.shape)}."
+            )
+        (grad,) = torch.autograd.grad(log_prob.sum(), x, allow_unused=True)
+    if grad is None:  # a log density that does not depend on the position
+        grad = torch.zeros_like(position)
+    return _sanitize(log_prob.detach(), grad.detach())
+
+
+def functional_value_and_grad(log_prob_fn: LogProbFn) -> Callable:
+    """A ``torch.func`` version of :func:`value_and_grad`, traceable by ``torch.compile``."""
+
+    def summed(x):
+        log_prob = log_prob_fn(x)
+        return log_prob.sum(), log_prob
+
+    grad_fn = torch.func.grad_and_value(summed, has_aux=True)
+
+    def fn(position: Tensor) -> tuple[Tensor, Tensor]:
+        grad, (_, log_prob) = grad_fn(position)
+        return _sanitize(log_prob.detach(), grad.detach())
+
+    return fn
+
+
+def _sanitize(log_prob: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    finite = torch.isfinite(log_prob) & torch.isfinite(grad).all(-1)
+    log_prob = torch.where(finite, log_prob, torch.full_like(log_prob, -torch.inf))
+    grad = torch.where(finite.unsqueeze(-1), grad, torch.zeros_like(grad))
+    return log_prob, grad
+
+
+def init_state(position: Tensor, value_and_grad_fn: Callable) -> TensorDict:
+    """Chain state ``{"position", "log_prob", "grad"}`` with batch size ``position.shape[:-1]``."""
+    log_prob, grad = value_and_grad_fn(position)
+    return TensorDict(
+        {"position": position.detach(), "log_prob": log_prob, "grad": grad},
+        batch_size=position.shape[:-1],
+    )
