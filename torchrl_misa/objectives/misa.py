@@ -982,6 +982,11 @@ def _check_options(
     ):
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    if num_mcmc_samples % num_chains:
+        raise ValueError(
+            f"num_mcmc_samples ({num_mcmc_samples}) counts the samples of all chains "
+            f"together and must be divisible by num_chains ({num_chains})."
+        )
     if num_policy_samples is not None and (
         int(num_policy_samples) != num_policy_samples or num_policy_samples < 1
     ):
