@@ -51,13 +51,16 @@ def hmc_sample(
             (must be divisible by ``num_chains``).
         num_burnin: transitions discarded before keeping samples. Default 5.
         num_leapfrog: leapfrog steps per transition. Default 2.
-        step_size: initial leapfrog step size. Default 1.0.
+        step_size: initial leapfrog step size: a float, or a tensor broadcastable
+            to ``batch`` (one per batch element, shared by its chains). Default 1.0.
         num_adaptation_steps: burn-in transitions during which the step size
             is adapted. Defaults to ``num_burnin - 1`` (4 of 5, as TFP's
             ``int(0.8 * num_burnin)``); at most ``num_burnin``.
         target_accept: acceptance probability the adaptation aims at. Default 0.75.
-        adaptation_rate: the step size is multiplied by ``1 + rate`` or
-            ``1 - rate`` after each adaptation step. Default 0.1.
+        adaptation_rate: after each adaptation step the step size is
+            multiplied by ``1 + rate`` where the acceptance probability exceeded
+            ``target_accept`` and divided by ``1 + rate`` elsewhere (TFP's
+            ``SimpleStepSizeAdaptation`` rule). Default 0.1.
         shared_step_size: one step size for the whole batch, adapted on the
             mean acceptance (TFP's behaviour with a scalar step size), instead
             of one per chain. Default ``False``.
@@ -66,9 +69,10 @@ def hmc_sample(
         scale: diagonal preconditioner ``[*batch, d]`` (positive): chains move in
             ``z = position / scale``, i.e. a mass matrix ``diag(scale ** -2)``.
         generator: random generator for momenta and accept draws.
-        compile: run each transition through ``torch.compile`` (gradients via
-            ``torch.func``); compiled transitions are cached by ``log_prob_fn``'s
-            code, so closures re-created with same-shaped tensors reuse them.
+        compile: run each transition through ``torch.compile``, gradients via
+            ``torch.func.grad_and_value``. The first call compiles (tens of
+            seconds); later calls with the same shapes, even with a new closure
+            over the same modules, reuse the compiled graph.
 
     Returns:
         ``samples [num_samples, *batch, d]`` (detached; chains concatenated along
@@ -108,12 +112,12 @@ def hmc_sample(
 
     if compile:
         vg_fn = functional_value_and_grad(target_fn)
-        step_fn = _compiled_step(log_prob_fn, num_leapfrog)
+        step_fn = _compiled_step()
     else:
         vg_fn = functools.partial(value_and_grad, target_fn)
         step_fn = hmc_step
     state = init_state(position.contiguous(), vg_fn)
-    step = _initial_step_size(step_size, shared_step_size, chain_batch, position)
+    step = _initial_step_size(step_size, shared_step_size, batch, chain_batch, position)
 
     kept, accepted_kept, accepted_burnin = [], 0, 0
     divergent = torch.zeros(chain_batch, dtype=torch.long, device=position.device)
@@ -180,30 +184,46 @@ def _chain_mean(x, chain_dims, batch, like: Tensor) -> Tensor:
     return x.expand(batch).clone()
 
 
-_COMPILED_STEPS: dict = {}
+_COMPILED_STEP = None
 
 
-def _compiled_step(log_prob_fn: LogProbFn, num_leapfrog: int):
-    key = (getattr(log_prob_fn, "__code__", None) or id(log_prob_fn), num_leapfrog)
-    if key not in _COMPILED_STEPS:
-        _COMPILED_STEPS[key] = torch.compile(hmc_step, dynamic=False)
-    return _COMPILED_STEPS[key]
+def _compiled_step():
+    """``hmc_step`` under ``torch.compile``, created once per process.
+
+    Dynamo caches compiled graphs per code object and guards on shapes, dtypes
+    and the code of the functions passed in, not on their identity: a fresh
+    closure over the same modules and same-shaped tensors (a new training
+    batch) reuses the compiled graph; a new shape compiles a new one.
+    """
+    global _COMPILED_STEP
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(hmc_step, dynamic=False)
+    return _COMPILED_STEP
 
 
-def _initial_step_size(step_size, shared: bool, chain_batch, like: Tensor) -> Tensor:
-    step = torch.as_tensor(step_size, dtype=like.dtype, device=like.device)
-    if not torch.all(step > 0):
-        raise ValueError(f"step_size must be positive, got {step_size}.")
+def _initial_step_size(step_size, shared: bool, batch, chain_batch, like: Tensor):
+    """A 0-d shared step size, or one per chain of shape ``[*chain_batch, 1]``."""
+    step = torch.as_tensor(step_size, dtype=like.dtype, device=like.device).detach()
+    if not (torch.isfinite(step).all() and (step > 0).all()):
+        raise ValueError(f"step_size must be finite and positive, got {step_size}.")
     if shared:
         if step.numel() != 1:
-            raise ValueError("shared_step_size=True needs a scalar step_size.")
+            raise ValueError(
+                "shared_step_size=True needs a scalar step_size, got shape "
+                f"{tuple(step.shape)}."
+            )
         return step.reshape(())
+    if step.ndim > len(batch):
+        raise ValueError(
+            f"step_size must be a scalar or broadcast to the batch shape {tuple(batch)}, "
+            f"got shape {tuple(step.shape)}."
+        )
     try:
-        return step.expand(*chain_batch, 1).clone()
+        return step.expand(batch).expand(chain_batch).unsqueeze(-1).clone()
     except RuntimeError:
         raise ValueError(
-            f"step_size of shape {tuple(step.shape)} does not broadcast to the chains' "
-            f"shape {(*chain_batch, 1)}."
+            f"step_size of shape {tuple(step.shape)} does not broadcast to the batch "
+            f"shape {tuple(batch)}."
         ) from None
 
 
