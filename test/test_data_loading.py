@@ -223,10 +223,57 @@ def test_minari_missing_package(tmp_path):
 @pytest.mark.skipif(
     importlib.util.find_spec("minari") is None, reason="minari not installed"
 )
-def test_minari_offline_without_local_copy(tmp_path, monkeypatch, no_network):
+def test_minari_offline(tmp_path, monkeypatch, no_network):
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     with pytest.raises(DatasetUnavailableError, match="minari download"):
         make_offline_replay_buffer("minari:mujoco/hopper/medium-v0", 8, root=tmp_path)
+
+    # a dataset in Minari's local folder loads with no network
+    rng = np.random.default_rng(0)
+    episodes = []
+    for ep, (steps, terminal) in enumerate([(5, True), (7, False)]):
+        end = np.eye(steps, dtype=bool)[-1]
+        never = np.zeros(steps, bool)
+        episodes.append(
+            EpisodeBuffer(
+                id=ep,
+                observations=rng.normal(size=(steps + 1, 3)).astype("f4"),
+                actions=rng.uniform(-1, 1, (steps, 1)).astype("f4"),
+                rewards=rng.normal(size=steps),
+                terminations=end if terminal else never,
+                truncations=never if terminal else end,
+                infos={},
+            )
+        )
+    with pytest.warns(UserWarning):  # minari asks for an author, a code link...
+        minari.create_dataset_from_buffers(
+            "toy/pendulum/random-v0", episodes, env="Pendulum-v1", description="toy"
+        )
+    rb = make_offline_replay_buffer(
+        "minari:toy/pendulum/random-v0", 4, root=tmp_path / "cache", clip_actions=None
+    )
+    data = rb.storage._storage
+    obs = np.concatenate([e.observations[:-1] for e in episodes])
+    next_obs = np.concatenate([e.observations[1:] for e in episodes])
+    np.testing.assert_array_equal(data["observation"].numpy(), obs)
+    np.testing.assert_array_equal(data["next", "observation"].numpy(), next_obs)
+    np.testing.assert_array_equal(
+        data["action"].numpy(), np.concatenate([e.actions for e in episodes])
+    )
+    np.testing.assert_allclose(
+        data["next", "reward"].numpy()[:, 0],
+        np.concatenate([e.rewards for e in episodes]),
+    )
+    done = np.zeros(12, bool)
+    done[[4, 11]] = True
+    np.testing.assert_array_equal(data["next", "done"].numpy()[:, 0], done)
+    np.testing.assert_array_equal(
+        data["next", "terminated"].numpy()[:, 0], np.eye(12, dtype=bool)[4]
+    )
+    assert rb.sample()["next", "reward"].dtype == torch.float32
 
 
 # -- bad files ---------------------------------------------------------------

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import torch
 from tensordict import TensorDictBase
 from torchrl.data.datasets import load_dataset
 from torchrl.data.replay_buffers import ReplayBuffer
-from torchrl.envs.transforms import DeviceCastTransform
+from torchrl.envs.transforms import DeviceCastTransform, DoubleToFloat
 
-from torchrl_misa.data.d4rl import _network_error, DatasetUnavailableError, DEMO_DATASET
 from torchrl_misa.data.hdf5 import DatasetFormatError
+from torchrl_misa.data.minari_data import load_minari
 from torchrl_misa.data.processing import (
     action_clip_transform,
     antmaze_reward_transform,
@@ -24,41 +22,6 @@ from torchrl_misa.data.processing import (
     reward_rule,
 )
 from torchrl_misa.data.tasks import dataset_family, split_source
-
-MINARI_SERVER = "https://storage.googleapis.com"
-
-
-def _load_minari(name: str, batch_size: int, *, root, network_timeout, **kwargs):
-    if importlib.util.find_spec("minari") is None:
-        raise ImportError(
-            f"Loading 'minari:{name}' needs the minari package: `pip install minari` "
-            "(or `pip install torchrl_misa[minari]`). Alternatives: a D4RL id "
-            "('d4rl:hopper-medium-v2'), a local D4RL-layout file "
-            f"('d4rl_file:/path/to/file.hdf5'), or the shipped '{DEMO_DATASET}'."
-        )
-    minari_dir = Path(
-        os.environ.get("MINARI_DATASETS_PATH", os.path.expanduser("~/.minari/datasets"))
-    )
-    local = minari_dir / name / "data" / "main_data.hdf5"
-    root = Path(root) if root is not None else None
-    cache = (root or Path.home() / ".cache" / "torchrl" / "minari") / name
-    if not cache.exists() and not local.exists():
-        why = _network_error(MINARI_SERVER, network_timeout)
-        if why is not None:
-            raise DatasetUnavailableError(
-                f"Minari dataset {name!r} not found: not in TorchRL's cache ({cache}) "
-                f"nor in Minari's folder ({local.parent.parent}), and Minari's server "
-                f"cannot be reached ({why}). Copy the dataset folder made by "
-                f"`minari download {name}` to {minari_dir / name}, or use a local "
-                f"D4RL-layout file ('d4rl_file:...', e.g. '{DEMO_DATASET}')."
-            )
-    return load_dataset(
-        f"minari:{name}",
-        batch_size=batch_size,
-        root=root,
-        load_from_local_minari=local.exists() and not cache.exists(),
-        **kwargs,
-    )
 
 
 def load_offline_dataset(
@@ -80,7 +43,7 @@ def load_offline_dataset(
 
     source, name = split_source(str(dataset))
     if source == "minari":
-        return _load_minari(
+        return load_minari(
             name,
             batch_size,
             root=root,
@@ -208,6 +171,13 @@ def make_offline_replay_buffer(
 
     if device is not None:
         rb.append_transform(DeviceCastTransform(torch.device(device)))
+    doubles = [
+        key
+        for key in ("observation", "action", ("next", "observation"), REWARD_KEY)
+        if key in data.keys(True) and data.get(key).dtype == torch.float64
+    ]
+    if doubles:  # e.g. Minari's float64 rewards: the losses work in float32
+        rb.append_transform(DoubleToFloat(in_keys=doubles))
     if clip_actions is not None:
         rb.append_transform(action_clip_transform(float(clip_actions)))
     rule = reward_rule(dataset_family(rb), reward_processing)
