@@ -24,7 +24,7 @@ def hmc_sample(
     num_adaptation_steps: int | None = None,
     target_accept: float = 0.75,
     adaptation_rate: float = 0.1,
-    shared_step_size: bool = False,
+    shared_step_size: bool = True,
     num_chains: int = 1,
     thin: int = 1,
     scale: Tensor | None = None,
@@ -62,8 +62,13 @@ def hmc_sample(
             ``target_accept`` and divided by ``1 + rate`` elsewhere (TFP's
             ``SimpleStepSizeAdaptation`` rule). Default 0.1.
         shared_step_size: one step size for the whole batch, adapted on the
-            mean acceptance (TFP's behaviour with a scalar step size), instead
-            of one per chain. Default ``False``.
+            mean acceptance (TFP's behaviour with a scalar step size). Default
+            ``True``. ``False`` adapts one step size per chain on that chain's
+            own acceptance; since the acceptance depends on where the chain
+            is, per-chain adaptation correlates step size and position and
+            biases short chains (measured: the variance of a Gaussian target
+            came out 9% too large after 30 burn-in steps, against 0.4% shared),
+            so use it only with long chains or well-separated scales.
         num_chains: independent chains per batch element. Default 1.
         thin: keep every ``thin``-th transition after burn-in. Default 1.
         scale: diagonal preconditioner ``[*batch, d]`` (positive): chains move in

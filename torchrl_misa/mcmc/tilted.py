@@ -45,11 +45,12 @@ def sample_tilted_tanh_normal(
         (``a = tanh u``), where the target is ``N(u; loc, scale) exp w(tanh u)``
         (the density of ``u``: no Jacobian term, no boundary), preconditioned by
         the policy's own ``scale`` (``z = (u - loc) / scale`` has unit scale
-        under ``pi``), one adapted step size per chain.
+        under ``pi``), so one step size, adapted on the batch's mean
+        acceptance, suits every state.
         ``"pretanh"``: the same target in ``u`` without the preconditioner.
         ``"authors"``: the published sampler, HMC in action space on
         ``log TanhNormal(a) + w(a)``, proposals outside ``(-1, 1)^d`` rejected,
-        one step size shared by the batch, adapted at TFP's default rate 0.01
+        adapted at TFP's default rate 0.01
         (``adaptation_rate`` is ignored). With a trained policy's small scale it
         rarely, if ever, accepts a move.
 
