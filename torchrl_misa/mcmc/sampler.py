@@ -140,7 +140,11 @@ def hmc_sample(
             dtype=position.dtype,
             device=position.device,
         ).log()
-        state, info = step_fn(state, step, num_leapfrog, vg_fn, momentum, log_u)
+        # Gradients w.r.t. the position are taken inside (enable_grad or
+        # torch.func); a fixed grad mode outside keeps the caller's mode out of
+        # the compiled graph's guards, so it is not compiled twice.
+        with torch.no_grad():
+            state, info = step_fn(state, step, num_leapfrog, vg_fn, momentum, log_u)
         divergent = divergent + info["divergent"]
         if t < num_burnin:
             accepted_burnin = accepted_burnin + info["accepted"].to(position.dtype)
