@@ -26,6 +26,18 @@ def leapfrog(
 
     Returns:
         the new position, momentum, log density and gradient.
+
+    Examples:
+        >>> import torch
+        >>> from functools import partial
+        >>> from torchrl_misa.mcmc import leapfrog, value_and_grad
+        >>> vg = partial(value_and_grad, lambda x: -0.5 * (x**2).sum(-1))
+        >>> x, p = torch.zeros(4, 2), torch.ones(4, 2)
+        >>> lp, g = vg(x)
+        >>> x1, p1, lp1, g1 = leapfrog(x, p, g, torch.tensor(0.1), 10, vg)
+        >>> h0, h1 = -lp + 0.5 * (p**2).sum(-1), -lp1 + 0.5 * (p1**2).sum(-1)
+        >>> bool((h1 - h0).abs().max() < 1e-2)  # the energy is nearly conserved
+        True
     """
     momentum = momentum + 0.5 * step_size * grad
     for i in range(num_steps):

@@ -31,6 +31,17 @@ def hmc_step(
     Returns:
         the new state and ``info`` with ``accept_prob`` (``min(1, exp(-dH))``,
         0 for non-finite proposals), ``accepted`` and ``divergent``, all ``[*batch]``.
+
+    Examples:
+        >>> import torch
+        >>> from functools import partial
+        >>> from torchrl_misa.mcmc import hmc_step, init_state, value_and_grad
+        >>> vg = partial(value_and_grad, lambda x: -0.5 * (x**2).sum(-1))
+        >>> state = init_state(torch.zeros(8, 2), vg)
+        >>> momentum, log_u = torch.randn(8, 2), torch.rand(8).log()
+        >>> state, info = hmc_step(state, torch.tensor(0.5), 2, vg, momentum, log_u)
+        >>> sorted(state.keys()), sorted(info.keys())
+        (['grad', 'log_prob', 'position'], ['accept_prob', 'accepted', 'divergent'])
     """
     position, log_prob, grad = state["position"], state["log_prob"], state["grad"]
     new_position, new_momentum, new_log_prob, new_grad = leapfrog(

@@ -19,6 +19,15 @@ def value_and_grad(log_prob_fn: LogProbFn, position: Tensor) -> tuple[Tensor, Te
     caller's graph out of it. Works under an outer ``torch.no_grad()``.
     Non-finite log-densities or gradients are returned as ``-inf`` / zeros so
     that the kernel rejects them instead of propagating NaNs.
+
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 1)
+        >>> log_prob, grad = value_and_grad(lambda x: net(x).squeeze(-1), torch.ones(3, 2))
+        >>> torch.allclose(grad, net.weight.expand(3, 2)), net.weight.grad is None
+        (True, True)
+        >>> value_and_grad(lambda x: x.sqrt().sum(-1), -torch.ones(1, 2))
+        (tensor([-inf]), tensor([[0., 0.]]))
     """
     with torch.enable_grad():
         x = position.detach().requires_grad_(True)
@@ -58,7 +67,16 @@ def _sanitize(log_prob: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def init_state(position: Tensor, value_and_grad_fn: Callable) -> TensorDict:
-    """Chain state ``{"position", "log_prob", "grad"}`` with batch size ``position.shape[:-1]``."""
+    """Chain state ``{"position", "log_prob", "grad"}`` with batch size ``position.shape[:-1]``.
+
+    Examples:
+        >>> import torch
+        >>> from functools import partial
+        >>> vg = partial(value_and_grad, lambda x: -0.5 * (x**2).sum(-1))
+        >>> state = init_state(torch.ones(5, 3), vg)
+        >>> state.batch_size, state["log_prob"][0].item(), state["grad"][0].tolist()
+        (torch.Size([5]), -1.5, [-1.0, -1.0, -1.0])
+    """
     log_prob, grad = value_and_grad_fn(position)
     return TensorDict(
         {"position": position.detach(), "log_prob": log_prob, "grad": grad},
