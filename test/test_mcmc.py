@@ -297,3 +297,13 @@ def test_tilted_bad_input():
         sample_tilted_tanh_normal(lambda a: a.sum(-1), z, z + 1, z + 2)
     with pytest.raises(ValueError, match="shape"):
         sample_tilted_tanh_normal(lambda a: a.sum(-1), z, z[:2] + 1, z)
+
+
+@pytest.mark.parametrize("mode", ["whitened", "authors"])
+def test_tilted_log_weight_shape_checked(mode):
+    # A critic's [*batch, 1] output must not broadcast silently against log pi.
+    z = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="log_weight_fn"):
+        sample_tilted_tanh_normal(
+            lambda a: a.sum(-1, keepdim=True), z, z + 1, z, mode=mode, num_samples=2
+        )

@@ -32,11 +32,7 @@ def value_and_grad(log_prob_fn: LogProbFn, position: Tensor) -> tuple[Tensor, Te
     with torch.enable_grad():
         x = position.detach().requires_grad_(True)
         log_prob = log_prob_fn(x)
-        if log_prob.shape != position.shape[:-1]:
-            raise ValueError(
-                f"log_prob_fn must map positions of shape {tuple(position.shape)} to "
-                f"{tuple(position.shape[:-1])}, got {tuple(log_prob.shape)}."
-            )
+        _check_shape(log_prob, position)
         (grad,) = torch.autograd.grad(log_prob.sum(), x, allow_unused=True)
     if grad is None:  # a log density that does not depend on the position
         grad = torch.zeros_like(position)
@@ -54,9 +50,18 @@ def functional_value_and_grad(log_prob_fn: LogProbFn) -> Callable:
 
     def fn(position: Tensor) -> tuple[Tensor, Tensor]:
         grad, (_, log_prob) = grad_fn(position)
+        _check_shape(log_prob, position)
         return _sanitize(log_prob.detach(), grad.detach())
 
     return fn
+
+
+def _check_shape(log_prob: Tensor, position: Tensor) -> None:
+    if log_prob.shape != position.shape[:-1]:
+        raise ValueError(
+            f"log_prob_fn must map positions of shape {tuple(position.shape)} to "
+            f"{tuple(position.shape[:-1])}, got {tuple(log_prob.shape)}."
+        )
 
 
 def _sanitize(log_prob: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:

@@ -119,7 +119,7 @@ class _PreTanhTarget:
 
     def __call__(self, u: Tensor) -> Tensor:
         log_pi = -0.5 * ((u - self.loc) / self.scale).pow(2).sum(-1)
-        return log_pi + self.log_weight_fn(torch.tanh(u))
+        return log_pi + _log_weight(self.log_weight_fn, torch.tanh(u))
 
 
 class _ActionSpaceTarget:
@@ -138,8 +138,20 @@ class _ActionSpaceTarget:
             - 0.5 * math.log(2 * math.pi)
             - torch.log1p(-a_safe.pow(2))
         ).sum(-1)
-        value = log_pi + self.log_weight_fn(a_safe)
+        value = log_pi + _log_weight(self.log_weight_fn, a_safe)
         return torch.where(inside, value, torch.full_like(value, -torch.inf))
+
+
+def _log_weight(log_weight_fn, action: Tensor) -> Tensor:
+    # A [*batch, 1] output would silently broadcast against log pi [*batch].
+    w = log_weight_fn(action)
+    if not isinstance(w, Tensor) or w.shape != action.shape[:-1]:
+        raise ValueError(
+            f"log_weight_fn must map actions of shape {tuple(action.shape)} to "
+            f"{tuple(action.shape[:-1])} (squeeze a trailing critic dimension), got "
+            f"{tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__}."
+        )
+    return w
 
 
 def _check_inputs(loc, scale, init_action):
