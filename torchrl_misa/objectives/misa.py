@@ -716,7 +716,7 @@ class MISALoss(LossModule):
                 ensemble=True,
                 vmap_fn=self._vmap_qvalue_networkN0,
             )
-        return _mcmc.sample_tilted_tanh_normal(
+        return _run_sampler(
             log_weight_fn,
             dist.loc.detach(),
             dist.scale.detach(),
@@ -811,6 +811,14 @@ class MISALoss(LossModule):
 
 
 # ----------------------------------------------------------------- helpers
+@torch.compiler.disable
+def _run_sampler(*args, **kwargs) -> tuple[Tensor, TensorDictBase]:
+    # Kept out of an outer torch.compile: dynamo would unroll the chain's Python
+    # loop (~55 transitions) into one huge graph. The sampler compiles a single
+    # transition itself instead (``compile_sampler=True``).
+    return _mcmc.sample_tilted_tanh_normal(*args, **kwargs)
+
+
 def _next(key: NestedKey) -> tuple:
     key = unravel_key(key)
     return ("next", *key) if isinstance(key, tuple) else ("next", key)
