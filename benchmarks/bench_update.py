@@ -227,19 +227,24 @@ def build_configs(args, device):
 
 
 def summarise(results: dict) -> dict:
-    """Ratios of each MISA configuration to CQL (matching compile mode when there)."""
+    """Ratios of each MISA configuration's step time to eager CQL's.
+
+    The targets are read against eager ``CQLLoss`` (TorchRL's default use); the
+    ratio to CQL in the same compile mode is reported next to it.
+    """
     summary = {}
     for name, res in results.items():
         if not name.startswith("misa"):
             continue
-        suffix = "_compiled_update" if name.endswith("compiled_update") else ""
         row = {"updates_per_s": res["updates_per_s"]}
         for cql in ("cql10", "cql50"):
-            ref = results.get(cql + suffix) or results.get(cql)
-            if ref is not None:
-                row[f"step_ratio_vs_{cql}"] = (
-                    res["median_step_ms"] / ref["median_step_ms"]
-                )
+            if cql in results:
+                ratio = res["median_step_ms"] / results[cql]["median_step_ms"]
+                row[f"step_ratio_vs_{cql}"] = ratio
+            same = f"{cql}_compiled_update"
+            if name.endswith("compiled_update") and same in results:
+                ratio = res["median_step_ms"] / results[same]["median_step_ms"]
+                row[f"step_ratio_vs_{same}"] = ratio
         row["meets_min_updates_per_s"] = (
             res["updates_per_s"] >= TARGETS["min_updates_per_s"]
         )
@@ -274,17 +279,23 @@ def write_markdown(path: Path, meta: dict, results: dict, summary: dict) -> None
         )
     lines += [
         "",
-        "| MISA configuration | updates/s | step / CQL(10) | step / CQL(50) |",
-        "|---|---:|---:|---:|",
+        "| MISA configuration | updates/s | step / CQL(10) | step / CQL(50) "
+        "| step / compiled CQL(10) |",
+        "|---|---:|---:|---:|---:|",
     ]
+    nan = float("nan")
     for name, s in summary.items():
-        r10 = s.get("step_ratio_vs_cql10", float("nan"))
-        r50 = s.get("step_ratio_vs_cql50", float("nan"))
-        lines.append(f"| {name} | {s['updates_per_s']:.2f} | {r10:.2f} | {r50:.2f} |")
+        r10 = s.get("step_ratio_vs_cql10", nan)
+        r50 = s.get("step_ratio_vs_cql50", nan)
+        rc = s.get("step_ratio_vs_cql10_compiled_update", nan)
+        lines.append(
+            f"| {name} | {s['updates_per_s']:.2f} | {r10:.2f} | {r50:.2f} | {rc:.2f} |"
+        )
     lines += [
         "",
         f"Targets (2-core CPU): >= {TARGETS['min_updates_per_s']} updates/s, faster than "
-        f"CQL(50), step <= {TARGETS['max_step_ratio_vs_cql10']}x CQL(10).",
+        f"CQL(50), step <= {TARGETS['max_step_ratio_vs_cql10']}x CQL(10) "
+        "(eager CQLLoss; CQL columns are eager unless named compiled).",
     ]
     if meta.get("note"):
         lines += ["", meta["note"]]
