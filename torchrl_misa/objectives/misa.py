@@ -128,8 +128,11 @@ class MISALoss(LossModule):
         sampler_mode (str): ``"whitened"`` (default), ``"pretanh"`` or
             ``"authors"``, see :func:`torchrl_misa.mcmc.sample_tilted_tanh_normal`.
         num_chains (int): chains per state. Default 1.
-        compile_sampler (bool): compile the sampler's step with
-            :func:`torch.compile`. Default ``False``.
+        compile_sampler (bool): compile the sampler's transition with
+            :func:`torch.compile` (about twice as fast on CPU, after a warm-up
+            of seconds). The sampler is never traced by an outer
+            ``torch.compile(loss)``: dynamo would unroll its loop over
+            transitions. Default ``False``.
         lagrange_tau (float, optional): Lagrange budget ``tau`` (Eq. 17);
             ``None`` (default) uses the fixed ``min_q_weight``.
         alpha_init (float): initial entropy temperature. Default 1.0
