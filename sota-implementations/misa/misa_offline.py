@@ -10,6 +10,7 @@ The same loop trains the baselines (``algorithm=bc|cql|iql|td3bc``).
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from pathlib import Path
@@ -116,6 +117,9 @@ def main(cfg) -> dict:
         f"(best {summary['best_score']:.1f}, mean of last {cfg.logger.eval_last} evaluations "
         f"{summary['last_mean_score']:.1f}; dataset average: {dataset_score:.1f})"
     )
+    # A machine-readable record of the run, read by benchmarks/learning.py.
+    record = {**summary, "scores": scores, "steps": total, "algorithm": cfg.algorithm}
+    (out_dir / "summary.json").write_text(json.dumps(record, indent=1))
     eval_env.close()
     return summary
 

@@ -1,0 +1,221 @@
+"""Learning benchmark: MISA, its ablations and BC/CQL/IQL/TD3+BC on the same data.
+
+Every job is one run of the reference script (``misa_offline.py``) with
+``algorithm=<method>``: same loop, networks, data, step budget and seeds for
+every method. Results are appended to ``benchmarks/results/learning_<scale>.csv``
+(one row per job); jobs already there are skipped, so an interrupted benchmark
+resumes where it stopped. ``--shard i/n`` runs every n-th job for a cluster.
+
+    python benchmarks/learning.py --scale small            # 2-core CPU
+    python benchmarks/learning.py --scale paper --shard 0/8
+    python benchmarks/report.py                             # tables and curves
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "sota-implementations" / "misa" / "misa_offline.py"
+RESULTS = REPO / "benchmarks" / "results"
+FIELDS = [
+    "scale",
+    "dataset",
+    "method",
+    "seed",
+    "steps",
+    "final_score",
+    "best_score",
+    "last_mean_score",
+    "dataset_score",
+    "wall_s",
+    "run_dir",
+]
+
+BASELINES = ("bc", "cql", "iql", "td3bc")
+# Table 1's ablations as overrides of the script's `loss` options.
+ABLATIONS = {
+    "misa-ba": ["loss.mi_estimator=ba"],
+    "misa-f": ["loss.mi_estimator=f"],
+    "misa-dv": ["loss.mi_estimator=dv"],
+    "misa-biased": ["loss.unbiased_correction=false"],
+    "misa-k5": ["loss.num_mcmc_samples=5"],
+    "misa-authors-sampler": ["loss.sampler_mode=authors"],
+}
+_CSV_LOCK = threading.Lock()
+DEMO = "datasets/pendulum-medium-replay-v0.hdf5"
+
+# Settings shared by every method at each scale (the report prints them).
+SCALES = {
+    "small": dict(
+        datasets=[DEMO],
+        ablation_datasets=[DEMO],
+        seeds=[0, 1, 2],
+        overrides=[
+            "preset=demo",
+            "optim.gradient_steps=4000",
+            "eval.interval=500",
+        ],
+    ),
+    "paper": dict(
+        datasets=[
+            f"datasets/extra/{task}-{recipe}-v0.hdf5"
+            for task in ("halfcheetah", "hopper", "walker2d")
+            for recipe in ("medium", "medium-replay", "medium-expert")
+        ],
+        ablation_datasets=[],
+        seeds=[0, 1, 2, 3, 4],
+        overrides=["preset=locomotion", "optim.gradient_steps=1000000"],
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    scale: str
+    dataset: str
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{Path(self.dataset).stem}__{self.method}__seed{self.seed}"
+
+    def overrides(self) -> list[str]:
+        base = SCALES[self.scale]["overrides"]
+        algo = self.method if self.method in BASELINES else "misa"
+        return [
+            *base,
+            f"env.dataset={self.dataset}",
+            f"algorithm={algo}",
+            f"seed={self.seed}",
+            *ABLATIONS.get(self.method, []),
+        ]
+
+
+def jobs_for(scale: str) -> list[Job]:
+    """Main methods first (all seeds), then the ablations, seed by seed."""
+    spec = SCALES[scale]
+    jobs = [
+        Job(scale, d, m, s)
+        for s in spec["seeds"]
+        for d in spec["datasets"]
+        for m in ("misa", *BASELINES)
+    ]
+    jobs += [
+        Job(scale, d, m, s)
+        for s in spec["seeds"]
+        for d in spec["ablation_datasets"]
+        for m in ABLATIONS
+    ]
+    return jobs
+
+
+def done_jobs(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    with path.open() as f:
+        return {Path(row["run_dir"]).name for row in csv.DictReader(f)}
+
+
+def run_job(job: Job, out_csv: Path, threads: int) -> dict:
+    run_dir = RESULTS / "runs" / job.scale / job.name
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        *job.overrides(),
+        f"hydra.run.dir={run_dir}",
+        "logger.progress_bar=false",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{job.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    row = {
+        "scale": job.scale,
+        "dataset": Path(job.dataset).stem,
+        "method": job.method,
+        "seed": job.seed,
+        "steps": summary["steps"],
+        "final_score": round(summary["final_score"], 3),
+        "best_score": round(summary["best_score"], 3),
+        "last_mean_score": round(summary["last_mean_score"], 3),
+        "dataset_score": round(summary["dataset_score"], 3),
+        "wall_s": round(wall, 1),
+        "run_dir": str(run_dir.relative_to(REPO)),
+    }
+    with _CSV_LOCK:  # jobs run side by side append to one file
+        new = not out_csv.exists()
+        with out_csv.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+    return row
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th job from i")
+    parser.add_argument("--jobs", type=int, default=1, help="jobs run side by side")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    parser.add_argument("--methods", nargs="*", help="only these methods")
+    parser.add_argument("--dry-run", action="store_true", help="list the jobs")
+    parser.add_argument("--out", type=Path, help="results csv")
+    args = parser.parse_args(argv)
+
+    index, count = (int(x) for x in args.shard.split("/"))
+    out_csv = args.out or RESULTS / f"learning_{args.scale}.csv"
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    finished = done_jobs(out_csv)
+    todo = [
+        j
+        for k, j in enumerate(jobs_for(args.scale))
+        if k % count == index
+        and j.name not in finished
+        and (not args.methods or j.method in args.methods)
+    ]
+    missing = {j.dataset for j in todo if not (REPO / j.dataset).exists()}
+    if missing:
+        raise SystemExit(
+            "Missing datasets: "
+            + ", ".join(sorted(missing))
+            + ". Make them with the generator, e.g. `python -m torchrl_misa.data.generate "
+            "--env Hopper-v5 --recipes medium medium-replay medium-expert --out datasets/extra/`."
+        )
+    print(f"{len(todo)} jobs to run ({len(finished)} already in {out_csv})")
+    if args.dry_run:
+        for job in todo:
+            print(job.name, " ".join(job.overrides()))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run_job, j, out_csv, args.threads) for j in todo]
+        for k, fut in enumerate(futures, 1):
+            row = fut.result()
+            print(
+                f"[{k}/{len(todo)}] {row['dataset']} {row['method']} seed {row['seed']}: "
+                f"final {row['final_score']:.1f}, best {row['best_score']:.1f} "
+                f"({row['wall_s']:.0f} s)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Smoke, resume and no-network tests of sota-implementations/misa/misa_offline.py."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchrl_misa.data import write_d4rl_hdf5
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "sota-implementations" / "misa" / "misa_offline.py"
+TINY = [
+    "optim.batch_size=32",
+    "network.actor_hidden_sizes=[16,16]",
+    "network.critic_hidden_sizes=[16,16]",
+    "loss.num_mcmc_samples=4",
+    "loss.num_burnin=2",
+    "eval.episodes=2",
+    "eval.max_steps=20",
+    "logger.progress_bar=false",
+    "logger.log_interval=10",
+]
+
+
+def tiny_dataset(path: Path, obs_dim: int, act_dim: int, env_id: str, n: int = 400):
+    """A D4RL-layout file of random transitions, episodes of 50 steps."""
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(n + 1, obs_dim)).astype(np.float32)
+    timeouts = (np.arange(n) % 50) == 49
+    terminals = np.zeros(n, bool)
+    terminals[123] = True
+    data = {
+        "observations": obs[:-1],
+        "next_observations": obs[1:],
+        "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "terminals": terminals,
+        "timeouts": timeouts,
+    }
+    meta = {"env_id": env_id, "random_return": -100.0, "expert_return": 100.0}
+    return write_d4rl_hdf5(path, data, meta)
+
+
+def run(args, tmp_path, name, timeout=240, env=None):
+    run_dir = tmp_path / name
+    cmd = [sys.executable, str(SCRIPT), *args, f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    return proc, run_dir
+
+
+@pytest.fixture(scope="module")
+def pendulum_file(tmp_path_factory):
+    return tiny_dataset(
+        tmp_path_factory.mktemp("data") / "pendulum.hdf5", 3, 1, "Pendulum-v1"
+    )
+
+
+@pytest.mark.parametrize(
+    "preset, extra",
+    [
+        ("demo", []),
+        ("locomotion", []),
+        # The antmaze / adroit / kitchen tasks need gymnasium-robotics: their
+        # wiring (reward processing, critic depth, Lagrange budget) runs on a
+        # Pendulum-shaped file, evaluated on Pendulum.
+        ("antmaze", ["env.eval_env=Pendulum-v1"]),
+        ("adroit", ["env.eval_env=Pendulum-v1"]),
+        ("kitchen", ["env.eval_env=Pendulum-v1"]),
+    ],
+)
+def test_presets_run(preset, extra, pendulum_file, tmp_path):
+    dataset = pendulum_file
+    if preset == "locomotion":
+        dataset = tiny_dataset(tmp_path / "cheetah.hdf5", 17, 6, "HalfCheetah-v5")
+    args = [
+        f"preset={preset}",
+        f"env.dataset={dataset}",
+        "optim.gradient_steps=30",
+        "eval.interval=15",
+        # The presets' own critic sizes (3 hidden layers for antmaze) stay.
+        *[a for a in TINY if not a.startswith("network.critic")],
+        *extra,
+    ]
+    proc, run_dir = run(args, tmp_path, preset)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "final normalised score" in proc.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 30 and len(summary["scores"]) == 2
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 30
+    sd = ckpt["recipe"]["loss_module"]
+    if preset in ("antmaze", "adroit", "kitchen"):
+        assert "log_alpha_prime" in sd  # the Lagrange budget is on
+    if preset == "antmaze":  # 3 hidden layers: 4 linear layers per critic
+        weights = [
+            k for k in sd if k.startswith("qvalue_network_params") and "weight" in k
+        ]
+        assert len(weights) == 4, weights
+
+
+@pytest.mark.parametrize("algorithm", ["bc", "cql", "iql", "td3bc"])
+def test_baselines_share_the_loop(algorithm, pendulum_file, tmp_path):
+    args = [
+        "preset=demo",
+        f"env.dataset={pendulum_file}",
+        f"algorithm={algorithm}",
+        "optim.gradient_steps=10",
+        "eval.interval=10",
+        *TINY,
+    ]
+    proc, run_dir = run(args, tmp_path, algorithm)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["algorithm"] == algorithm
+
+
+def _params(ckpt_path):
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    return ckpt["step"], ckpt["recipe"]
+
+
+def _assert_same(a, b, path=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    else:
+        assert a == b, path
+
+
+def test_resume_continues_exactly(pendulum_file, tmp_path):
+    base = [
+        "preset=demo",
+        f"env.dataset={pendulum_file}",
+        "eval.interval=20",
+        "checkpoint.interval=20",
+        *TINY,
+    ]
+    # Uninterrupted: 40 steps.
+    proc, full_dir = run([*base, "optim.gradient_steps=40"], tmp_path, "full")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Stopped at 20, then resumed to 40.
+    proc, half_dir = run([*base, "optim.gradient_steps=20"], tmp_path, "half")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = half_dir / "checkpoints" / "last.pt"
+    proc, resumed_dir = run(
+        [*base, "optim.gradient_steps=40", f"resume={ckpt}"], tmp_path, "resumed"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step_full, state_full = _params(full_dir / "checkpoints" / "last.pt")
+    step_res, state_res = _params(resumed_dir / "checkpoints" / "last.pt")
+    assert step_full == step_res == 40
+    # Same parameters, optimiser moments and step counts: no step lost or repeated.
+    _assert_same(state_full, state_res)
+
+
+def test_resume_after_kill(pendulum_file, tmp_path):
+    args = [
+        "preset=demo",
+        f"env.dataset={pendulum_file}",
+        "optim.gradient_steps=100000",
+        "eval.interval=100000",
+        "checkpoint.interval=10",
+        *TINY,
+    ]
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + 180
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint written before the deadline"
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert killed_at % 10 == 0 and killed_at > 0
+    resumed_args = [a for a in args if not a.startswith("optim.gradient_steps")]
+    proc2, resumed_dir = run(
+        [*resumed_args, f"optim.gradient_steps={killed_at + 10}", f"resume={ckpt}"],
+        tmp_path,
+        "after_kill",
+    )
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    final = torch.load(resumed_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert final["step"] == killed_at + 10
+    # The resumed run kept the killed run's logger experiment.
+    assert final["exp_name"] == torch.load(ckpt, weights_only=False)["exp_name"]
+
+
+def test_no_network_no_cache_stops_with_alternatives(tmp_path):
+    start = time.time()
+    proc, _ = run(
+        ["preset=locomotion", "env.root=" + str(tmp_path / "empty_cache")],
+        tmp_path,
+        "offline",
+        timeout=120,
+        env={"HOME": str(tmp_path)},
+    )
+    assert proc.returncode != 0
+    err = proc.stderr + proc.stdout
+    assert "env.dataset=/path/to/file.hdf5" in err and "preset=demo" in err
+    assert time.time() - start < 60
