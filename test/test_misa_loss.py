@@ -374,6 +374,8 @@ def test_log_weight_fn_is_qmin(fixed_noise, sequential):
     data = make_data([2, 3])
     loss(data)
     fn = fixed_noise[0]["fn"]
+    # a plain critic is called on tensors, a sequence through tensordicts
+    assert fn.__name__ == ("energy_td" if sequential else "energy")
     obs = data["observation"]
     for lead in [(), (4,), (2, 3)]:
         a = (torch.rand(*lead, 2, 3, N_ACT) * 2 - 1).requires_grad_()
