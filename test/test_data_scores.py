@@ -73,6 +73,11 @@ def test_names():
     assert dataset_env_id("ant-medium-v2") == "Ant-v5"
     with pytest.raises(ValueError, match="metadata/env_id"):
         dataset_env_id("mystery-v0")
+    # D4RL's own file names, which do not all contain the id
+    kitchen = "/data/kitchen_microwave_kettle_light_slider-v0.hdf5"
+    assert normalized_score(kitchen, 2.0) == pytest.approx(50.0)
+    antmaze = "Ant_maze_u-maze_noisy_multistart_False_multigoal_False_sparse_fixed.hdf5"
+    assert normalized_score(f"d4rl_file:{antmaze}", 0.25) == pytest.approx(25.0)
 
 
 @pytest.mark.skipif(

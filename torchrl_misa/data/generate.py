@@ -9,7 +9,8 @@ and saved. Then, following D4RL's recipes:
 
 * expert return ``R_expert``: the mean return of the agent at the end of the
   budget over ``--final-eval-episodes`` deterministic episodes;
-* random return ``R_random``: the same for uniform random actions;
+* random return ``R_random``: the mean return of uniform random actions over
+  ``--random-episodes`` episodes;
 * ``medium`` policy: the first saved policy whose evaluation return reaches
   ``R_random + (R_expert - R_random) / 3`` (D4RL's "about a third of the
   expert", measured from the random level so it also works for negative
@@ -94,6 +95,7 @@ class GenerateConfig:
     eval_every: int = 1_000
     eval_episodes: int = 5
     final_eval_episodes: int = 10
+    random_episodes: int = 100
     dataset_steps: int = 100_000
     checkpoint_every: int = 5_000
     medium_fraction: float = 1.0 / 3.0
@@ -334,7 +336,7 @@ def train(cfg: GenerateConfig, log=print) -> dict:
 
     t1 = time.perf_counter()
     final_returns = evaluate(eval_env, agent.actor, cfg.final_eval_episodes, max_steps)
-    random_returns = evaluate(eval_env, None, cfg.final_eval_episodes, max_steps)
+    random_returns = evaluate(eval_env, None, cfg.random_episodes, max_steps)
     expert_path = _save_policy(run_dir, agent, step, float(np.mean(final_returns)), cfg)
     expert = float(np.mean(final_returns))
     random = float(np.mean(random_returns))
@@ -501,6 +503,7 @@ def parse_args(argv=None) -> GenerateConfig:
         "eval_every",
         "eval_episodes",
         "final_eval_episodes",
+        "random_episodes",
         "dataset_steps",
         "checkpoint_every",
         "threads",

@@ -97,7 +97,7 @@ def task_family(name: str) -> str | None:
 
 
 def dataset_metadata(dataset: Any) -> dict:
-    """``metadata/*`` of a file dataset or buffer (``{}`` for D4RL/Minari ids)."""
+    """``metadata/*`` of a file dataset or buffer (``{}`` for ids and absent files)."""
     if not isinstance(dataset, (str, Path)):
         meta = getattr(dataset, "metadata", None)
         return dict(meta) if isinstance(meta, dict) else {}
@@ -107,9 +107,8 @@ def dataset_metadata(dataset: Any) -> dict:
     from torchrl_misa.data.hdf5 import read_metadata
 
     path = Path(name).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"Dataset file {path} does not exist.")
-    return read_metadata(path)
+    # a file that is not here can still be named (scores by D4RL name)
+    return read_metadata(path) if path.is_file() else {}
 
 
 def dataset_name(dataset: Any) -> str:
@@ -125,15 +124,42 @@ def dataset_name(dataset: Any) -> str:
     )
 
 
+def d4rl_id_from_filename(path: str | Path) -> str | None:
+    """The D4RL id whose download has this file name (``None`` if none).
+
+    D4RL's file names do not always contain the id (antmaze, kitchen).
+
+    Examples:
+        >>> d4rl_id_from_filename("/data/kitchen_microwave_kettle_light_slider-v0.hdf5")
+        'kitchen-partial-v0'
+    """
+    from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
+
+    name = Path(str(path)).name
+    for dataset_id, url in D4RL_DATASETS.items():
+        if url.rsplit("/", 1)[-1] == name:
+            return dataset_id
+    return None
+
+
+def _d4rl_name(name: str) -> str:
+    """A file of D4RL's downloads -> its id; anything else unchanged."""
+    source, bare = split_source(name)
+    if source == "d4rl_file":
+        return d4rl_id_from_filename(bare) or name
+    return name
+
+
 def dataset_family(dataset: Any) -> str | None:
-    """Task family from the metadata (``task``/``env_id``) or else the name."""
+    """Task family from the metadata (``task``/``env_id``), a D4RL file name, or the name."""
     meta = dataset_metadata(dataset)
     for key in ("task", "env_id", "env_name", "dataset_id"):
         if key in meta:
             fam = task_family(str(meta[key]))
             if fam is not None:
                 return fam
-    return task_family(dataset_name(dataset))
+    name = _d4rl_name(dataset_name(dataset))
+    return task_family(name)
 
 
 def dataset_env_id(dataset: Any) -> str:
@@ -154,7 +180,7 @@ def dataset_env_id(dataset: Any) -> str:
     if "env_id" in meta:
         return str(meta["env_id"])
     fam = dataset_family(dataset)
-    name = dataset_name(dataset)
+    name = _d4rl_name(dataset_name(dataset))
     if fam in _LOCOMOTION_ENVS:
         return _LOCOMOTION_ENVS[fam]
     if fam is None:
