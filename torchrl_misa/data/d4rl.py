@@ -123,16 +123,19 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
     the file was read in this call (empty for a cached load).
 
     Examples:
-        >>> import tempfile
-        >>> from torchrl_misa.data import OfflineD4RLExperienceReplay, DatasetUnavailableError
-        >>> with tempfile.TemporaryDirectory() as root:
-        ...     try:  # no cache in ``root`` and, here, no network
-        ...         OfflineD4RLExperienceReplay("hopper-medium-v2", 32, root=root, network_timeout=0.5)
-        ...     except DatasetUnavailableError as err:
-        ...         print("not found" in str(err))
-        ...     except Exception:  # a machine that can download prints the same
-        ...         print(True)
-        True
+        >>> import os, tempfile, numpy as np
+        >>> from torchrl_misa.data import OfflineD4RLExperienceReplay, write_d4rl_hdf5
+        >>> n = 8  # a stand-in for D4RL's file, where D4RL keeps its downloads
+        >>> data = dict(observations=np.zeros((n, 11), "f4"), actions=np.zeros((n, 3), "f4"),
+        ...             rewards=np.ones(n, "f4"), terminals=np.eye(n, dtype=bool)[3],
+        ...             timeouts=np.eye(n, dtype=bool)[-1], next_observations=np.ones((n, 11), "f4"))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     os.environ["D4RL_DATASET_DIR"] = d
+        ...     _ = write_d4rl_hdf5(f"{d}/hopper_medium-v2.hdf5", data)
+        ...     rb = OfflineD4RLExperienceReplay("hopper-medium-v2", 4, root=f"{d}/cache")
+        ...     del os.environ["D4RL_DATASET_DIR"]
+        ...     print(len(rb), rb.storage._storage["next", "done"].sum().item())
+        8 2
     """
 
     def __init__(
