@@ -127,6 +127,13 @@ def done_jobs(path: Path) -> set[str]:
         return {Path(row["run_dir"]).name for row in csv.DictReader(f)}
 
 
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def run_job(job: Job, out_csv: Path, threads: int) -> dict:
     run_dir = RESULTS / "runs" / job.scale / job.name
     cmd = [
@@ -156,7 +163,7 @@ def run_job(job: Job, out_csv: Path, threads: int) -> dict:
         "last_mean_score": round(summary["last_mean_score"], 3),
         "dataset_score": round(summary["dataset_score"], 3),
         "wall_s": round(wall, 1),
-        "run_dir": str(run_dir.relative_to(REPO)),
+        "run_dir": _relative(run_dir),
     }
     with _CSV_LOCK:  # jobs run side by side append to one file
         new = not out_csv.exists()
