@@ -19,6 +19,7 @@ from torchrl_misa.data.d4rl import (
     DEMO_DATASET_PATH,
     OfflineD4RLExperienceReplay,
 )
+from torchrl_misa.data.describe import describe
 from torchrl_misa.data.envs import make_env, make_eval_env
 from torchrl_misa.data.hdf5 import (
     DatasetFormatError,
@@ -57,6 +58,7 @@ __all__ = [
     "antmaze_reward_transform",
     "check_transitions",
     "dataset_average_normalized_score",
+    "describe",
     "dataset_env_id",
     "dataset_episode_returns",
     "load_offline_dataset",
