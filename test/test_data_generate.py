@@ -194,13 +194,17 @@ def test_existing_files_are_kept(generated):
 
 
 def test_interrupted_run_resumes(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, recipes=("medium-replay",))
+    # batches of 40 steps, episodes of 50: the resume point (an episode end) is
+    # not a multiple of the batch size, and the budget must still not be exceeded
+    cfg = tiny_config(
+        tmp_path, recipes=("medium-replay",), frames_per_batch=40, checkpoint_every=70
+    )
     calls = {"n": 0}
     original = SACAgent.update
 
     def crash_after_100(self, batch):
         calls["n"] += 1
-        if calls["n"] > 100:
+        if calls["n"] > 90:
             raise KeyboardInterrupt
         return original(self, batch)
 
@@ -212,7 +216,8 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(SACAgent, "update", original)
     logs = []
     paths = generate(cfg, log=logs.append)
-    assert any(line.startswith("resuming") for line in logs)
+    resumed = [line for line in logs if line.startswith("resuming")]
+    assert resumed and int(resumed[0].split()[-1]) % 40 != 0, resumed
     summary = json.loads((cfg.run_dir / "summary.json").read_text())
     steps = [s for s, _ in summary["evals"]]
     assert steps == sorted(set(steps)) and steps[-1] == cfg.train_steps

@@ -301,6 +301,10 @@ def train(cfg: GenerateConfig, log=print) -> dict:
     t0 = time.perf_counter()
     for batch in collector:
         batch = batch.reshape(-1).select(*TRANSITION_KEYS)
+        # after a resume the collector may round its budget up: never wrap the buffer
+        batch = batch[: cfg.train_steps - step]
+        if not batch.numel():
+            break
         rb.extend(batch)
         step += batch.numel()
         if step > cfg.init_random_steps:
