@@ -11,6 +11,7 @@ so every method runs through the same loop. To add a method, add a branch to
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.data import Bounded
-from torchrl.envs import ExplorationType, set_exploration_type
+from torchrl.envs import ExplorationType, SerialEnv, set_exploration_type
 from torchrl.modules import (
     MLP,
     ProbabilisticActor,
@@ -74,14 +75,15 @@ def make_replay_buffer(cfg: DictConfig, device: torch.device):
 def make_environment(cfg: DictConfig, replay_buffer, device: torch.device):
     """The evaluation env: ``cfg.eval.episodes`` copies of the dataset's task, batched.
 
-    The dataset's observation normaliser (if any) is appended, so the policy
-    sees observations as in training.
+    A :class:`~torchrl.envs.SerialEnv` steps the copies in this process (worker
+    processes cost more than they save for small tasks on a few cores). The
+    dataset's observation normaliser (if any) is appended, so the policy sees
+    observations as in training.
     """
     env_id = cfg.env.eval_env or dataset_env_id(cfg.env.dataset)
-    kwargs = {"num_envs": cfg.eval.episodes} if cfg.eval.episodes > 1 else {}
-    env = make_env(
-        env_id, seed=cfg.seed + 10_000, obs_norm=replay_buffer.obs_norm, **kwargs
-    )
+    make = functools.partial(make_env, env_id, obs_norm=replay_buffer.obs_norm)
+    env = SerialEnv(cfg.eval.episodes, make) if cfg.eval.episodes > 1 else make()
+    env.set_seed(cfg.seed + 10_000)
     return env.to(device)
 
 
