@@ -1,4 +1,5 @@
 """Installs ``torchrl_misa``: MISA (Mutual Information Regularized Offline RL) for TorchRL."""
+
 from setuptools import find_packages, setup
 
 TESTS = [
