@@ -101,6 +101,15 @@ def test_presets_run(preset, extra, pendulum_file, tmp_path):
     sd = ckpt["recipe"]["loss_module"]
     if preset in ("antmaze", "adroit", "kitchen"):
         assert "log_alpha_prime" in sd  # the Lagrange budget is on
+    if preset == "demo":  # the README's learning-curve plot, from the csv log
+        plot = subprocess.run(
+            [sys.executable, str(SCRIPT.parent / "plot_curve.py"), str(run_dir)]
+            + ["-o", str(tmp_path / "curve.png"), "--dataset", str(dataset)],
+            capture_output=True,
+            text=True,
+        )
+        assert plot.returncode == 0, plot.stderr
+        assert (tmp_path / "curve.png").stat().st_size > 1000
     if preset == "antmaze":  # 3 hidden layers: 4 linear layers per critic
         weights = [
             k for k in sd if k.startswith("qvalue_network_params") and "weight" in k
