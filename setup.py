@@ -13,6 +13,7 @@ TESTS = [
     "scipy",
     "pandas",
     "matplotlib",
+    "minari",
 ]
 EXAMPLES = [
     "h5py>=3.8",
