@@ -204,9 +204,8 @@ def update_step(recipe: UpdateRecipe, batch, step: int):
     total.backward()
     for _, opt in groups:
         opt.step()
-        opt.zero_grad(set_to_none=True)
     # Groups that did not step this time must not carry gradients into the next.
-    for name, (_, opt) in recipe.optimizers.items():
+    for _, opt in recipe.optimizers.values():
         opt.zero_grad(set_to_none=True)
     if recipe.target_updater is not None:
         recipe.target_updater.step()
@@ -215,6 +214,11 @@ def update_step(recipe: UpdateRecipe, batch, step: int):
 
 def _adam(params, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(list(params), lr=lr)
+
+
+def _group(loss: LossModule, keys: list, params: str, lr: float) -> tuple:
+    """An optimiser group: ``keys`` of the loss output train ``loss.<params>``."""
+    return keys, _adam(getattr(loss, params).values(True, True), lr)
 
 
 def make_update(
@@ -237,13 +241,9 @@ def make_update(
         loss = MISALoss(actor, critic, mi_critic=mi_critic, **kwargs)
         loss.make_value_estimator(gamma=o.gamma)
         optimizers = {
-            "actor": (
-                ["loss_actor"],
-                _adam(loss.actor_network_params.values(True, True), o.actor_lr),
-            ),
-            "critic": (
-                ["loss_qvalue"],
-                _adam(loss.qvalue_network_params.values(True, True), o.critic_lr),
+            "actor": _group(loss, ["loss_actor"], "actor_network_params", o.actor_lr),
+            "critic": _group(
+                loss, ["loss_qvalue"], "qvalue_network_params", o.critic_lr
             ),
             "alpha": (["loss_alpha"], _adam([loss.log_alpha], o.alpha_lr)),
         }
@@ -253,9 +253,8 @@ def make_update(
                 _adam([loss.log_alpha_prime], o.alpha_prime_lr),
             )
         if mi_critic is not None:
-            optimizers["mi_critic"] = (
-                ["loss_mi_critic"],
-                _adam(loss.mi_critic_network_params.values(True, True), o.critic_lr),
+            optimizers["mi_critic"] = _group(
+                loss, ["loss_mi_critic"], "mi_critic_network_params", o.critic_lr
             )
         return UpdateRecipe(loss, optimizers, actor, SoftUpdate(loss, tau=o.tau))
     if algo == "bc":
@@ -273,13 +272,9 @@ def make_update(
         )
         loss.make_value_estimator(gamma=o.gamma)
         optimizers = {
-            "actor": (
-                ["loss_actor"],
-                _adam(loss.actor_network_params.values(True, True), o.actor_lr),
-            ),
-            "critic": (
-                ["loss_qvalue", "loss_cql"],
-                _adam(loss.qvalue_network_params.values(True, True), o.critic_lr),
+            "actor": _group(loss, ["loss_actor"], "actor_network_params", o.actor_lr),
+            "critic": _group(
+                loss, ["loss_qvalue", "loss_cql"], "qvalue_network_params", o.critic_lr
             ),
             "alpha": (["loss_alpha"], _adam([loss.log_alpha], o.alpha_lr)),
         }
@@ -293,18 +288,11 @@ def make_update(
         )
         loss.make_value_estimator(gamma=o.gamma)
         optimizers = {
-            "actor": (
-                ["loss_actor"],
-                _adam(loss.actor_network_params.values(True, True), o.critic_lr),
+            "actor": _group(loss, ["loss_actor"], "actor_network_params", o.critic_lr),
+            "critic": _group(
+                loss, ["loss_qvalue"], "qvalue_network_params", o.critic_lr
             ),
-            "critic": (
-                ["loss_qvalue"],
-                _adam(loss.qvalue_network_params.values(True, True), o.critic_lr),
-            ),
-            "value": (
-                ["loss_value"],
-                _adam(loss.value_network_params.values(True, True), o.critic_lr),
-            ),
+            "value": _group(loss, ["loss_value"], "value_network_params", o.critic_lr),
         }
         return UpdateRecipe(loss, optimizers, actor, SoftUpdate(loss, tau=o.tau))
     # td3bc: Fujimoto & Gu's settings: alpha 2.5, policy noise 0.2 clipped at 0.5,
@@ -313,14 +301,8 @@ def make_update(
     loss = TD3BCLoss(actor, critic, bounds=(-1.0, 1.0), loss_function="l2", alpha=2.5)
     loss.make_value_estimator(gamma=o.gamma)
     optimizers = {
-        "actor": (
-            ["loss_actor"],
-            _adam(loss.actor_network_params.values(True, True), o.critic_lr),
-        ),
-        "critic": (
-            ["loss_qvalue"],
-            _adam(loss.qvalue_network_params.values(True, True), o.critic_lr),
-        ),
+        "actor": _group(loss, ["loss_actor"], "actor_network_params", o.critic_lr),
+        "critic": _group(loss, ["loss_qvalue"], "qvalue_network_params", o.critic_lr),
     }
     return UpdateRecipe(
         loss, optimizers, actor, SoftUpdate(loss, tau=o.tau), every={"actor": 2}
