@@ -32,8 +32,8 @@ def read_rows(path: Path) -> list[dict]:
 def mean_std(values) -> str:
     values = np.asarray(values, float)
     if len(values) == 1:
-        return f"{values[0]:.1f} (1 seed)"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+        return f"{values[0]:.1f} (n=1)"
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f} (n={len(values)})"
 
 
 def score_table(rows: list[dict], methods, metric: str) -> list[str]:
@@ -170,7 +170,7 @@ def main(argv=None) -> None:
         f"`python benchmarks/report.py --scale {args.scale}`. Every method: the same "
         f"data, networks, batch, {', '.join(steps)} gradient steps and seeds "
         "(settings in `benchmarks/learning.py`, `SCALES`). Normalised score of the "
-        "deterministic policy (10 episodes), mean ± std over seeds.",
+        "deterministic policy (10 episodes), mean ± std over n seeds.",
         "",
         "## Final score",
         "",
