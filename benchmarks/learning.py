@@ -48,6 +48,7 @@ ABLATIONS = {
     "misa-f": ["loss.mi_estimator=f"],
     "misa-dv": ["loss.mi_estimator=dv"],
     "misa-biased": ["loss.unbiased_correction=false"],
+    "misa-no-ba": ["loss.bc_term=false"],
     "misa-k5": ["loss.num_mcmc_samples=5"],
     "misa-authors-sampler": ["loss.sampler_mode=authors"],
 }
