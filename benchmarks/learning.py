@@ -7,6 +7,7 @@ every method. Results are appended to ``benchmarks/results/learning_<scale>.csv`
 resumes where it stopped. ``--shard i/n`` runs every n-th job for a cluster.
 
     python benchmarks/learning.py --scale small            # 2-core CPU
+    python benchmarks/learning.py --scale long --methods misa cql
     python benchmarks/learning.py --scale paper --shard 0/8
     python benchmarks/report.py                             # tables and curves
 """
@@ -54,17 +55,41 @@ ABLATIONS = {
 }
 _CSV_LOCK = threading.Lock()
 DEMO = "datasets/pendulum-medium-replay-v0.hdf5"
+CHEETAH_MR = "datasets/extra/halfcheetah-medium-replay-v0.hdf5"
+
+# How each generated dataset is made (datasets/extra/ is not in the repo).
+GENERATE = {
+    CHEETAH_MR: "python -m torchrl_misa.data.generate --env HalfCheetah-v5 "
+    "--recipes medium-replay --train-steps 60000 --init-random-steps 5000 "
+    "--frames-per-batch 1000 --eval-every 2500 --checkpoint-every 10000 "
+    "--final-eval-episodes 10 --random-episodes 20 --out datasets/extra --threads 1",
+}
+# Settings a dataset needs on top of its scale's (the demo preset stops
+# evaluation episodes at Pendulum's 200 steps).
+DATASET_OVERRIDES = {CHEETAH_MR: ["eval.max_steps=1000"]}
 
 # Settings shared by every method at each scale (the report prints them).
 SCALES = {
     "small": dict(
-        datasets=[DEMO],
+        datasets=[DEMO, CHEETAH_MR],
         ablation_datasets=[DEMO],
         seeds=[0, 1, 2],
         overrides=[
             "preset=demo",
             "optim.gradient_steps=4000",
             "eval.interval=500",
+        ],
+    ),
+    # The small scale's shipped dataset with four times the step budget: are
+    # the methods' orderings at 4000 steps those of trained policies?
+    "long": dict(
+        datasets=[DEMO],
+        ablation_datasets=[],
+        seeds=[0, 1, 2],
+        overrides=[
+            "preset=demo",
+            "optim.gradient_steps=16000",
+            "eval.interval=1000",
         ],
     ),
     "paper": dict(
@@ -78,6 +103,20 @@ SCALES = {
         overrides=["preset=locomotion", "optim.gradient_steps=1000000"],
     ),
 }
+
+
+def generate_command(dataset: str) -> str:
+    """The generator command that makes ``dataset`` (a D4RL-layout .hdf5 path)."""
+    if dataset in GENERATE:
+        return GENERATE[dataset]
+    task, recipe = Path(dataset).stem.rsplit("-v", 1)[0].split("-", 1)
+    env = {"halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}.get(
+        task, task.capitalize() + "-v5"
+    )
+    return (
+        f"python -m torchrl_misa.data.generate --env {env} --recipes {recipe} "
+        f"--train-steps 300000 --out {Path(dataset).parent}"
+    )
 
 
 @dataclass(frozen=True)
@@ -99,6 +138,7 @@ class Job:
             f"env.dataset={self.dataset}",
             f"algorithm={algo}",
             f"seed={self.seed}",
+            *DATASET_OVERRIDES.get(self.dataset, []),
             *ABLATIONS.get(self.method, []),
         ]
 
@@ -183,6 +223,9 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="jobs run side by side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--methods", nargs="*", help="only these methods")
+    parser.add_argument(
+        "--datasets", nargs="*", help="only these datasets (file stems or paths)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the jobs")
     parser.add_argument("--out", type=Path, help="results csv")
     args = parser.parse_args(argv)
@@ -197,14 +240,18 @@ def main(argv=None) -> None:
         if k % count == index
         and j.name not in finished
         and (not args.methods or j.method in args.methods)
+        and (
+            not args.datasets
+            or j.dataset in args.datasets
+            or Path(j.dataset).stem in args.datasets
+        )
     ]
-    missing = {j.dataset for j in todo if not (REPO / j.dataset).exists()}
+    missing = sorted({j.dataset for j in todo if not (REPO / j.dataset).exists()})
     if missing:
         raise SystemExit(
-            "Missing datasets: "
-            + ", ".join(sorted(missing))
-            + ". Make them with the generator, e.g. `python -m torchrl_misa.data.generate "
-            "--env Hopper-v5 --recipes medium medium-replay medium-expert --out datasets/extra/`."
+            "Missing datasets. Make them with the generator (or leave their jobs "
+            "out with --datasets):\n"
+            + "\n".join(f"  {d}: {generate_command(d)}" for d in missing)
         )
     print(f"{len(todo)} jobs to run ({len(finished)} already in {out_csv})")
     if args.dry_run:

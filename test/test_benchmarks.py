@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from torchrl_misa.data import write_d4rl_hdf5
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,21 +21,9 @@ def _load(name):
     return module
 
 
-def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch):
+def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file):
     learning, report = _load("learning"), _load("report")
-    rng = np.random.default_rng(0)
-    n = 200
-    obs = rng.normal(size=(n + 1, 3)).astype(np.float32)
-    data = {
-        "observations": obs[:-1],
-        "next_observations": obs[1:],
-        "actions": rng.uniform(-1, 1, (n, 1)).astype(np.float32),
-        "rewards": rng.normal(size=n).astype(np.float32),
-        "terminals": np.zeros(n, bool),
-        "timeouts": (np.arange(n) % 50) == 49,
-    }
-    meta = {"env_id": "Pendulum-v1", "random_return": -100.0, "expert_return": 100.0}
-    dataset = write_d4rl_hdf5(tmp_path / "tiny.hdf5", data, meta)
+    dataset = tiny_d4rl_file(tmp_path / "tiny.hdf5", 3, 1, "Pendulum-v1", n=200)
     tiny = dict(
         datasets=[str(dataset)],
         ablation_datasets=[str(dataset)],
@@ -83,4 +70,29 @@ def test_job_overrides_select_method_and_ablation():
     assert "algorithm=misa" in ov and "loss.mi_estimator=dv" in ov and "seed=2" in ov
     assert "algorithm=cql" in learning.Job("small", "d.hdf5", "cql", 0).overrides()
     names = [j.name for j in learning.jobs_for("small")]
-    assert len(names) == len(set(names)) == 3 * 5 + 3 * len(learning.ABLATIONS)
+    # small: 3 seeds x 5 methods x 2 datasets, ablations on the shipped one only
+    assert len(names) == len(set(names)) == 3 * 5 * 2 + 3 * len(learning.ABLATIONS)
+    cheetah = learning.Job("small", learning.CHEETAH_MR, "iql", 1).overrides()
+    assert cheetah[-1] == "eval.max_steps=1000" and "algorithm=iql" in cheetah
+
+
+def test_missing_dataset_names_its_generator_command(tmp_path, monkeypatch, capsys):
+    learning = _load("learning")
+    absent = "datasets/extra/walker2d-medium-expert-v0.hdf5"
+    monkeypatch.setitem(
+        learning.SCALES,
+        "tiny",
+        dict(datasets=[absent], ablation_datasets=[], seeds=[0], overrides=[]),
+    )
+    out = tmp_path / "rows.csv"
+    with pytest.raises(SystemExit, match="Missing datasets") as err:
+        learning.main(["--scale", "tiny", "--out", str(out)])
+    assert (
+        f"{absent}: python -m torchrl_misa.data.generate --env Walker2d-v5 "
+        "--recipes medium-expert" in str(err.value)
+    )
+    # Leaving the dataset out runs nothing and needs no file.
+    learning.main(
+        ["--scale", "tiny", "--datasets", "other", "--dry-run", "--out", str(out)]
+    )
+    assert capsys.readouterr().out.startswith("0 jobs to run")

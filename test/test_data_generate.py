@@ -158,27 +158,16 @@ def test_medium_expert_is_medium_then_expert(generated):
         np.testing.assert_array_equal(me[key], np.concatenate([m[key], e[key]]))
 
 
-def test_generated_file_through_the_entry_point(generated, tmp_path):
+def test_generated_file_through_the_entry_point(
+    generated, tmp_path, storage_matches_file
+):
     cfg, paths = generated
     path = paths["medium-replay"]
     arrays = h5(path)
     rb = make_offline_replay_buffer(
         f"d4rl_file:{path}", 32, root=tmp_path, clip_actions=None
     )
-    data = rb.storage._storage
-    term, trunc = arrays["terminals"], arrays["timeouts"]
-    assert len(rb) == len(arrays["rewards"])
-    np.testing.assert_array_equal(data["observation"].numpy(), arrays["observations"])
-    np.testing.assert_array_equal(data["action"].numpy(), arrays["actions"])
-    np.testing.assert_array_equal(
-        data["next", "reward"].numpy()[:, 0], arrays["rewards"]
-    )
-    np.testing.assert_array_equal(data["next", "terminated"].numpy()[:, 0], term)
-    np.testing.assert_array_equal(data["next", "truncated"].numpy()[:, 0], trunc)
-    np.testing.assert_array_equal(data["next", "done"].numpy()[:, 0], term | trunc)
-    np.testing.assert_array_equal(
-        data["next", "observation"].numpy()[~term], arrays["next_observations"][~term]
-    )
+    storage_matches_file(rb, arrays)
     meta = read_metadata(path)
     ret = 0.5 * (meta["random_return"] + meta["expert_return"])
     assert normalized_score(rb, ret) == pytest.approx(50.0)

@@ -61,27 +61,6 @@ def read_h5(path):
         return {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
 
 
-def check_storage_matches_file(rb, arrays):
-    """Every stored transition equals the file's row, flags and boundaries included."""
-    data = rb.storage._storage
-    n = len(arrays["rewards"])
-    assert len(rb) == n
-    term = arrays["terminals"].astype(bool)
-    trunc = arrays["timeouts"].astype(bool)
-    np.testing.assert_array_equal(data["observation"].numpy(), arrays["observations"])
-    np.testing.assert_array_equal(data["action"].numpy(), arrays["actions"])
-    np.testing.assert_array_equal(
-        data["next", "reward"].numpy()[:, 0], arrays["rewards"]
-    )
-    np.testing.assert_array_equal(data["next", "terminated"].numpy()[:, 0], term)
-    np.testing.assert_array_equal(data["next", "truncated"].numpy()[:, 0], trunc)
-    np.testing.assert_array_equal(data["next", "done"].numpy()[:, 0], term | trunc)
-    next_obs = data["next", "observation"].numpy()
-    # a terminal next state is never used (no bootstrap): TorchRL zeroes it
-    np.testing.assert_array_equal(next_obs[term], 0 * arrays["next_observations"][term])
-    np.testing.assert_array_equal(next_obs[~term], arrays["next_observations"][~term])
-
-
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection raises."""
@@ -95,18 +74,18 @@ def no_network(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
 
 
-def test_handmade_file_roundtrip(tmp_path):
+def test_handmade_file_roundtrip(tmp_path, storage_matches_file):
     arrays = toy_arrays()
     path = write_d4rl_hdf5(tmp_path / "toy.hdf5", arrays, {"env_id": "Pendulum-v1"})
     rb = load_dataset(f"d4rl_file:{path}", batch_size=16, root=tmp_path / "cache")
     assert isinstance(rb, D4RLExperienceReplay)
-    check_storage_matches_file(rb, read_h5(path))
+    storage_matches_file(rb, read_h5(path))
     # second load comes from the memory-mapped cache and is the same
     again = load_dataset(f"d4rl_file:{path}", batch_size=16, root=tmp_path / "cache")
-    check_storage_matches_file(again, read_h5(path))
+    storage_matches_file(again, read_h5(path))
 
 
-def test_episode_boundaries_from_a_terminating_env(tmp_path):
+def test_episode_boundaries_from_a_terminating_env(tmp_path, storage_matches_file):
     # Hopper falls (terminated) and is cut at 30 steps (truncated): both kinds of ends
     env_fn = lambda: make_env("Hopper-v5", max_episode_steps=30)  # noqa: E731
     td = collect_episodes(env_fn, None, 300, seed=0)
@@ -127,7 +106,7 @@ def test_episode_boundaries_from_a_terminating_env(tmp_path):
     np.testing.assert_array_equal(lengths[arrays["timeouts"][ends]], 30)
     path = write_d4rl_hdf5(tmp_path / "hop.hdf5", arrays, {"env_id": "Hopper-v5"})
     rb = make_offline_replay_buffer(path, 64, root=tmp_path / "c", clip_actions=None)
-    check_storage_matches_file(rb, read_h5(path))
+    storage_matches_file(rb, read_h5(path))
 
 
 def test_samples_keys_shapes_and_values(tmp_path):
@@ -178,16 +157,18 @@ def _d4rl_folder_file(tmp_path, monkeypatch, dataset_id, arrays):
     return write_d4rl_hdf5(d4rl_dir / name, arrays, {})
 
 
-def test_d4rl_id_offline_from_d4rl_folder_then_cache(tmp_path, monkeypatch, no_network):
+def test_d4rl_id_offline_from_d4rl_folder_then_cache(
+    tmp_path, monkeypatch, no_network, storage_matches_file
+):
     arrays = toy_arrays(n=30, obs_dim=11, act_dim=3)
     raw = _d4rl_folder_file(tmp_path, monkeypatch, "hopper-medium-v2", arrays)
     root = tmp_path / "torchrl_cache"
     rb = load_dataset("d4rl:hopper-medium-v2", batch_size=8, root=root)
-    check_storage_matches_file(rb, arrays)
+    storage_matches_file(rb, arrays)
     assert (root / "hopper-medium-v2").is_dir()
     raw.unlink()  # now only TorchRL's cache is left
     rb = make_offline_replay_buffer("hopper-medium-v2", 8, root=root)
-    check_storage_matches_file(rb, arrays)
+    storage_matches_file(rb, arrays)
     assert rb.sample()["observation"].shape == (8, 11)
 
 

@@ -8,11 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
-from torchrl_misa.data import write_d4rl_hdf5
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "sota-implementations" / "misa" / "misa_offline.py"
@@ -29,25 +26,6 @@ TINY = [
 ]
 
 
-def tiny_dataset(path: Path, obs_dim: int, act_dim: int, env_id: str, n: int = 400):
-    """A D4RL-layout file of random transitions, episodes of 50 steps."""
-    rng = np.random.default_rng(0)
-    obs = rng.normal(size=(n + 1, obs_dim)).astype(np.float32)
-    timeouts = (np.arange(n) % 50) == 49
-    terminals = np.zeros(n, bool)
-    terminals[123] = True
-    data = {
-        "observations": obs[:-1],
-        "next_observations": obs[1:],
-        "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
-        "rewards": rng.normal(size=n).astype(np.float32),
-        "terminals": terminals,
-        "timeouts": timeouts,
-    }
-    meta = {"env_id": env_id, "random_return": -100.0, "expert_return": 100.0}
-    return write_d4rl_hdf5(path, data, meta)
-
-
 def run(args, tmp_path, name, timeout=240, env=None):
     run_dir = tmp_path / name
     cmd = [sys.executable, str(SCRIPT), *args, f"hydra.run.dir={run_dir}"]
@@ -59,8 +37,8 @@ def run(args, tmp_path, name, timeout=240, env=None):
 
 
 @pytest.fixture(scope="module")
-def pendulum_file(tmp_path_factory):
-    return tiny_dataset(
+def pendulum_file(tmp_path_factory, tiny_d4rl_file):
+    return tiny_d4rl_file(
         tmp_path_factory.mktemp("data") / "pendulum.hdf5", 3, 1, "Pendulum-v1"
     )
 
@@ -78,10 +56,10 @@ def pendulum_file(tmp_path_factory):
         ("kitchen", ["env.eval_env=Pendulum-v1"]),
     ],
 )
-def test_presets_run(preset, extra, pendulum_file, tmp_path):
+def test_presets_run(preset, extra, pendulum_file, tmp_path, tiny_d4rl_file):
     dataset = pendulum_file
     if preset == "locomotion":
-        dataset = tiny_dataset(tmp_path / "cheetah.hdf5", 17, 6, "HalfCheetah-v5")
+        dataset = tiny_d4rl_file(tmp_path / "cheetah.hdf5", 17, 6, "HalfCheetah-v5")
     args = [
         f"preset={preset}",
         f"env.dataset={dataset}",

@@ -1,0 +1,61 @@
+"""Fixtures shared by the test files."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from torchrl_misa.data import write_d4rl_hdf5
+
+
+def _tiny_d4rl_file(
+    path: Path, obs_dim: int, act_dim: int, env_id: str, n: int = 400
+) -> Path:
+    """A D4RL-layout file of random transitions: episodes of 50 steps, one terminal."""
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(n + 1, obs_dim)).astype(np.float32)
+    terminals = np.zeros(n, bool)
+    terminals[min(123, n - 1)] = True
+    data = {
+        "observations": obs[:-1],
+        "next_observations": obs[1:],
+        "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "terminals": terminals,
+        "timeouts": (np.arange(n) % 50) == 49,
+    }
+    meta = {"env_id": env_id, "random_return": -100.0, "expert_return": 100.0}
+    return write_d4rl_hdf5(path, data, meta)
+
+
+@pytest.fixture(scope="session")
+def tiny_d4rl_file():
+    """``tiny_d4rl_file(path, obs_dim, act_dim, env_id, n=400)`` writes a small D4RL file."""
+    return _tiny_d4rl_file
+
+
+def _check_storage_matches_file(rb, arrays) -> None:
+    """Every stored transition equals the file's row, flags and boundaries included."""
+    data = rb.storage._storage
+    n = len(arrays["rewards"])
+    assert len(rb) == n
+    term = arrays["terminals"].astype(bool)
+    trunc = arrays["timeouts"].astype(bool)
+    np.testing.assert_array_equal(data["observation"].numpy(), arrays["observations"])
+    np.testing.assert_array_equal(data["action"].numpy(), arrays["actions"])
+    np.testing.assert_array_equal(
+        data["next", "reward"].numpy()[:, 0], arrays["rewards"]
+    )
+    np.testing.assert_array_equal(data["next", "terminated"].numpy()[:, 0], term)
+    np.testing.assert_array_equal(data["next", "truncated"].numpy()[:, 0], trunc)
+    np.testing.assert_array_equal(data["next", "done"].numpy()[:, 0], term | trunc)
+    next_obs = data["next", "observation"].numpy()
+    # a terminal next state is never used (no bootstrap): TorchRL zeroes it
+    np.testing.assert_array_equal(next_obs[term], 0 * arrays["next_observations"][term])
+    np.testing.assert_array_equal(next_obs[~term], arrays["next_observations"][~term])
+
+
+@pytest.fixture(scope="session")
+def storage_matches_file():
+    """``storage_matches_file(rb, arrays)`` asserts a loaded buffer equals the file's arrays."""
+    return _check_storage_matches_file
