@@ -62,6 +62,36 @@ def score_table(rows: list[dict], methods, metric: str) -> list[str]:
     return lines
 
 
+def settings_line(rows: list[dict]) -> str:
+    """The shared settings, read from the runs' own resolved hydra configs."""
+    import yaml
+
+    seen, mcmc = set(), set()
+    for r in rows:
+        path = REPO / r["run_dir"] / ".hydra" / "config.yaml"
+        if not path.exists():
+            continue
+        cfg = yaml.safe_load(path.read_text())
+        net, optim, ev = cfg["network"], cfg["optim"], cfg["eval"]
+        seen.add(
+            f"actor {net['actor_hidden_sizes']}, critic {net['critic_hidden_sizes']}, "
+            f"batch {optim['batch_size']}, {optim['gradient_steps']} gradient steps, "
+            f"evaluation every {ev['interval']} steps ({ev['episodes']} episodes)"
+        )
+        if r["method"] == "misa":
+            loss = cfg["loss"]
+            mcmc.add(
+                f"k={loss['num_mcmc_samples']}, {loss['num_burnin']} burn-in, "
+                f"{loss['num_leapfrog']} leapfrog steps, {loss['sampler_mode']} sampler"
+            )
+    if not seen:
+        return ""
+    line = "Settings of every run: " + "; ".join(sorted(seen)) + "."
+    if mcmc:
+        line += " MISA: " + "; ".join(sorted(mcmc)) + "."
+    return line
+
+
 def run_speed(run_dir: Path) -> float | None:
     """Median logged updates/s of a run (its csv logger's train/updates_per_s)."""
     files = list(run_dir.glob("*/scalars/train/updates_per_s.csv"))
@@ -162,6 +192,9 @@ def main(argv=None) -> None:
         )
     rows = read_rows(src)
     ablations = sorted({r["method"] for r in rows} - set(MAIN))
+    # ablations run on fewer datasets than the main methods: table only those
+    ablation_sets = {r["dataset"] for r in rows if r["method"] in ablations}
+    ablation_rows = [r for r in rows if r["dataset"] in ablation_sets]
     steps = sorted({r["steps"] for r in rows})
     out = [
         f"# Learning benchmark ({args.scale})",
@@ -171,6 +204,8 @@ def main(argv=None) -> None:
         f"data, networks, batch, {', '.join(steps)} gradient steps and seeds "
         "(settings in `benchmarks/learning.py`, `SCALES`). Normalised score of the "
         "deterministic policy (10 episodes), mean ± std over n seeds.",
+        "",
+        settings_line(rows),
         "",
         "## Final score",
         "",
@@ -187,14 +222,17 @@ def main(argv=None) -> None:
             "",
             "Final score / mean of the last 5 evaluations:",
             "",
-            *score_table(rows, ["misa", *ablations], "final_score"),
+            *score_table(ablation_rows, ["misa", *ablations], "final_score"),
             "",
-            *score_table(rows, ["misa", *ablations], "last_mean_score"),
+            *score_table(ablation_rows, ["misa", *ablations], "last_mean_score"),
             "",
         ]
-    for name, methods in (("main", MAIN), ("ablations", ["misa", *ablations])):
+    for name, methods, subset in (
+        ("main", MAIN, rows),
+        ("ablations", ["misa", *ablations], ablation_rows),
+    ):
         png = RESULTS / f"learning_{args.scale}_{name}.png"
-        if plot_curves(rows, methods, png, name):
+        if plot_curves(subset, methods, png, name):
             out += [f"![{name}]({png.name})", ""]
     out += ["## Throughput", "", *throughput_lines(rows), ""]
     dst = RESULTS / f"learning_{args.scale}.md"

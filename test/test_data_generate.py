@@ -222,3 +222,30 @@ def test_command_line():
     assert cfg.env_id == "Hopper-v5" and cfg.recipes == ("medium-replay", "expert")
     assert cfg.train_steps == 1000 and cfg.sac.hidden == 64
     assert str(cfg.dataset_path("medium-replay")) == "x/hopper-medium-replay-v0.hdf5"
+
+
+def test_describe_command_line(generated):
+    """`python -m torchrl_misa.data.describe FILE` prints the file's own figures, warning-free."""
+    import subprocess
+    import sys
+
+    _, paths = generated
+    path = paths["medium-replay"]
+    arrays = h5(path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error::RuntimeWarning",
+            "-m",
+            "torchrl_misa.data.describe",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr
+    n, episodes = len(arrays["rewards"]), len(brute_force_returns(arrays))
+    assert f"| transitions / episodes | {n} / {episodes} (" in proc.stdout

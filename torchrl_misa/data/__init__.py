@@ -19,7 +19,6 @@ from torchrl_misa.data.d4rl import (
     DEMO_DATASET_PATH,
     OfflineD4RLExperienceReplay,
 )
-from torchrl_misa.data.describe import describe
 from torchrl_misa.data.envs import make_env, make_eval_env
 from torchrl_misa.data.hdf5 import (
     DatasetFormatError,
@@ -42,6 +41,19 @@ from torchrl_misa.data.scores import (
     reference_returns,
 )
 from torchrl_misa.data.tasks import D4RL_REF_RETURNS, dataset_env_id, task_family
+
+
+def __getattr__(name):
+    # Imported on first use so that `python -m torchrl_misa.data.describe`
+    # does not find its own module already loaded by the package.
+    if name == "describe":
+        from torchrl_misa.data.describe import describe
+
+        # importing the submodule bound its name here: bind the function instead
+        globals()["describe"] = describe
+        return describe
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 register_dataset("d4rl_file", D4RLFileExperienceReplay, replace=True)
 register_dataset("d4rl", OfflineD4RLExperienceReplay, replace=True)
