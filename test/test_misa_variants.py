@@ -203,3 +203,20 @@ def test_f_and_dv_weights_reweight_states(fixed_noise):
     assert_close(w_dv, z / z.mean(), "dv weights")
     loss.mi_estimator = "f"
     assert_close(loss._correction_weight(e_pi), z / math.e, "f weights")
+
+
+def test_f_bound_overflow_is_a_clear_error(fixed_noise):
+    """exp(Q - 1) overflows float32 for Q above ~85: MISA-f says so instead of NaN."""
+    loss, _ = build(mi_estimator="f")
+    data = make_data([4])
+    assert torch.isfinite(loss(data.clone())["loss_qvalue"])
+    biases = [k for k in loss.qvalue_network_params.keys(True, True) if k[-1] == "bias"]
+    with torch.no_grad():
+        loss.qvalue_network_params[biases[-1]].add_(200.0)  # every Q near 200
+    with pytest.raises(ValueError, match=r"exp\(Q - 1\) overflowed"):
+        loss(data.clone())
+    # The same values under the shift-invariant estimators stay finite.
+    for estimator in ("misa", "dv"):
+        loss.mi_estimator = estimator
+        out = loss(data.clone())
+        assert torch.isfinite(out["loss_qvalue"]) and torch.isfinite(out["loss_actor"])

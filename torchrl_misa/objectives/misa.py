@@ -109,7 +109,12 @@ class MISALoss(LossModule):
             log-mean-exp, default), ``"dv"`` (Eq. 9, one log-mean-exp over all
             ``(s, a~pi)`` pairs), ``"f"`` (Eq. 8, mean of ``exp(Q - 1)``) or
             ``"ba"`` (Barber-Agakov: no critic regulariser, BC log-likelihood
-            only, no correction).
+            only, no correction). Only ``"misa"`` is invariant to a shift of
+            Q in each state: ``"dv"`` weights states by ``exp Q`` across the
+            batch (a few high-value states take all the weight when values
+            differ by tens between states), and ``"f"`` depends on Q's level
+            (for Q far below 0 its regulariser reduces to ``-Q(s, a)``; above
+            ~85 ``exp`` overflows float32, which raises a ``ValueError``).
         bc_term (bool): keep ``-log pi(a|s)`` in the actor loss. ``False`` is
             the paper's "no-BA" ablation. Default ``True``.
         unbiased_correction (bool, optional): add the MCMC correction term.
@@ -536,6 +541,8 @@ class MISALoss(LossModule):
         out = {}
         critic = td_sq
         gaps = self._critic_gap(q_pi, q_data)
+        if self.mi_estimator == "f" and self.validate_inputs and not _capturing():
+            self._check_f_bound(gaps, q_pi)
         if self.regularise_critics:
             if self.lagrange_tau is not None:
                 alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
@@ -681,6 +688,21 @@ class MISALoss(LossModule):
         if self.mi_estimator == "f":
             return (e_pi - 1.0).exp().mean(0)
         return e_pi.logsumexp(0) - math.log(e_pi.shape[0])
+
+    @staticmethod
+    def _check_f_bound(gaps: Tensor, q_pi: Tensor) -> None:
+        # exp(Q - 1) is not shift-invariant: it overflows float32 once Q > ~85,
+        # which D4RL locomotion values reach; the loss would turn inf, then NaN.
+        limit = math.log(torch.finfo(q_pi.dtype).max) + 1.0 - math.log(q_pi.shape[1])
+        if not torch.isfinite(gaps).all() and q_pi.max() > limit:
+            raise ValueError(
+                "MISALoss(mi_estimator='f'): exp(Q - 1) overflowed (largest policy "
+                f"action value {q_pi.max().item():.1f}, above {limit:.1f} in "
+                f"{q_pi.dtype}). "
+                "The f-bound depends on the scale of Q: scale the rewards down so "
+                "that values stay below ~80, or use mi_estimator='misa' or 'dv', "
+                "whose log-mean-exp is shift-invariant."
+            )
 
     def _correction_weight(self, e_pi: Tensor) -> Tensor | float:
         """Per-state weight of the MCMC correction, from the bound's gradient.
