@@ -73,7 +73,11 @@ def test_job_overrides_select_method_and_ablation():
     # small: 3 seeds x 5 methods x 2 datasets, ablations on the shipped one only
     assert len(names) == len(set(names)) == 3 * 5 * 2 + 3 * len(learning.ABLATIONS)
     cheetah = learning.Job("small", learning.CHEETAH_MR, "iql", 1).overrides()
-    assert cheetah[-1] == "eval.max_steps=1000" and "algorithm=iql" in cheetah
+    assert "eval.max_steps=1000" in cheetah and "algorithm=iql" in cheetah
+    # the dataset's own budget comes after (and so overrides) the scale's
+    assert cheetah.index("optim.gradient_steps=15000") > cheetah.index(
+        "optim.gradient_steps=4000"
+    )
 
 
 def test_missing_dataset_names_its_generator_command(tmp_path, monkeypatch, capsys):
