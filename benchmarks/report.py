@@ -66,14 +66,14 @@ def settings_line(rows: list[dict]) -> str:
     """The shared settings, read from the runs' own resolved hydra configs."""
     import yaml
 
-    seen, mcmc = set(), set()
+    seen, mcmc = defaultdict(set), set()
     for r in rows:
         path = REPO / r["run_dir"] / ".hydra" / "config.yaml"
         if not path.exists():
             continue
         cfg = yaml.safe_load(path.read_text())
         net, optim, ev = cfg["network"], cfg["optim"], cfg["eval"]
-        seen.add(
+        seen[r["dataset"]].add(
             f"actor {net['actor_hidden_sizes']}, critic {net['critic_hidden_sizes']}, "
             f"batch {optim['batch_size']}, {optim['gradient_steps']} gradient steps, "
             f"evaluation every {ev['interval']} steps ({ev['episodes']} episodes)"
@@ -86,7 +86,11 @@ def settings_line(rows: list[dict]) -> str:
             )
     if not seen:
         return ""
-    line = "Settings of every run: " + "; ".join(sorted(seen)) + "."
+    line = (
+        "Settings of every run: "
+        + "; ".join(f"{d}: {' / '.join(sorted(v))}" for d, v in sorted(seen.items()))
+        + "."
+    )
     if mcmc:
         line += " MISA: " + "; ".join(sorted(mcmc)) + "."
     return line
