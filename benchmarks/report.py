@@ -175,8 +175,8 @@ def throughput_lines(rows: list[dict]) -> list[str]:
     if speeds:
         lines += [
             "Training speed inside the learning runs above (median logged updates/s, "
-            "demo-size networks, two runs sharing the 2-core CPU, so only the ratios "
-            "between methods mean anything):",
+            "demo-size networks, runs sharing the 2-core CPU with other jobs, so only rough "
+            "ratios between methods mean anything):",
             "",
             "| method | updates/s |",
             "|---|---:|",
