@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -30,6 +31,7 @@ def hmc_sample(
     scale: Tensor | None = None,
     generator: torch.Generator | None = None,
     compile: bool = False,
+    validate: bool = True,
 ) -> tuple[Tensor, TensorDict]:
     """Draws samples of an unnormalised density with Hamiltonian Monte Carlo.
 
@@ -78,6 +80,11 @@ def hmc_sample(
             ``torch.func.grad_and_value``. The first call compiles (tens of
             seconds); later calls with the same shapes, even with a new closure
             over the same modules, reuse the compiled graph.
+        validate: check the values of ``init``, ``step_size`` and ``scale``
+            (finite, positive). Each check reads a device tensor back to the
+            host, so a training loop on an accelerator may turn them off once
+            its inputs are known to be sane. Shapes, dtypes and counts are
+            always checked. Default ``True``.
 
     Returns:
         ``samples [num_samples, *batch, d]`` (detached; chains concatenated along
@@ -100,13 +107,13 @@ def hmc_sample(
         >>> bool(info["acceptance_rate"].mean() > 0.6)
         True
     """
-    position = _check_init(init)
+    position = _check_init(init, validate)
     batch, d = position.shape[:-1], position.shape[-1]
     num_adaptation_steps = _check_counts(
         num_samples, num_burnin, num_leapfrog, num_chains, thin, num_adaptation_steps
     )
     if scale is not None:
-        scale = _check_scale(scale, position)
+        scale = _check_scale(scale, position, validate)
         target_fn = functools.partial(_scaled_log_prob, log_prob_fn, scale)
         position = position / scale
     else:
@@ -122,7 +129,9 @@ def hmc_sample(
         vg_fn = functools.partial(value_and_grad, target_fn)
         step_fn = hmc_step
     state = init_state(position.contiguous(), vg_fn)
-    step = _initial_step_size(step_size, shared_step_size, batch, chain_batch, position)
+    step = _initial_step_size(
+        step_size, shared_step_size, batch, chain_batch, position, validate
+    )
 
     kept, accepted_kept, accepted_burnin = [], 0, 0
     divergent = torch.zeros(chain_batch, dtype=torch.long, device=position.device)
@@ -210,11 +219,20 @@ def _compiled_step():
     return _COMPILED_STEP
 
 
-def _initial_step_size(step_size, shared: bool, batch, chain_batch, like: Tensor):
+def _initial_step_size(
+    step_size, shared: bool, batch, chain_batch, like: Tensor, validate: bool
+):
     """A 0-d shared step size, or one per chain of shape ``[*chain_batch, 1]``."""
-    step = torch.as_tensor(step_size, dtype=like.dtype, device=like.device).detach()
-    if not (torch.isfinite(step).all() and (step > 0).all()):
+    # A Python number is checked on the host; a tensor only if asked (a sync).
+    if isinstance(step_size, Tensor):
+        valid = not validate or bool(
+            (torch.isfinite(step_size) & (step_size > 0)).all()
+        )
+    else:
+        valid = math.isfinite(step_size) and step_size > 0
+    if not valid:
         raise ValueError(f"step_size must be finite and positive, got {step_size}.")
+    step = torch.as_tensor(step_size, dtype=like.dtype, device=like.device).detach()
     if shared:
         if step.numel() != 1:
             raise ValueError(
@@ -236,7 +254,7 @@ def _initial_step_size(step_size, shared: bool, batch, chain_batch, like: Tensor
         ) from None
 
 
-def _check_init(init) -> Tensor:
+def _check_init(init, validate: bool) -> Tensor:
     if isinstance(init, TensorDictBase):
         if "position" not in init.keys():
             raise KeyError(
@@ -249,14 +267,14 @@ def _check_init(init) -> Tensor:
         )
     if not init.is_floating_point():
         raise ValueError(f"init must be a floating point tensor, got {init.dtype}.")
-    if not torch.isfinite(init).all():
+    if validate and not torch.isfinite(init).all():
         raise ValueError(
             "init contains non-finite values: chains must start at finite positions."
         )
     return init.detach()
 
 
-def _check_scale(scale: Tensor, position: Tensor) -> Tensor:
+def _check_scale(scale: Tensor, position: Tensor, validate: bool) -> Tensor:
     scale = torch.as_tensor(scale, dtype=position.dtype, device=position.device)
     try:
         scale = scale.expand_as(position)
@@ -265,7 +283,7 @@ def _check_scale(scale: Tensor, position: Tensor) -> Tensor:
             f"scale of shape {tuple(scale.shape)} does not broadcast to the position's "
             f"shape {tuple(position.shape)}."
         ) from None
-    if not (torch.isfinite(scale).all() and (scale > 0).all()):
+    if validate and not (torch.isfinite(scale).all() and (scale > 0).all()):
         raise ValueError("scale must be finite and strictly positive.")
     return scale
 

@@ -34,6 +34,7 @@ def sample_tilted_tanh_normal(
     generator: torch.Generator | None = None,
     compile: bool = False,
     mode: str = "whitened",
+    validate: bool = True,
 ) -> tuple[Tensor, TensorDict]:
     """HMC samples of ``p(a|s) ∝ pi(a|s) exp w(s, a)``, ``pi = tanh(N(loc, scale))``.
 
@@ -62,7 +63,11 @@ def sample_tilted_tanh_normal(
         init_action: ``[*batch, d]`` in ``[-1, 1]``.
 
     Keyword Args:
-        see :func:`~torchrl_misa.mcmc.hmc_sample`.
+        validate: check that ``loc``, ``scale`` and ``init_action`` are finite,
+            ``scale > 0`` and ``init_action`` lies in ``[-1, 1]`` (host syncs),
+            and the sampler's own value checks. Shapes are always checked.
+            Default ``True``.
+        others: see :func:`~torchrl_misa.mcmc.hmc_sample`.
 
     Returns:
         actions ``[num_samples, *batch, d]`` strictly inside ``(-1, 1)`` (detached)
@@ -79,7 +84,7 @@ def sample_tilted_tanh_normal(
     """
     if mode not in MODES:
         raise ValueError(f"Unknown sampler mode {mode!r}; choose one of {MODES}.")
-    loc, scale, init_action = _check_inputs(loc, scale, init_action)
+    loc, scale, init_action = _check_inputs(loc, scale, init_action, validate)
     init_action = init_action.clamp(-1 + _EDGE, 1 - _EDGE)
     common = dict(
         num_samples=num_samples,
@@ -91,6 +96,7 @@ def sample_tilted_tanh_normal(
         num_chains=num_chains,
         generator=generator,
         compile=compile,
+        validate=validate,
     )
     if mode == "authors":
         samples, info = hmc_sample(
@@ -154,20 +160,26 @@ def _log_weight(log_weight_fn, action: Tensor) -> Tensor:
     return w
 
 
-def _check_inputs(loc, scale, init_action):
+def _check_inputs(loc, scale, init_action, validate: bool):
     loc, scale, init_action = (
         t.detach() if isinstance(t, Tensor) else t for t in (loc, scale, init_action)
     )
-    for name, t in (("loc", loc), ("scale", scale), ("init_action", init_action)):
+    named = (("loc", loc), ("scale", scale), ("init_action", init_action))
+    for name, t in named:
         if not isinstance(t, Tensor):
             raise ValueError(f"{name} must be a tensor of shape [*batch, d].")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name} contains non-finite values.")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating point tensor, got {t.dtype}.")
     if not (loc.shape == scale.shape == init_action.shape):
         raise ValueError(
             "loc, scale and init_action must share the shape [*batch, d]; got "
             f"{tuple(loc.shape)}, {tuple(scale.shape)}, {tuple(init_action.shape)}."
         )
+    if not validate:
+        return loc, scale, init_action
+    for name, t in named:
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains non-finite values.")
     if not (scale > 0).all():
         raise ValueError("scale must be strictly positive.")
     if init_action.abs().max() > 1:
