@@ -217,11 +217,79 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
 
 def test_command_line():
     cfg = parse_args(
-        "--env Hopper-v5 --recipes medium-replay expert --train-steps 1000 --out x --hidden 64".split()
+        "--env Hopper-v5 --recipes medium-replay expert --train-steps 1000 "
+        "--init-random-steps 100 --out x --hidden 64".split()
     )
     assert cfg.env_id == "Hopper-v5" and cfg.recipes == ("medium-replay", "expert")
     assert cfg.train_steps == 1000 and cfg.sac.hidden == 64
+    assert cfg.init_random_steps == 100
     assert str(cfg.dataset_path("medium-replay")) == "x/hopper-medium-replay-v0.hdf5"
+
+
+BAD_FLAGS = [
+    ("--train-steps", "0"),
+    ("--train-steps", "-100"),
+    ("--frames-per-batch", "0"),
+    ("--eval-every", "-1"),
+    ("--checkpoint-every", "0"),
+    ("--eval-episodes", "0"),
+    ("--final-eval-episodes", "-2"),
+    ("--random-episodes", "0"),
+    ("--dataset-steps", "0"),
+    ("--threads", "0"),
+    ("--seed", "-1"),
+    ("--init-random-steps", "-5"),
+    ("--max-episode-steps", "0"),
+    ("--utd", "0"),
+    ("--utd", "nan"),
+    ("--medium-fraction", "0"),
+    ("--medium-fraction", "1.5"),
+    ("--hidden", "0"),
+    ("--batch-size", "-8"),
+    ("--lr", "0"),
+    ("--lr", "inf"),
+]
+
+
+@pytest.mark.parametrize("flag,value", BAD_FLAGS)
+def test_command_line_refuses_nonsense(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([flag, value, "--out", "x"])
+    assert exit_info.value.code == 2  # argparse's status for a usage error
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m torchrl_misa.data.generate")
+    assert f"error: {flag} " in err and value in err
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        ("--train-steps 1000 --init-random-steps 1000", "--init-random-steps"),
+        ("--train-steps 1000 --init-random-steps 10 --eval-every 2000", "--eval-every"),
+        (
+            "--train-steps 1000 --init-random-steps 10 --frames-per-batch 5000",
+            "--frames-per-batch",
+        ),
+    ],
+)
+def test_command_line_refuses_inconsistent_budgets(flags, named, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(flags.split())
+    assert f"error: {named} must" in capsys.readouterr().err
+
+
+def test_generate_refuses_bad_settings_before_running(tmp_path, monkeypatch):
+    def no_env(*args, **kwargs):
+        raise AssertionError("an env was made")
+
+    monkeypatch.setattr("torchrl_misa.data.generate.make_env", no_env)
+    with pytest.raises(ValueError, match="--eval-every must be a positive integer"):
+        generate(tiny_config(tmp_path, eval_every=0), log=lambda *a: None)
+    with pytest.raises(ValueError, match="--dataset-steps must be a positive integer"):
+        generate(tiny_config(tmp_path, dataset_steps=-3), log=lambda *a: None)
+    with pytest.raises(ValueError, match="Unknown recipe 'replay'"):
+        generate(tiny_config(tmp_path, recipes=("replay",)), log=lambda *a: None)
+    assert not any(tmp_path.iterdir())  # nothing was written either
 
 
 def test_describe_command_line(generated):

@@ -1,9 +1,12 @@
 """D4RL datasets through TorchRL's :class:`D4RLExperienceReplay`, online or not.
 
 Two classes, one reading path. Both subclass TorchRL's
-:class:`~torchrl.data.datasets.D4RLExperienceReplay` and only replace where the
-raw HDF5 comes from; the conversion to transitions (``observation``,
-``action``, ``("next", ...)``) and the memory-mapped cache are TorchRL's own:
+:class:`~torchrl.data.datasets.D4RLExperienceReplay`: the conversion to
+transitions (``observation``, ``action``, ``("next", ...)``) is TorchRL's own,
+and TorchRL's class reads the memory-mapped cache. What they replace is where
+the raw HDF5 comes from and how the cache is written: atomically, with a
+check file, and checked on every load (:mod:`torchrl_misa.data.cache`), so an
+interrupted or damaged cache is rebuilt instead of read as zeros:
 
 * :class:`OfflineD4RLExperienceReplay` (prefix ``d4rl:``) looks for the
   dataset in this order: TorchRL's cache ``<root>/<id>`` (default
@@ -15,6 +18,7 @@ raw HDF5 comes from; the conversion to transitions (``observation``,
   D4RL-layout file, with no network, cached under
   ``~/.cache/torchrl/d4rl_file``.
 
+Flags stored as 0/1 numbers are read as bool (see :mod:`torchrl_misa.data.hdf5`).
 Two details differ from the stock class (both only when the file has
 ``next_observations``): the last transition is kept, and the next observation
 of a transition cut by a time limit (``truncated`` and not ``terminated``) is
@@ -29,16 +33,26 @@ import os
 import socket
 import tempfile
 import urllib.parse
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from tensordict import make_tensordict
+from torchrl.collectors.utils import split_trajectories
 from torchrl.data.datasets.d4rl import _download_dataset_from_url, D4RLExperienceReplay
 from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
 from torchrl.data.datasets.utils import _get_root_dir
 
-from torchrl_misa.data.hdf5 import read_metadata, validate_d4rl_hdf5
+from torchrl_misa.data.cache import CacheDamagedError, discard, open_cache, write_cache
+from torchrl_misa.data.hdf5 import (
+    ARRAY_KEYS,
+    as_bool_flags,
+    FLAG_KEYS,
+    read_metadata,
+    SCALAR_KEYS,
+    validate_d4rl_hdf5,
+)
 
 #: where the shipped demo dataset lives, relative to the repository root
 DEMO_DATASET = "datasets/pendulum-medium-replay-v0.hdf5"
@@ -83,14 +97,18 @@ def _network_error(url: str, timeout: float) -> str | None:
 
 
 def _read_d4rl_hdf5(path: Path) -> tuple[Any, dict]:
-    """Reads a checked D4RL-layout file into a TensorDict (metadata left out)."""
+    """Reads a checked D4RL-layout file into a TensorDict (metadata left out).
+
+    Flags become bool, ``[N, 1]`` rewards and flags ``[N]``, and ``[N]``
+    actions or observations ``[N, 1]`` (with a warning).
+    """
     import h5py
 
     arrays = {}
 
     def visit(name, obj):
         if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf":
-            arrays[name] = torch.from_numpy(obj[()])
+            arrays[name] = obj[()]
 
     with h5py.File(path, "r") as f:
         for key in f.keys():
@@ -100,21 +118,59 @@ def _read_d4rl_hdf5(path: Path) -> tuple[Any, dict]:
                 visit(key, f[key])
             else:
                 f[key].visititems(lambda n, o, k=key: visit(f"{k}/{n}", o))
+    for key in SCALAR_KEYS:
+        if key in arrays:
+            arrays[key] = arrays[key].reshape(-1)
+    for key in FLAG_KEYS:
+        if key in arrays:
+            arrays[key] = as_bool_flags(arrays[key], key, str(path))
+    flat = [k for k in ARRAY_KEYS if k in arrays and arrays[k].ndim == 1]
+    if flat:
+        warnings.warn(
+            f"{path}: {', '.join(repr(k) for k in flat)} stored as [N]; read as "
+            "[N, 1] (one dimension per row), as TorchRL's specs expect. Store "
+            "them as [N, 1] to silence this.",
+            stacklevel=2,
+        )
+        for key in flat:
+            arrays[key] = arrays[key][:, None]
     # TorchRL's converter expects a batched TensorDict, as D4RL's files give
-    raw = make_tensordict(arrays, auto_batch_size=True)
+    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    raw = make_tensordict(tensors, auto_batch_size=True)
     return raw.unflatten_keys("/"), read_metadata(path)
+
+
+def _source_rows(path: Path) -> int:
+    """Rows of a D4RL-layout file, after the structural checks (headers only)."""
+    return validate_d4rl_hdf5(path, check_values=False)
+
+
+def _warn_if_no_episode_end(data, name: str) -> None:
+    if not bool(data["next", "done"].any()):
+        warnings.warn(
+            f"Dataset {name!r} has no episode end: no transition is terminal or cut "
+            "by a time limit. It reads as one unfinished episode (TD targets "
+            "bootstrap everywhere) and its episode returns are undefined. If it "
+            "holds several episodes, mark their ends in 'terminals' or 'timeouts'.",
+            stacklevel=3,
+        )
 
 
 class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
     """TorchRL's D4RL replay buffer that also works (and fails clearly) offline.
 
     Takes the arguments of :class:`~torchrl.data.datasets.D4RLExperienceReplay`
-    (``direct_download`` is forced to ``True``: data come from D4RL's HDF5
-    files, not from the ``d4rl`` package), plus:
+    (data come from D4RL's HDF5 files, not from the ``d4rl`` package:
+    ``direct_download=False`` and ``from_env=True`` are refused), plus:
 
     Keyword Args:
         network_timeout (float): seconds allowed to reach D4RL's server before
             concluding there is no network. Defaults to ``3.0``.
+
+    The memory-mapped cache ``<root>/<id>`` is written atomically and checked
+    on every load (:mod:`torchrl_misa.data.cache`); a damaged one is rebuilt
+    from the source, with a warning saying what was wrong. A dataset with no
+    episode end at all loads with a warning.
 
     Samples are TensorDicts of transitions with ``observation``, ``action``,
     ``("next", "observation")``, ``("next", "reward")``, ``("next", "done")``,
@@ -144,14 +200,76 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
         batch_size: int,
         *,
         network_timeout: float = 3.0,
+        root: str | Path | None = None,
+        download: bool | str = True,
+        split_trajs: bool = False,
+        use_truncated_as_done: bool = True,
         **kwargs,
     ):
-        kwargs.setdefault("direct_download", True)
+        if not kwargs.pop("direct_download", True) or kwargs.get("from_env"):
+            raise ValueError(
+                f"{type(self).__name__} reads D4RL's HDF5 files itself: "
+                "direct_download=False and from_env=True (the d4rl package) are not "
+                "supported; use TorchRL's D4RLExperienceReplay for those."
+            )
+        if root is None:
+            root = _get_root_dir("d4rl")
         self.network_timeout = network_timeout
         self.metadata: dict = {}
-        self._restore_next_obs = None
-        super().__init__(dataset_id, batch_size, **kwargs)
-        self._apply_restore()
+        self.root = root
+        self.dataset_id = dataset_id
+        self.use_truncated_as_done = use_truncated_as_done
+        data = self._checked_cache(self.data_path, download, split_trajs)
+        _warn_if_no_episode_end(data, dataset_id)
+        # the cache is in place and checked: TorchRL's class memory-maps it
+        super().__init__(
+            dataset_id,
+            batch_size,
+            root=root,
+            download=True,
+            direct_download=True,
+            split_trajs=split_trajs,
+            use_truncated_as_done=use_truncated_as_done,
+            **kwargs,
+        )
+
+    # -- the cache ------------------------------------------------------------
+    def _checked_cache(self, cache: Path, download, split_trajs: bool):
+        """The checked content of ``cache``, built (again) from the source if needed."""
+        source = self._local_source(self.dataset_id)
+        expected = {
+            "source_rows": _source_rows(source) if source is not None else None,
+            "split_trajs": split_trajs,
+        }
+        if cache.exists() and download != "force":
+            try:
+                # without the source at hand, a cache from TorchRL's stock
+                # class (no check file) is the only copy: accept it
+                return open_cache(cache, require_check=source is not None, **expected)
+            except CacheDamagedError as err:
+                if not download:
+                    raise CacheDamagedError(
+                        f"{err} Pass download=True (the default) to rebuild it."
+                    ) from err
+                warnings.warn(
+                    f"Rebuilding the cache of dataset {self.dataset_id!r}: {err}",
+                    stacklevel=3,
+                )
+        elif not download:
+            raise RuntimeError(f"The dataset could not be found in {cache}.")
+        discard(cache)
+        dataset, rows = self._convert(split_trajs)
+        write_cache(cache, dataset, source_rows=rows, split_trajs=split_trajs)
+        return open_cache(cache, source_rows=rows, split_trajs=split_trajs)
+
+    def _convert(self, split_trajs: bool):
+        """The source's transitions as stored in the cache, and the source's rows."""
+        dataset = self._get_dataset_direct_download(self.dataset_id, {})
+        rows = self._source_rows_read
+        if split_trajs:
+            dataset = split_trajectories(dataset)
+            dataset["next", "done"][:, -1] = True
+        return dataset, rows
 
     # -- where the raw file comes from -------------------------------------
     def _get_dataset_direct_download(self, name, env_kwargs):
@@ -164,9 +282,16 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
             path = self._find_or_download(name, Path(tmpdir))
             validate_d4rl_hdf5(path)
             raw, metadata = _read_d4rl_hdf5(path)
+        self._source_rows_read = int(raw.batch_size[0])
         dataset = self._process_data_from_env(raw)
         self.metadata = metadata
         return dataset
+
+    def _local_source(self, name: str) -> Path | None:
+        """The source file when it is on this machine (no download), else ``None``."""
+        url = d4rl_url(name)
+        local = d4rl_download_dir() / Path(urllib.parse.urlsplit(url).path).name
+        return local if local.exists() else None
 
     def _find_or_download(self, name: str, tmpdir: Path) -> Path:
         url = d4rl_url(name)
@@ -177,10 +302,10 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
         if why is not None:
             raise DatasetUnavailableError(
                 f"D4RL dataset {name!r} not found: it is not in TorchRL's cache "
-                f"({self._dataset_path}) nor in D4RL's folder ({local}), and the "
+                f"({self.data_path}) nor in D4RL's folder ({local}), and the "
                 f"server cannot be reached ({why}). On a machine without network, "
                 f"either copy the cache folder made by D4RLExperienceReplay elsewhere "
-                f"to {self._dataset_path}, or copy the D4RL file ({url}) to {local} "
+                f"to {self.data_path}, or copy the D4RL file ({url}) to {local} "
                 f"(or anywhere, then use 'd4rl_file:/path/to/{local.name}'). To run "
                 f"without D4RL, use the shipped dataset 'd4rl_file:{DEMO_DATASET}' "
                 "(the `demo` preset of the training script)."
@@ -201,22 +326,12 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
             # with next_observations the last row is a full transition: pad it
             dataset = torch.cat([dataset, dataset[-1:]], 0)
         out = super()._process_data_from_env(dataset, env)
-        if has_next and "truncated" in out["next"].keys():
-            # __init__ zeroes ("next", "observation") where done; keep the true
-            # next state where the episode was only cut by a time limit
-            cut = (out["next", "truncated"] & ~out["next", "terminated"]).squeeze(-1)
-            idx = cut.nonzero().squeeze(-1)
-            self._restore_next_obs = (idx, out["next", "observation"][idx].clone())
+        # unknown next states are stored as zeros, as TorchRL does; with
+        # next_observations only a terminal one is unknown: a time-limit cut
+        # keeps its true next state, which TD targets bootstrap from
+        unknown = out["next", "terminated" if has_next else "done"].squeeze(-1)
+        out["next", "observation"][unknown] = 0
         return out
-
-    def _apply_restore(self):
-        if self._restore_next_obs is None:
-            return
-        idx, values = self._restore_next_obs
-        if idx.numel():
-            # the storage is memory-mapped: this also fixes the cache on disk
-            self._storage._storage["next", "observation"][idx] = values
-        self._restore_next_obs = None
 
 
 class D4RLFileExperienceReplay(OfflineD4RLExperienceReplay):
@@ -282,6 +397,9 @@ class D4RLFileExperienceReplay(OfflineD4RLExperienceReplay):
         cache_id = f"{path.stem}-{hashlib.sha1(key).hexdigest()[:12]}"
         super().__init__(cache_id, batch_size, root=root, **kwargs)
         self.metadata = read_metadata(path)
+
+    def _local_source(self, name: str) -> Path:
+        return self.file_path
 
     def _find_or_download(self, name: str, tmpdir: Path) -> Path:
         return self.file_path

@@ -46,11 +46,19 @@ def describe(path: str | Path) -> str:
         ),
         (
             "episode returns: mean / median / min / max",
-            f"{returns.mean():.1f} / {np.median(returns):.1f} / {returns.min():.1f} / {returns.max():.1f}",
+            (
+                f"{returns.mean():.1f} / {np.median(returns):.1f} / {returns.min():.1f} / {returns.max():.1f}"
+                if returns.size
+                else "none (no complete episode)"
+            ),
         ),
         (
             "dataset average normalised score",
-            f"{dataset_average_normalized_score(path):.1f}",
+            (
+                f"{dataset_average_normalized_score(path):.1f}"
+                if returns.size
+                else "undefined (no complete episode)"
+            ),
         ),
         ("file size", f"{path.stat().st_size / 1e6:.2f} MB"),
     ]

@@ -119,6 +119,84 @@ class GenerateConfig:
         return Path(self.out) / "checkpoints" / f"{self.stem}-seed{self.seed}"
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_config(cfg: GenerateConfig) -> None:
+    """Refuses settings that cannot make a dataset, before anything runs.
+
+    Raises:
+        ValueError: naming the command-line flag and the rule it breaks.
+
+    Examples:
+        >>> check_config(GenerateConfig(train_steps=0))
+        Traceback (most recent call last):
+        ...
+        ValueError: --train-steps must be a positive integer, got 0.
+    """
+
+    def fail(name, rule, value):
+        raise ValueError(f"{_flag(name)} {rule}, got {value!r}.")
+
+    positive_ints = (
+        "train_steps",
+        "frames_per_batch",
+        "eval_every",
+        "eval_episodes",
+        "final_eval_episodes",
+        "random_episodes",
+        "dataset_steps",
+        "checkpoint_every",
+        "threads",
+    )
+    for name in positive_ints:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail(name, "must be a positive integer", value)
+    for name in ("seed", "init_random_steps"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail(name, "must be an integer >= 0", value)
+    steps = cfg.max_episode_steps
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        fail("max_episode_steps", "must be a positive integer (or left out)", steps)
+    if cfg.init_random_steps >= cfg.train_steps:
+        fail(
+            "init_random_steps",
+            f"must be smaller than --train-steps ({cfg.train_steps}) so that some "
+            "gradient steps are made",
+            cfg.init_random_steps,
+        )
+    for name in ("frames_per_batch", "eval_every"):
+        if getattr(cfg, name) > cfg.train_steps:
+            fail(
+                name,
+                f"must not exceed --train-steps ({cfg.train_steps})",
+                getattr(cfg, name),
+            )
+    if not (math.isfinite(cfg.utd) and cfg.utd > 0):
+        fail("utd", "(updates per env step) must be a finite number > 0", cfg.utd)
+    if not (0 < cfg.medium_fraction <= 1):
+        fail("medium_fraction", "must be in (0, 1]", cfg.medium_fraction)
+    for name in ("hidden", "batch_size"):
+        value = getattr(cfg.sac, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail(name, "must be a positive integer", value)
+    if not (math.isfinite(cfg.sac.lr) and cfg.sac.lr > 0):
+        fail("lr", "must be a finite number > 0", cfg.sac.lr)
+    if not (0 < cfg.sac.gamma <= 1):
+        raise ValueError(f"SACConfig.gamma must be in (0, 1], got {cfg.sac.gamma!r}.")
+    if not (0 <= cfg.sac.target_update_polyak < 1):
+        raise ValueError(
+            "SACConfig.target_update_polyak must be in [0, 1), got "
+            f"{cfg.sac.target_update_polyak!r}."
+        )
+    for recipe in cfg.recipes:
+        if recipe not in RECIPES:
+            raise ValueError(f"Unknown recipe {recipe!r}; choose from {RECIPES}.")
+
+
 # -- transitions -> D4RL arrays ---------------------------------------------
 def to_d4rl_arrays(td: TensorDictBase) -> dict[str, np.ndarray]:
     """A flat TensorDict of transitions ``[N]`` as D4RL's arrays.
@@ -410,10 +488,12 @@ def make_recipe(cfg: GenerateConfig, recipe: str, summary: dict) -> TensorDictBa
 
 
 def generate(cfg: GenerateConfig, log=print) -> dict[str, Path]:
-    """Trains (or resumes) the behaviour agent and writes one file per recipe."""
-    for recipe in cfg.recipes:
-        if recipe not in RECIPES:
-            raise ValueError(f"Unknown recipe {recipe!r}; choose from {RECIPES}.")
+    """Trains (or resumes) the behaviour agent and writes one file per recipe.
+
+    Raises:
+        ValueError: a setting that cannot work (:func:`check_config`).
+    """
+    check_config(cfg)
     torch.set_num_threads(cfg.threads)
     summary = train(cfg, log)
     written = {}
@@ -487,7 +567,7 @@ def _progress(cfg, total, initial):
 
 
 def parse_args(argv=None) -> GenerateConfig:
-    """Command-line flags to a :class:`GenerateConfig`."""
+    """Command-line flags to a :class:`GenerateConfig`; bad settings exit as argparse does."""
     d = GenerateConfig()
     p = argparse.ArgumentParser(
         prog="python -m torchrl_misa.data.generate",
@@ -526,7 +606,12 @@ def parse_args(argv=None) -> GenerateConfig:
         hidden=args.pop("hidden"), batch_size=args.pop("batch_size"), lr=args.pop("lr")
     )
     args["recipes"] = tuple(args["recipes"])
-    return GenerateConfig(sac=sac, **args)
+    cfg = GenerateConfig(sac=sac, **args)
+    try:
+        check_config(cfg)
+    except ValueError as err:
+        p.error(str(err))  # usage line and message, exit status 2
+    return cfg
 
 
 def main(argv=None) -> None:

@@ -15,6 +15,12 @@ key                  shape        meaning
 ``metadata/*``       scalars       free-form description (task, returns, ...)
 ==================== ============ ==================================================
 
+Flags (``terminals``, ``timeouts``) may be stored as bool, integers or floats
+holding only 0 and 1; they are read as bool. ``rewards`` and the flags may be
+``[N]`` or ``[N, 1]``. One-dimensional ``actions`` or ``observations``
+(``[N]``) are read as ``[N, 1]`` (one action or observation dimension), with
+a warning.
+
 ``h5py`` is imported lazily so that ``import torchrl_misa`` works without it.
 """
 
@@ -31,6 +37,12 @@ REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 ROW_KEYS = REQUIRED_KEYS + ("timeouts", "next_observations")
 #: keys whose values must all be finite
 FINITE_KEYS = ("observations", "actions", "rewards", "next_observations")
+#: episode-end flags, stored as bool or as 0/1 numbers
+FLAG_KEYS = ("terminals", "timeouts")
+#: keys holding one value per row: ``[N]`` or ``[N, 1]``
+SCALAR_KEYS = ("rewards",) + FLAG_KEYS
+#: keys whose rows are arrays: ``[N, *shape]`` (``[N]`` is read as ``[N, 1]``)
+ARRAY_KEYS = ("observations", "actions", "next_observations")
 
 
 class DatasetFormatError(ValueError):
@@ -56,13 +68,47 @@ def _check_finite(name: str, values: np.ndarray, where: str) -> None:
         )
 
 
+def as_bool_flags(values, key: str, where: str) -> np.ndarray:
+    """``values`` (bool, or integers/floats that are all 0 or 1) as a bool array.
+
+    Raises:
+        DatasetFormatError: another value (e.g. ``0.5``, ``2`` or NaN), or a
+            dtype that is not a number; the message names ``key``.
+
+    Examples:
+        >>> as_bool_flags(np.array([0.0, 1.0, 0.0], "f4"), "terminals", "x.hdf5")
+        array([False,  True, False])
+        >>> as_bool_flags(np.array([0, 2]), "timeouts", "x.hdf5")
+        Traceback (most recent call last):
+        ...
+        torchrl_misa.data.hdf5.DatasetFormatError: x.hdf5: key 'timeouts' holds 2 at index (1,); episode-end flags must be bool or 0/1.
+    """
+    values = np.asarray(values)
+    if values.dtype == np.bool_:
+        return values
+    if values.dtype.kind not in "biuf":
+        raise DatasetFormatError(
+            f"{where}: key '{key}' has dtype {values.dtype}; episode-end flags must "
+            "be bool or 0/1 numbers."
+        )
+    bad = (values != 0) & (values != 1)  # NaN is neither
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DatasetFormatError(
+            f"{where}: key '{key}' holds {values[idx].item()} at index {idx}; episode-end "
+            "flags must be bool or 0/1."
+        )
+    return values == 1
+
+
 def validate_d4rl_hdf5(path: str | Path, *, check_values: bool = True) -> int:
     """Checks that ``path`` is a readable D4RL-layout HDF5 file.
 
     Args:
         path: the file.
-        check_values: also refuse NaN/inf in the float arrays and actions
-            outside ``[-1, 1]`` (reads the whole file, in chunks).
+        check_values: also refuse NaN/inf in the float arrays, actions
+            outside ``[-1, 1]`` and flags other than 0/1 (reads the whole
+            file, in chunks).
 
     Returns:
         the number of transitions ``N``.
@@ -70,7 +116,8 @@ def validate_d4rl_hdf5(path: str | Path, *, check_values: bool = True) -> int:
     Raises:
         FileNotFoundError: no such file.
         DatasetFormatError: not HDF5, a required key is missing, rows do not
-            match, or values are bad; the message names the key.
+            match, rewards or flags are not ``[N]``/``[N, 1]``, or values
+            are bad; the message names the key.
 
     Examples:
         >>> import tempfile, numpy as np
@@ -121,6 +168,12 @@ def validate_d4rl_hdf5(path: str | Path, *, check_values: bool = True) -> int:
                     f"but 'observations' has {n}: every per-step key needs one row per "
                     "transition."
                 )
+        for key in SCALAR_KEYS:
+            if key in f and f[key].shape[1:] not in ((), (1,)):
+                raise DatasetFormatError(
+                    f"{where}: key '{key}' has shape {f[key].shape}; it needs one value "
+                    f"per row: [{n}] or [{n}, 1]."
+                )
         if "next_observations" in f and (
             f["next_observations"].shape != f["observations"].shape
         ):
@@ -138,6 +191,9 @@ def validate_d4rl_hdf5(path: str | Path, *, check_values: bool = True) -> int:
                     _check_finite(key, f[key][start : start + chunk], where)
             for start in range(0, n, chunk):
                 check_action_bounds(f["actions"][start : start + chunk], where, start)
+            for key in FLAG_KEYS:
+                if key in f:
+                    as_bool_flags(f[key][()], key, where)
     return n
 
 
@@ -197,6 +253,8 @@ def write_d4rl_hdf5(
 ) -> Path:
     """Writes transitions in D4RL's layout (float32 arrays, bool flags).
 
+    Flags given as numbers must hold only 0 and 1 (:func:`as_bool_flags`).
+
     Args:
         path: destination; parent folders are created. Written to a temporary
             name first and renamed, so a crash never leaves a half file.
@@ -211,15 +269,17 @@ def write_d4rl_hdf5(
     h5py = _h5py()
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for key, value in data.items():
+        value = np.asarray(value)
+        if key in FLAG_KEYS:
+            value = as_bool_flags(value, key, str(path))
+        elif np.issubdtype(value.dtype, np.floating):
+            value = value.astype(np.float32)
+        arrays[key] = value
     tmp = path.with_name(path.name + ".tmp")
-    flags = ("terminals", "timeouts")
     with h5py.File(tmp, "w") as f:
-        for key, value in data.items():
-            value = np.asarray(value)
-            if key in flags:
-                value = value.astype(bool)
-            elif np.issubdtype(value.dtype, np.floating):
-                value = value.astype(np.float32)
+        for key, value in arrays.items():
             f.create_dataset(key, data=value, compression="gzip", compression_opts=4)
         for key, value in (infos or {}).items():
             f.create_dataset(f"infos/{key}", data=np.asarray(value))

@@ -9,19 +9,45 @@ TorchRL 0.14.1's converter fills its tensors and then writes them with
 built its storage, :func:`refill_from_minari` writes the episodes into it
 again from Minari's own reader (a no-op on versions without the bug, apart
 from the time it takes), so the buffer holds the real transitions.
+
+The memory-mapped cache ``<root>/<id>`` is built in a hidden sibling folder,
+refilled, noted in a check file and renamed into place
+(:mod:`torchrl_misa.data.cache`); later loads check it and read it through
+TorchRL's class, and a damaged one is rebuilt with a warning. Episode-end
+flags stored as 0/1 numbers are read as bool (TorchRL's converter reads them
+from a copy of the dataset with bool flags); other values are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data.datasets.utils import _get_root_dir
 
-from torchrl_misa.data.d4rl import _network_error, DatasetUnavailableError, DEMO_DATASET
+from torchrl_misa.data.cache import (
+    CacheDamagedError,
+    discard,
+    open_cache,
+    partial_folder,
+    publish,
+    remove_stale_partials,
+    write_check_file,
+)
+from torchrl_misa.data.d4rl import (
+    _network_error,
+    _warn_if_no_episode_end,
+    DatasetUnavailableError,
+    DEMO_DATASET,
+)
+from torchrl_misa.data.hdf5 import _h5py, as_bool_flags
 
 MINARI_SERVER = "https://storage.googleapis.com"
 
@@ -52,21 +78,25 @@ def _slice_obs(obs, part: slice):
     return np.asarray(obs)[part]
 
 
-def refill_from_minari(rb, dataset_id: str) -> None:
-    """Writes every episode of ``dataset_id`` (read with ``minari``) into ``rb``'s storage.
+def refill_from_minari(data: TensorDictBase, dataset_id: str) -> None:
+    """Writes every episode of ``dataset_id`` (read with ``minari``) into ``data``.
 
-    Rows follow TorchRL's layout: episodes in id order, ``observation`` =
+    ``data`` is the memory-mapped content of TorchRL's Minari cache. Rows
+    follow TorchRL's layout: episodes in id order, ``observation`` =
     ``observations[:-1]``, ``("next", "observation")`` = ``observations[1:]``,
     ``("next", "reward" | "terminated" | "truncated" | "done")``.
+
+    Raises:
+        DatasetFormatError: episode-end flags other than bool or 0/1.
     """
     import minari
 
-    data = rb.storage._storage
     dataset = minari.load_dataset(dataset_id)
     start = 0
     for episode in dataset.iterate_episodes():
         steps = len(episode.rewards)
         rows = slice(start, start + steps)
+        where = f"minari:{dataset_id} episode {episode.id}"
         _set(data, "observation", _slice_obs(episode.observations, slice(0, -1)), rows)
         _set(
             data,
@@ -76,18 +106,93 @@ def refill_from_minari(rb, dataset_id: str) -> None:
         )
         _set(data, "action", episode.actions, rows)
         _set(data, ("next", "reward"), episode.rewards, rows)
-        term = np.asarray(episode.terminations, bool)
-        trunc = np.asarray(episode.truncations, bool)
+        term = as_bool_flags(episode.terminations, "terminations", where)
+        trunc = as_bool_flags(episode.truncations, "truncations", where)
         _set(data, ("next", "terminated"), term, rows)
         _set(data, ("next", "truncated"), trunc, rows)
         _set(data, ("next", "done"), term | trunc, rows)
         if "episode" in data.keys():
             data["episode"][rows] = int(episode.id)
         start += steps
-    if start != len(rb):
+    if start != data.shape[0]:
         raise RuntimeError(
-            f"Minari dataset {dataset_id!r} has {start} steps but TorchRL's buffer has {len(rb)}."
+            f"Minari dataset {dataset_id!r} has {start} steps but TorchRL's storage "
+            f"has {data.shape[0]}."
         )
+
+
+def _minari_rows(h5_path: Path) -> int:
+    """Steps of a Minari file (sum of its episodes' lengths), from the headers."""
+    with _h5py().File(h5_path, "r") as f:
+        return sum(int(f[ep]["rewards"].shape[0]) for ep in f.keys())
+
+
+def _flags_need_copy(dataset_id: str, h5_path: Path) -> bool:
+    """Whether episode-end flags are stored as numbers; refuses values other than 0/1."""
+    numeric = False
+    with _h5py().File(h5_path, "r") as f:
+        for ep in f.keys():
+            for key in ("terminations", "truncations"):
+                values = f[ep][key][()]
+                if values.dtype != np.bool_:
+                    as_bool_flags(values, key, f"minari:{dataset_id} {ep}")
+                    numeric = True
+    return numeric
+
+
+def _bool_flags_copy(dataset_id: str, dest: Path) -> Path:
+    """Copies Minari's folder of ``dataset_id`` under ``dest`` with bool flags; returns ``dest``."""
+    shutil.copytree(minari_dir() / dataset_id, dest / dataset_id)
+    with _h5py().File(dest / dataset_id / "data" / "main_data.hdf5", "r+") as f:
+        for ep in f.keys():
+            for key in ("terminations", "truncations"):
+                values = f[ep][key][()]
+                del f[ep][key]
+                f[ep][key] = values == 1
+    return dest
+
+
+@contextlib.contextmanager
+def _minari_path(path: Path):
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def build_minari_cache(dataset_id: str, cache: Path) -> TensorDictBase:
+    """Converts Minari's local copy of ``dataset_id`` into the checked cache ``cache``."""
+    from torchrl.data.datasets import load_dataset
+
+    h5_path = minari_dir() / dataset_id / "data" / "main_data.hdf5"
+    rows = _minari_rows(h5_path)
+    remove_stale_partials(cache)
+    tmp_root = partial_folder(cache)
+    built = tmp_root / dataset_id
+    try:
+        source = minari_dir()
+        if _flags_need_copy(dataset_id, h5_path):
+            # TorchRL's converter cannot combine numeric flags: it reads a bool copy
+            source = _bool_flags_copy(dataset_id, tmp_root / ".minari_source")
+        with _minari_path(source):
+            load_dataset(
+                f"minari:{dataset_id}",
+                batch_size=1,
+                root=tmp_root,
+                load_from_local_minari=True,
+            )
+        data = TensorDict.load_memmap(built)
+        refill_from_minari(data, dataset_id)
+        write_check_file(built, data, source_rows=rows)
+        publish(built, cache)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return open_cache(cache, source_rows=rows)
 
 
 def load_minari(
@@ -100,9 +205,16 @@ def load_minari(
 ):
     """``minari:<id>`` as a TorchRL replay buffer, offline when Minari's folder has it.
 
+    The cache ``<root>/<id>`` (``root`` defaults to TorchRL's
+    ``~/.cache/torchrl/minari``) is checked, and built or rebuilt from
+    Minari's folder when missing or damaged; TorchRL's
+    :class:`~torchrl.data.datasets.MinariExperienceReplay` then reads it.
+    Other keyword arguments go to that class.
+
     Raises:
         ImportError: ``minari`` is not installed (names ``pip install minari``).
-        DatasetUnavailableError: no local copy and no network.
+        DatasetUnavailableError: no usable cache, no local copy and no network.
+        DatasetFormatError: episode-end flags other than bool or 0/1.
     """
     if importlib.util.find_spec("minari") is None:
         raise ImportError(
@@ -113,27 +225,45 @@ def load_minari(
         )
     from torchrl.data.datasets import load_dataset
 
+    root = Path(root) if root is not None else Path(_get_root_dir("minari"))
+    cache = root / dataset_id
     local = minari_dir() / dataset_id / "data" / "main_data.hdf5"
-    if not local.exists():
-        why = _network_error(MINARI_SERVER, network_timeout)
-        if why is not None:
-            raise DatasetUnavailableError(
-                f"Minari dataset {dataset_id!r} not found: not in Minari's folder "
-                f"({minari_dir()}) and Minari's server cannot be reached ({why}). On a "
-                f"machine with network run `minari download {dataset_id}` and copy "
-                f"{Path('~/.minari/datasets') / dataset_id} to {minari_dir() / dataset_id}, "
-                f"or use a local D4RL-layout file ('d4rl_file:...', e.g. '{DEMO_DATASET}')."
+    data = None
+    if cache.exists():
+        try:
+            # a cache from TorchRL's stock class holds zeros (see above):
+            # only ours, with a check file, is used
+            data = open_cache(
+                cache, source_rows=_minari_rows(local) if local.exists() else None
             )
-        import minari
+        except CacheDamagedError as err:
+            warnings.warn(
+                f"Rebuilding the cache of Minari dataset {dataset_id!r}: {err}",
+                stacklevel=2,
+            )
+    if data is None:
+        if not local.exists():
+            why = _network_error(MINARI_SERVER, network_timeout)
+            if why is not None:
+                raise DatasetUnavailableError(
+                    f"Minari dataset {dataset_id!r} not found: not in Minari's folder "
+                    f"({minari_dir()}) and Minari's server cannot be reached ({why}). On a "
+                    f"machine with network run `minari download {dataset_id}` and copy "
+                    f"{Path('~/.minari/datasets') / dataset_id} to {minari_dir() / dataset_id}, "
+                    f"or use a local D4RL-layout file ('d4rl_file:...', e.g. '{DEMO_DATASET}')."
+                )
+            import minari
 
-        minari.download_dataset(dataset_id)
+            minari.download_dataset(dataset_id)
+        discard(cache)
+        data = build_minari_cache(dataset_id, cache)
+    _warn_if_no_episode_end(data, f"minari:{dataset_id}")
     rb = load_dataset(
         f"minari:{dataset_id}",
         batch_size=batch_size,
         root=root,
-        load_from_local_minari=True,
+        download=False,
         **kwargs,
     )
-    refill_from_minari(rb, dataset_id)
     rb.dataset_name = f"minari:{dataset_id}"
     return rb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,14 @@ def episode_returns_from_arrays(
 ) -> np.ndarray:
     """Sums of ``rewards`` between episode ends (``ends[t]``: episode ends after step t).
 
-    A trailing run of steps with no end is dropped unless ``keep_partial`` or
-    it is the only episode.
+    A trailing run of steps with no end is dropped unless ``keep_partial``;
+    with no end at all the result is empty (unless ``keep_partial``).
 
     Examples:
         >>> episode_returns_from_arrays(np.array([1., 2, 3, 4]), np.array([0, 1, 0, 0], bool))
         array([3.])
+        >>> episode_returns_from_arrays(np.array([1., 2]), np.array([0, 0], bool))
+        array([], dtype=float64)
     """
     rewards = np.asarray(rewards, dtype=np.float64).reshape(-1)
     ends = np.asarray(ends, dtype=bool).reshape(-1)
@@ -84,25 +87,26 @@ def episode_returns_from_arrays(
         if stops.size
         else np.empty(0)
     )
-    if stops.size == 0 or stops[-1] < rewards.size:
-        if keep_partial or stops.size == 0:
-            start = stops[-1] if stops.size else 0
-            sums = np.r_[sums, rewards[start:].sum()]
+    if keep_partial and (stops.size == 0 or stops[-1] < rewards.size):
+        start = stops[-1] if stops.size else 0
+        sums = np.r_[sums, rewards[start:].sum()]
     return sums
 
 
-def dataset_episode_returns(dataset: Any) -> np.ndarray:
-    """Undiscounted returns of the complete episodes in ``dataset`` (raw rewards)."""
+def _complete_episode_returns(dataset: Any) -> np.ndarray:
     if isinstance(dataset, (str, Path)):
         source, name = split_source(str(dataset))
         if source == "d4rl_file":
-            from torchrl_misa.data.hdf5 import _h5py
+            from torchrl_misa.data.hdf5 import _h5py, as_bool_flags
 
+            where = str(name)
             with _h5py().File(Path(name).expanduser(), "r") as f:
-                ends = f["terminals"][:].astype(bool)
+                ends = as_bool_flags(f["terminals"][()], "terminals", where)
                 if "timeouts" in f:
-                    ends |= f["timeouts"][:].astype(bool)
-                return episode_returns_from_arrays(f["rewards"][:], ends)
+                    ends = ends.reshape(-1) | as_bool_flags(
+                        f["timeouts"][()], "timeouts", where
+                    ).reshape(-1)
+                return episode_returns_from_arrays(f["rewards"][()], ends)
         from torchrl_misa.data.buffer import load_offline_dataset
 
         dataset = load_offline_dataset(str(dataset), batch_size=1)
@@ -114,8 +118,28 @@ def dataset_episode_returns(dataset: Any) -> np.ndarray:
     )
 
 
+def dataset_episode_returns(dataset: Any) -> np.ndarray:
+    """Undiscounted returns of the complete episodes in ``dataset`` (raw rewards).
+
+    Empty, with a warning, when the dataset has no episode end (no terminal,
+    no timeout): it holds no complete episode.
+    """
+    returns = _complete_episode_returns(dataset)
+    if returns.size == 0:
+        warnings.warn(
+            f"{dataset_name(dataset)!r} has no episode end (no terminal, no timeout): "
+            "it holds no complete episode, so it has no episode returns.",
+            stacklevel=2,
+        )
+    return returns
+
+
 def dataset_average_normalized_score(dataset: Any) -> float:
     """Mean normalised return of the dataset's complete episodes.
+
+    ``nan``, with a warning, when the dataset has no episode end (no
+    terminal, no timeout): the average is undefined, not the return of the
+    whole file.
 
     Examples:
         >>> import tempfile, numpy as np
@@ -129,5 +153,12 @@ def dataset_average_normalized_score(dataset: Any) -> float:
         ...     dataset_average_normalized_score(path)
         30.0
     """
-    returns = dataset_episode_returns(dataset)
+    returns = _complete_episode_returns(dataset)
+    if returns.size == 0:
+        warnings.warn(
+            f"{dataset_name(dataset)!r} has no episode end (no terminal, no timeout): "
+            "with no complete episode its average normalised score is undefined (nan).",
+            stacklevel=2,
+        )
+        return float("nan")
     return float(np.mean(normalized_score(dataset, returns)))
