@@ -1,0 +1,306 @@
+"""AgentGroup: N agents in one vmapped update equal N separate runs.
+
+Each agent of a group is compared with a plain, separately built loss module
+of the same seed (TorchRL's own classes, not the group's vmap-ready copies),
+trained by its own optimisers and :class:`~torchrl.objectives.SoftUpdate` on
+the same batches. With ``randomness="same"`` both draw the same random numbers
+from the same generator state, so the parameters must agree to float
+round-off after several updates.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch import nn
+
+from torchrl.data import Bounded
+from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor
+from torchrl.modules import TanhDelta, TanhNormal, ValueOperator
+from torchrl.objectives import CQLLoss, SoftUpdate, TD3BCLoss
+
+from torchrl_misa import MISALoss
+from torchrl_misa.agents import AgentGroup
+
+N_OBS, N_ACT, HIDDEN, BATCH, K_MCMC = 3, 2, 8, 6, 4
+TAU = 0.05
+
+
+def make_actor():
+    return ProbabilisticActor(
+        TensorDictModule(
+            nn.Sequential(
+                MLP(N_OBS, 2 * N_ACT, num_cells=[HIDDEN, HIDDEN]),
+                NormalParamExtractor(),
+            ),
+            in_keys=["observation"],
+            out_keys=["loc", "scale"],
+        ),
+        in_keys=["loc", "scale"],
+        spec=Bounded(-1.0, 1.0, (N_ACT,)),
+        distribution_class=TanhNormal,
+    )
+
+
+def make_critic():
+    return ValueOperator(
+        MLP(N_OBS + N_ACT, 1, num_cells=[HIDDEN, HIDDEN], activation_class=nn.ELU),
+        in_keys=["observation", "action"],
+    )
+
+
+def make_cql(**kwargs):
+    loss = CQLLoss(make_actor(), make_critic(), loss_function="l2", **kwargs)
+    loss.make_value_estimator(gamma=0.99)
+    return loss
+
+
+def make_misa(**kwargs):
+    kwargs = {"num_mcmc_samples": K_MCMC, "num_burnin": 2, **kwargs}
+    loss = MISALoss(make_actor(), make_critic(), validate_inputs=False, **kwargs)
+    loss.make_value_estimator(gamma=0.99)
+    return loss
+
+
+def make_td3bc(**kwargs):
+    spec = Bounded(-1.0, 1.0, (N_ACT,))
+    actor = ProbabilisticActor(
+        TensorDictModule(
+            MLP(N_OBS, N_ACT, num_cells=[HIDDEN, HIDDEN]),
+            in_keys=["observation"],
+            out_keys=["param"],
+        ),
+        in_keys=["param"],
+        spec=spec,
+        distribution_class=TanhDelta,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
+    )
+    loss = TD3BCLoss(actor, make_critic(), bounds=(-1.0, 1.0), **kwargs)
+    loss.make_value_estimator(gamma=0.99)
+    return loss
+
+
+# loss entries summed into the backward pass, and the optimiser groups' rates
+LOSS_KEYS = {
+    CQLLoss: ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"),
+    MISALoss: ("loss_actor", "loss_qvalue", "loss_alpha"),
+    TD3BCLoss: ("loss_actor", "loss_qvalue"),
+}
+LR = {"actor_network_params": 3e-3, "qvalue_network_params": 3e-3, "log_alpha": 1e-2}
+
+
+def make_batch(seed: int, shape) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    done = torch.rand(*shape, 1, generator=g) < 0.2
+    return TensorDict(
+        {
+            "observation": torch.randn(*shape, N_OBS, generator=g),
+            "action": (torch.rand(*shape, N_ACT, generator=g) * 2 - 1) * 0.99,
+            ("next", "observation"): torch.randn(*shape, N_OBS, generator=g),
+            ("next", "reward"): torch.randn(*shape, 1, generator=g),
+            ("next", "done"): done,
+            ("next", "terminated"): done.clone(),
+        },
+        list(shape),
+    )
+
+
+def trainable(loss, name: str) -> list[nn.Parameter]:
+    """A plain loss module's trainable parameters under ``name``."""
+    entry = getattr(loss, name)
+    if isinstance(entry, nn.Parameter):
+        return [entry]
+    return [p for p in entry.values(True, True) if p.requires_grad]
+
+
+def optimisers(params_of, names) -> list[torch.optim.Optimizer]:
+    """One Adam per parameter group, as the training script builds them."""
+    return [torch.optim.Adam(params_of(name), lr=LR[name]) for name in names]
+
+
+def groups_of(loss_type) -> list[str]:
+    names = ["actor_network_params", "qvalue_network_params"]
+    return names + (["log_alpha"] if loss_type is not TD3BCLoss else [])
+
+
+def single_run(make_loss, seed: int, batches, rng_seed: int, **kwargs):
+    """A separately built agent trained alone: plain loss, Adam, SoftUpdate."""
+    torch.manual_seed(seed)
+    loss = make_loss(**kwargs)
+    optims = optimisers(lambda n: trainable(loss, n), groups_of(type(loss)))
+    updater = SoftUpdate(loss, tau=TAU)
+    torch.manual_seed(rng_seed)
+    outs = []
+    for batch in batches:
+        out = loss(batch.clone())
+        sum(out[k] for k in LOSS_KEYS[type(loss)]).backward()
+        for opt in optims:
+            opt.step()
+            opt.zero_grad()
+        updater.step()
+        outs.append(out.detach())
+    return loss, outs
+
+
+def group_run(group: AgentGroup, batches, rng_seed: int):
+    optims = optimisers(group.parameters_of, groups_of(group.loss_type))
+    torch.manual_seed(rng_seed)
+    outs = []
+    for batch in batches:
+        out = group(batch.clone())
+        sum(out[k] for k in LOSS_KEYS[group.loss_type]).sum().backward()
+        for opt in optims:
+            opt.step()
+            opt.zero_grad()
+        group.update_targets(TAU)
+        outs.append(out.detach())
+    return outs
+
+
+def assert_agent_equals(group, i, loss, outs_group, outs_single):
+    """Every parameter and buffer, and every logged output, of agent i."""
+    single = TensorDict.from_module(loss)
+    agent = group.params.data[i]
+    assert set(single.keys(True, True)) == set(agent.keys(True, True))
+    for key, value in single.items(True, True):
+        torch.testing.assert_close(
+            agent.get(key),
+            value.data,
+            rtol=1e-5,
+            atol=1e-6,
+            msg=lambda m: f"{key}: {m}",
+        )
+    for out_g, out_s in zip(outs_group, outs_single):
+        for key, value in out_s.items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(
+                    out_g[key][i],
+                    value,
+                    rtol=1e-5,
+                    atol=1e-6,
+                    msg=lambda m: f"{key}: {m}",
+                )
+
+
+MAKERS = {"cql": make_cql, "misa": make_misa, "td3bc": make_td3bc}
+NUM_AGENTS, NUM_UPDATES, SEED, RNG_SEED = 3, 3, 10, 1234
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_agents_equal_single_runs(name):
+    """Agent i after K updates = a separate run of seed SEED + i on agent i's batches."""
+    make = MAKERS[name]
+    batches = [make_batch(100 + t, (NUM_AGENTS, BATCH)) for t in range(NUM_UPDATES)]
+    group = AgentGroup.from_factory(make, NUM_AGENTS, seed=SEED, randomness="same")
+    outs_group = group_run(group, batches, RNG_SEED)
+    for i in range(NUM_AGENTS):
+        loss, outs_single = single_run(
+            make, SEED + i, [b[i] for b in batches], RNG_SEED
+        )
+        assert_agent_equals(group, i, loss, outs_group, outs_single)
+
+
+@pytest.mark.parametrize("name", ["cql", "misa"])
+def test_no_gradient_leaks_between_agents(name):
+    """d loss_i / d params_j is exactly zero for j != i, and not zero for j = i."""
+    group = AgentGroup.from_factory(MAKERS[name], NUM_AGENTS, seed=SEED)
+    out = group(make_batch(7, (NUM_AGENTS, BATCH)))
+    params = group.parameters_of(*groups_of(group.loss_type))
+    for key in LOSS_KEYS[group.loss_type]:
+        for i in range(NUM_AGENTS):
+            grads = torch.autograd.grad(
+                out[key][i], params, retain_graph=True, allow_unused=True
+            )
+            moved = False
+            for p, g in zip(params, grads):
+                if g is None:
+                    continue
+                others = torch.cat([g[:i].flatten(), g[i + 1 :].flatten()])
+                assert torch.count_nonzero(others) == 0, (key, i, p.shape)
+                moved = moved or bool(g[i].abs().sum() > 0)
+            assert moved, f"{key} of agent {i} moves none of its own parameters"
+
+
+def test_agents_draw_their_own_random_numbers():
+    """Identical agents on identical batches: equal with shared draws, not with their own."""
+    torch.manual_seed(0)
+    twins = [make_cql() for _ in range(2)]
+    twins[1].load_state_dict(twins[0].state_dict())
+    batch = make_batch(3, (1, BATCH)).expand(2, BATCH).clone()
+    outs = {}
+    for randomness in ("same", "different"):
+        group = AgentGroup(twins, randomness=randomness)
+        torch.manual_seed(1)
+        outs[randomness] = group(batch.clone())["loss_actor"].detach()
+    # equal up to round-off (batched matmuls may sum in another order)
+    torch.testing.assert_close(outs["same"][0], outs["same"][1])
+    assert (outs["different"][0] - outs["different"][1]).abs() > 1e-3
+
+
+def test_per_agent_options_match_single_runs():
+    """A sweep of CQL's min_q_weight: each agent trains as a run with its own weight."""
+    weights = [0.5, 5.0]
+    losses = []
+    for w in weights:
+        torch.manual_seed(SEED)
+        losses.append(make_cql(min_q_weight=w))
+    group = AgentGroup(losses, randomness="same")
+    torch.testing.assert_close(
+        group.per_agent_options["min_q_weight"], torch.tensor(weights)
+    )
+    batches = [make_batch(200 + t, (2, BATCH)) for t in range(NUM_UPDATES)]
+    outs_group = group_run(group, batches, RNG_SEED)
+    for i, w in enumerate(weights):
+        loss, outs_single = single_run(
+            make_cql, SEED, [b[i] for b in batches], RNG_SEED, min_q_weight=w
+        )
+        assert_agent_equals(group, i, loss, outs_group, outs_single)
+    # the option made a difference: same seed, same noise, different losses
+    assert outs_group[0]["loss_cql"][0] != outs_group[0]["loss_cql"][1]
+
+
+def test_copy_agent_to_writes_that_agents_parameters():
+    group = AgentGroup.from_factory(make_cql, NUM_AGENTS, seed=SEED)
+    torch.manual_seed(SEED + 1)
+    expected = TensorDict.from_module(make_cql()).data
+    target = make_cql()
+    group.copy_agent_to(1, target)
+    assert (TensorDict.from_module(target).data == expected).all()
+    with pytest.raises(IndexError, match="out of range"):
+        group.copy_agent_to(NUM_AGENTS, target)
+
+
+def test_update_targets_is_polyak_averaging():
+    """Targets move by tau toward the sources, every agent alike (formula written out)."""
+    group = AgentGroup.from_factory(make_cql, 2, seed=SEED)
+    source = group.params.get("qvalue_network_params").data
+    target = group.params.get("target_qvalue_network_params").data
+    with torch.no_grad():
+        source.apply_(lambda x: x.add_(torch.randn_like(x)))
+    expected = target.apply(lambda t, s: (1 - TAU) * t + TAU * s, source)
+    group.update_targets(TAU)
+    for key, value in expected.items(True, True):
+        torch.testing.assert_close(target.get(key), value)
+
+
+def test_bad_inputs_have_clear_errors():
+    group = AgentGroup.from_factory(make_cql, 2, seed=SEED)
+    with pytest.raises(ValueError, match=r"num_agents=2, batch"):
+        group(make_batch(0, (3, BATCH)))
+    with pytest.raises(ValueError, match=r"num_agents=2, batch"):
+        group(make_batch(0, (2 * BATCH,)))
+    with pytest.raises(ValueError, match="only real-valued"):
+        AgentGroup([make_cql(num_random=3), make_cql(num_random=4)])
+    with pytest.raises(ValueError, match="same type"):
+        AgentGroup([make_cql(), make_td3bc()])
+    with pytest.raises(ValueError, match="passed twice"):
+        loss = make_cql()
+        AgentGroup([loss, loss])
+    with pytest.raises(ValueError, match="min_alpha"):
+        AgentGroup([make_cql(min_alpha=0.1), make_cql(min_alpha=0.1)])
+    with pytest.raises(ValueError, match="randomness"):
+        AgentGroup([make_cql()], randomness="shared")
+    with pytest.raises(KeyError, match="no entry"):
+        group.parameters_of("critic_params")
