@@ -1,5 +1,8 @@
 """Fixtures shared by the test files."""
 
+import importlib
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +62,13 @@ def _check_storage_matches_file(rb, arrays) -> None:
 def storage_matches_file():
     """``storage_matches_file(rb, arrays)`` asserts a loaded buffer equals the file's arrays."""
     return _check_storage_matches_file
+
+
+@pytest.fixture(scope="session")
+def misa_script():
+    """The training script's modules: ``misa_script.misa_offline``, ``.utils``, ``.checkpoint``."""
+    folder = str(Path(__file__).resolve().parents[1] / "sota-implementations" / "misa")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # the script's modules import each other by name
+    names = ("misa_offline", "utils", "checkpoint")
+    return types.SimpleNamespace(**{n: importlib.import_module(n) for n in names})

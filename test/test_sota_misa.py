@@ -1,4 +1,8 @@
-"""Smoke, resume and no-network tests of sota-implementations/misa/misa_offline.py."""
+"""Smoke, resume and no-network tests of sota-implementations/misa/misa_offline.py.
+
+Checkpoint files, failed saves and resume rules are tested in-process in
+test_sota_misa_checkpoint.py.
+"""
 
 import json
 import os
@@ -56,7 +60,9 @@ def pendulum_file(tmp_path_factory, tiny_d4rl_file):
         ("kitchen", ["env.eval_env=Pendulum-v1"]),
     ],
 )
-def test_presets_run(preset, extra, pendulum_file, tmp_path, tiny_d4rl_file):
+def test_presets_run(
+    preset, extra, pendulum_file, tmp_path, tiny_d4rl_file, misa_script
+):
     dataset = pendulum_file
     if preset == "locomotion":
         dataset = tiny_d4rl_file(tmp_path / "cheetah.hdf5", 17, 6, "HalfCheetah-v5")
@@ -74,7 +80,7 @@ def test_presets_run(preset, extra, pendulum_file, tmp_path, tiny_d4rl_file):
     assert "final normalised score" in proc.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 30 and len(summary["scores"]) == 2
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = misa_script.checkpoint.load_checkpoint(run_dir / "checkpoints")
     assert ckpt["step"] == 30
     sd = ckpt["recipe"]["loss_module"]
     if preset in ("antmaze", "adroit", "kitchen"):
@@ -110,11 +116,6 @@ def test_baselines_share_the_loop(algorithm, pendulum_file, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["algorithm"] == algorithm
 
 
-def _params(ckpt_path):
-    ckpt = torch.load(ckpt_path, weights_only=False)
-    return ckpt["step"], ckpt["recipe"]
-
-
 def _assert_same(a, b, path=""):
     if isinstance(a, dict):
         assert a.keys() == b.keys(), path
@@ -126,7 +127,8 @@ def _assert_same(a, b, path=""):
         assert a == b, path
 
 
-def test_resume_continues_exactly(pendulum_file, tmp_path):
+def test_rerun_in_its_folder_continues_exactly(pendulum_file, tmp_path, misa_script):
+    load = misa_script.checkpoint.load_checkpoint
     base = [
         "preset=demo",
         f"env.dataset={pendulum_file}",
@@ -137,22 +139,30 @@ def test_resume_continues_exactly(pendulum_file, tmp_path):
     # Uninterrupted: 40 steps.
     proc, full_dir = run([*base, "optim.gradient_steps=40"], tmp_path, "full")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # Stopped at 20, then resumed to 40.
+    assert "step 20: return" in proc.stdout
+    # Stopped at 20, then the same folder asked for 40 steps (a requeued job).
     proc, half_dir = run([*base, "optim.gradient_steps=20"], tmp_path, "half")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = half_dir / "checkpoints" / "last.pt"
-    proc, resumed_dir = run(
-        [*base, "optim.gradient_steps=40", f"resume={ckpt}"], tmp_path, "resumed"
-    )
+    proc, resumed_dir = run([*base, "optim.gradient_steps=40"], tmp_path, "half")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    step_full, state_full = _params(full_dir / "checkpoints" / "last.pt")
-    step_res, state_res = _params(resumed_dir / "checkpoints" / "last.pt")
-    assert step_full == step_res == 40
+    ckpt = half_dir / "checkpoints" / "last.pt"
+    assert f"Resuming from {ckpt} (step 20)" in proc.stdout + proc.stderr
+    assert "step 20: return" not in proc.stdout  # the first 20 steps did not rerun
+    full = load(full_dir / "checkpoints")
+    resumed = load(resumed_dir / "checkpoints")
+    assert full["step"] == resumed["step"] == 40
     # Same parameters, optimiser moments and step counts: no step lost or repeated.
-    _assert_same(state_full, state_res)
+    _assert_same(full["recipe"], resumed["recipe"])
+    # Same evaluations, the one after the resume included.
+    scores = [
+        json.loads((d / "summary.json").read_text())["scores"]
+        for d in (full_dir, resumed_dir)
+    ]
+    assert len(scores[0]) == 2 and scores[0] == scores[1]
 
 
-def test_resume_after_kill(pendulum_file, tmp_path):
+def test_resume_after_kill(pendulum_file, tmp_path, misa_script):
+    load = misa_script.checkpoint.load_checkpoint
     args = [
         "preset=demo",
         f"env.dataset={pendulum_file}",
@@ -176,7 +186,7 @@ def test_resume_after_kill(pendulum_file, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "no checkpoint written before the deadline"
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    killed_at = load(ckpt)["step"]
     assert killed_at % 10 == 0 and killed_at > 0
     resumed_args = [a for a in args if not a.startswith("optim.gradient_steps")]
     proc2, resumed_dir = run(
@@ -185,10 +195,10 @@ def test_resume_after_kill(pendulum_file, tmp_path):
         "after_kill",
     )
     assert proc2.returncode == 0, proc2.stderr[-3000:]
-    final = torch.load(resumed_dir / "checkpoints" / "last.pt", weights_only=False)
+    final = load(resumed_dir / "checkpoints")
     assert final["step"] == killed_at + 10
     # The resumed run kept the killed run's logger experiment.
-    assert final["exp_name"] == torch.load(ckpt, weights_only=False)["exp_name"]
+    assert final["exp_name"] == load(ckpt)["exp_name"]
 
 
 def test_no_network_no_cache_stops_with_alternatives(tmp_path):
@@ -204,3 +214,14 @@ def test_no_network_no_cache_stops_with_alternatives(tmp_path):
     err = proc.stderr + proc.stdout
     assert "env.dataset=/path/to/file.hdf5" in err and "preset=demo" in err
     assert time.time() - start < 60
+
+
+def test_invalid_settings_stop_the_script_before_loading_data(tmp_path):
+    # The dataset does not exist: loading it first would fail differently.
+    args = [f"env.dataset={tmp_path / 'missing.hdf5'}", "optim.batch_size=0"]
+    proc, _ = run([*args, "eval.interval=-5"], tmp_path, "invalid", timeout=120)
+    assert proc.returncode != 0
+    assert "Invalid configuration:" in proc.stderr
+    assert "optim.batch_size=0: must be a positive integer" in proc.stderr
+    assert "eval.interval=-5: must be a positive integer" in proc.stderr
+    assert "Traceback" not in proc.stderr

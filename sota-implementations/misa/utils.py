@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,6 +49,62 @@ OmegaConf.register_new_resolver(
 )
 
 
+# --------------------------------------------------------------------- config
+_POSITIVE_INTS = (
+    "optim.gradient_steps",
+    "optim.batch_size",
+    "eval.interval",
+    "eval.episodes",
+    "eval.max_steps",
+    "logger.log_interval",
+    "logger.eval_last",
+    "checkpoint.interval",
+)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class ConfigError(ValueError):
+    """A setting the script cannot run with; the message names it and what to pass."""
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raises a :class:`ConfigError` that lists every setting the run cannot start with.
+
+    Called before any data is loaded, so a typo costs seconds, not a download.
+    """
+    problems = []
+    for key in _POSITIVE_INTS:
+        value = OmegaConf.select(cfg, key)
+        if not (isinstance(value, int) and _is_number(value) and value > 0):
+            problems.append(f"{key}={_show(value)}: must be a positive integer")
+    if cfg.algorithm not in ALGORITHMS:
+        problems.append(
+            f"algorithm={_show(cfg.algorithm)}: unknown, choose one of {', '.join(ALGORITHMS)}"
+        )
+    alpha = cfg.loss.alpha_init
+    if not (_is_number(alpha) and alpha > 0):
+        problems.append(
+            f"loss.alpha_init={_show(alpha)}: the temperature must start above 0 "
+            "(its log is trained)"
+        )
+    entropy = cfg.loss.target_entropy
+    if not (entropy == "auto" or _is_number(entropy)):
+        problems.append(
+            f"loss.target_entropy={_show(entropy)}: pass loss.target_entropy=auto "
+            "(minus the action dimension) or a number"
+        )
+    if problems:
+        raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _show(value) -> str:
+    """A value as written on hydra's command line (``null`` for None)."""
+    return "null" if value is None else str(value)
+
+
 # ----------------------------------------------------------------------- data
 def make_replay_buffer(cfg: DictConfig, device: torch.device):
     """The dataset's replay buffer, or a clear stop when it cannot be had."""
@@ -83,8 +138,7 @@ def make_environment(cfg: DictConfig, replay_buffer, device: torch.device):
     env_id = cfg.env.eval_env or dataset_env_id(cfg.env.dataset)
     make = functools.partial(make_env, env_id, obs_norm=replay_buffer.obs_norm)
     env = SerialEnv(cfg.eval.episodes, make) if cfg.eval.episodes > 1 else make()
-    env.set_seed(cfg.seed + 10_000)
-    return env.to(device)
+    return env.to(device)  # seeded by each evaluation (see `evaluate`)
 
 
 # ------------------------------------------------------------------- networks
@@ -190,6 +244,18 @@ class UpdateRecipe:
         self.loss_module.load_state_dict(state["loss_module"])
         for k, (_, opt) in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
+
+    def pending_optimizer_nbytes(self) -> int:
+        """Bytes of the optimiser state still to come: Adam's two moments appear
+        at a parameter's first step, so a fresh recipe's state is a third of its
+        size after one update."""
+        return sum(
+            2 * p.nelement() * p.element_size()
+            for _, opt in self.optimizers.values()
+            for group in opt.param_groups
+            for p in group["params"]
+            if p not in opt.state
+        )
 
 
 def update_step(recipe: UpdateRecipe, batch, step: int):
@@ -310,9 +376,19 @@ def make_update(
 
 
 # ----------------------------------------------------------------- evaluation
+def eval_seed(seed: int, step: int) -> int:
+    """The evaluation env's seed after ``step`` updates of the run seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
 @torch.no_grad()
-def evaluate(env, policy, max_steps: int) -> np.ndarray:
-    """Returns of one deterministic episode per batched env copy (``tanh(mean)`` actions)."""
+def evaluate(env, policy, max_steps: int, seed: int) -> np.ndarray:
+    """Returns of one deterministic episode per batched env copy (``tanh(mean)`` actions).
+
+    The env is seeded with ``seed`` first: an evaluation does not depend on the
+    ones before it, so a resumed run reports the scores of an uninterrupted one.
+    """
+    env.set_seed(seed)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         td = env.rollout(
             max_steps, policy, break_when_any_done=False, auto_cast_to_device=True
@@ -367,34 +443,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
+    """The global random states, as tensors and plain values (loadable ``weights_only``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            pos,
+            has_gauss,
+            cached,
+        ),
         "python": random.getstate(),
     }
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
-
-
-def save_checkpoint(path: Path, recipe: UpdateRecipe, step: int, extra: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {"recipe": recipe.state_dict(), "step": step, "rng": rng_state(), **extra}, tmp
-    )
-    tmp.replace(path)  # never leave a half-written checkpoint behind
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.exists():
-        raise SystemExit(
-            f"resume={path}: no checkpoint there (expected a .pt file or a folder with last.pt)."
-        )
-    return torch.load(path, weights_only=False)
