@@ -76,6 +76,8 @@ def test_interrupted_write_leaves_nothing_that_later_loads_trip_on(
     with pytest.raises(Interrupted):
         load(source, root)
     assert calls["n"] == 5  # it did stop half-way through the files
+    # nothing under the cache's own name: the write was not published
+    assert not [p for p in root.iterdir() if not p.name.startswith(".")]
     monkeypatch.undo()
     rb = load(source, root)
     storage_matches_file(rb, read_h5(source))
@@ -104,7 +106,9 @@ def test_killed_load_then_reload(tmp_path, source, storage_matches_file):
         [sys.executable, "-c", script], capture_output=True, cwd=tmp_path
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
-    assert list(root.iterdir())  # the killed write left a folder behind
+    # the killed write left a folder behind, but not under the cache's name
+    left = list(root.iterdir())
+    assert left and all(p.name.startswith(".") for p in left), left
     rb = load(source, root)
     storage_matches_file(rb, read_h5(source))
     # the dead process's partial folder is gone, only the finished cache is left
@@ -222,6 +226,22 @@ def test_d4rl_id_cache_only(
         with pytest.raises(DatasetUnavailableError, match="hopper_medium-v2.hdf5"):
             OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
     assert not cache.exists()
+
+
+def test_cache_rebuilt_when_the_d4rl_file_changes(
+    tmp_path, source, monkeypatch, no_network, storage_matches_file
+):
+    # D4RL's cache is named by id only: a new copy of the file with other rows
+    # (e.g. a re-download of a fixed version) must not be shadowed by the cache
+    arrays = read_h5(source)
+    _d4rl_folder(tmp_path, monkeypatch, "hopper-medium-v2", arrays)
+    root = tmp_path / "cache"
+    OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
+    longer = {k: np.concatenate([v, v[:10]]) for k, v in arrays.items()}
+    _d4rl_folder(tmp_path, monkeypatch, "hopper-medium-v2", longer)
+    with pytest.warns(UserWarning, match="source_rows=300; this load expects 310"):
+        rb = OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
+    storage_matches_file(rb, longer)
 
 
 def test_cache_of_an_edited_source_is_not_reused(tmp_path, storage_matches_file):

@@ -12,6 +12,7 @@ from torchrl_misa.data.buffer import (
     load_offline_dataset,
     make_offline_replay_buffer,
 )
+from torchrl_misa.data.cache import CacheDamagedError
 from torchrl_misa.data.d4rl import (
     D4RLFileExperienceReplay,
     DatasetUnavailableError,
@@ -21,6 +22,7 @@ from torchrl_misa.data.d4rl import (
 )
 from torchrl_misa.data.envs import make_env, make_eval_env
 from torchrl_misa.data.hdf5 import (
+    as_bool_flags,
     DatasetFormatError,
     read_metadata,
     validate_d4rl_hdf5,
@@ -68,6 +70,8 @@ __all__ = [
     "OfflineD4RLExperienceReplay",
     "action_clip_transform",
     "antmaze_reward_transform",
+    "as_bool_flags",
+    "CacheDamagedError",
     "check_transitions",
     "dataset_average_normalized_score",
     "describe",

@@ -141,8 +141,8 @@ def open_cache(
         for name, value in expected.items():
             if value is not None and check.get(name) != value:
                 raise CacheDamagedError(
-                    f"{folder} was built with {name}={check.get(name)!r}, the source "
-                    f"now gives {value!r}."
+                    f"{folder} was built with {name}={check.get(name)!r}; this load "
+                    f"expects {value!r} (from the source file or the arguments)."
                 )
     try:
         data = TensorDict.load_memmap(folder)

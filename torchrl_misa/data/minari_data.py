@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data.datasets.utils import _get_root_dir
 
 from torchrl_misa.data.cache import (
     CacheDamagedError,
@@ -225,7 +224,9 @@ def load_minari(
         )
     from torchrl.data.datasets import load_dataset
 
-    root = Path(root) if root is not None else Path(_get_root_dir("minari"))
+    if root is None:  # TorchRL's default for MinariExperienceReplay
+        root = Path("~/.cache/torchrl/minari").expanduser()
+    root = Path(root)
     cache = root / dataset_id
     local = minari_dir() / dataset_id / "data" / "main_data.hdf5"
     data = None
