@@ -23,6 +23,7 @@ import torchrl_misa.mcmc as mcmc
 from torchrl.data import Bounded
 from torchrl.modules import NormalParamExtractor, ProbabilisticActor, TanhNormal
 from torchrl.modules import ValueOperator
+from torchrl.objectives.utils import ValueEstimators
 from torchrl_misa import MISALoss
 
 pytestmark = pytest.mark.filterwarnings("ignore:No target network updater")
@@ -130,19 +131,28 @@ def fixed_noise_fixture(monkeypatch):
     calls = []
 
     def fake_sampler(log_weight_fn, loc, scale, init_action, **kwargs):
-        calls.append(
-            dict(fn=log_weight_fn, loc=loc, scale=scale, init=init_action, **kwargs)
-        )
         n = kwargs["num_samples"]
         u = loc + scale * eps_for((n, *loc.shape), offset=7).to(loc.dtype)
         batch = loc.shape[:-1]
+        # per-state diagnostics that differ between states, so that averaging shows
+        noise = eps_for(batch, offset=11).to(loc.dtype)
         info = TensorDict(
             {
-                "acceptance_rate": torch.full(batch, 0.5),
-                "step_size": torch.full(batch, 0.25),
-                "num_divergent": torch.zeros(batch, dtype=torch.long),
+                "acceptance_rate": torch.sigmoid(noise),
+                "step_size": noise.exp(),
+                "num_divergent": (noise > 0).long(),
             },
             batch,
+        )
+        calls.append(
+            dict(
+                fn=log_weight_fn,
+                loc=loc,
+                scale=scale,
+                init=init_action,
+                info=info,
+                **kwargs,
+            )
         )
         return torch.tanh(u), info
 
@@ -195,6 +205,8 @@ def reference(
     tau=None,
     t_net=None,
     num_q=2,
+    k_pi=K,
+    k_mc=K,
 ):
     """Every MISA loss entry, recomputed from the spec's formulas (float64).
 
@@ -216,8 +228,8 @@ def reference(
     u_new = loc + scale * eps_for((*batch, N_ACT))
     logp_new = tanh_normal_logp(u_new, loc, scale)
     logp_data = tanh_normal_logp(torch.atanh(act), loc, scale)
-    a_pi = torch.tanh(loc + scale * eps_for((K, *batch, N_ACT))).detach()
-    a_mc = torch.tanh(loc + scale * eps_for((K, *batch, N_ACT), offset=7)).detach()
+    a_pi = torch.tanh(loc + scale * eps_for((k_pi, *batch, N_ACT))).detach()
+    a_mc = torch.tanh(loc + scale * eps_for((k_mc, *batch, N_ACT), offset=7)).detach()
     logp_mc = tanh_normal_logp(torch.atanh(a_mc), loc, scale)
     with torch.no_grad():
         nloc, nscale = actor_net(nobs)
@@ -227,7 +239,7 @@ def reference(
     wts = [member_weights(loss.target_qvalue_network_params, i) for i in range(num_q)]
     q_data = torch.stack([q_ref(w, obs, act) for w in ws])
     q_pi = torch.stack(
-        [torch.stack([q_ref(w, obs, a_pi[j]) for j in range(K)]) for w in ws]
+        [torch.stack([q_ref(w, obs, a_pi[j]) for j in range(k_pi)]) for w in ws]
     )
     q_next = torch.stack([q_ref(w, nobs, a_next) for w in wts]).min(0).values
     y = r + GAMMA * (1 - term) * q_next
@@ -241,7 +253,7 @@ def reference(
         gap = (q_pi - 1).exp().mean(1) - q_data
     else:
         gap = log_mean_exp(q_pi, (1,)) - q_data
-    out = {"q_gap": gap.mean(), "td_error": td.max(0).values}
+    out = {"q_gap": gap.mean(), "td_error": td.max(0).values, "_gap": gap}
     regularised = estimator != "ba" and t_net is None
     if not regularised:
         critic = td.sum(0)
@@ -257,7 +269,7 @@ def reference(
     if t_net is not None:
         wt = member_weights(loss.mi_critic_network_params)
         e_data = q_ref(wt, obs, act)
-        e_pi = torch.stack([q_ref(wt, obs, a_pi[j]) for j in range(K)])
+        e_pi = torch.stack([q_ref(wt, obs, a_pi[j]) for j in range(k_pi)])
     else:
         e_data, e_pi = q_data.min(0).values, q_pi.min(0).values
     if estimator == "dv":
@@ -320,10 +332,52 @@ def test_losses_match_brute_force(fixed_noise, batch):
     out = loss(data)
     ref = reference(loss, actor_net, data)
     check_against_reference(out, ref)
-    assert_close(out["hmc_acceptance_rate"], 0.5, "acceptance")
-    assert_close(out["hmc_step_size"], 0.25, "step size")
+    info = fixed_noise[0]["info"]  # per-state values: the loss reports their mean
+    assert_close(out["hmc_acceptance_rate"], info["acceptance_rate"].mean(), "acc")
+    assert_close(out["hmc_step_size"], info["step_size"].mean(), "step size")
+    assert_close(
+        out["hmc_num_divergent"], info["num_divergent"].double().mean(), "divergent"
+    )
     assert_close(data["td_error"], ref["td_error"], "td_error")
     assert set(out.keys()) == set(loss.out_keys)
+
+
+def test_component_methods_match_brute_force(fixed_noise):
+    """Each public loss method, called on its own, gives forward's entry."""
+    data = make_data([5])
+    loss, actor_net = build(lagrange_tau=0.5)
+    ref = reference(loss, actor_net, data, tau=0.5)
+    for name, method in (
+        ("loss_qvalue", loss.qvalue_loss),
+        ("loss_actor", loss.actor_loss),
+        ("loss_alpha", loss.alpha_loss),
+        ("loss_alpha_prime", loss.alpha_prime_loss),
+    ):
+        value, metadata = method(data.clone())
+        assert isinstance(metadata, dict)
+        assert_close(value, ref[name].mean().detach(), name)
+    _, metadata = loss.qvalue_loss(data.clone())
+    assert_close(metadata["td_error"].max(0).values, ref["td_error"], "td_error")
+
+
+def test_forward_evaluates_each_network_once(fixed_noise, monkeypatch):
+    """The shared terms are computed once: no network runs twice on the same inputs."""
+    loss, actor_net = build(lagrange_tau=0.5)
+    calls = {"actor": 0, "critic": 0}
+    actor_net.register_forward_pre_hook(
+        lambda *_: calls.update(actor=calls["actor"] + 1)
+    )
+    critic_call = loss._vmap_qvalue_networkN0
+
+    def count_critic(*args, **kwargs):
+        calls["critic"] += 1
+        return critic_call(*args, **kwargs)
+
+    monkeypatch.setattr(loss, "_vmap_qvalue_networkN0", count_critic)
+    loss(make_data([5]))
+    # actor: on s and on s'; critics: [a, a_pi], a~ (detached), target at s'
+    # (the fake sampler does not call the critics)
+    assert calls == {"actor": 2, "critic": 3}
 
 
 def test_actor_gradient_matches_brute_force(fixed_noise):
@@ -355,6 +409,9 @@ def test_sampler_call(fixed_noise):
     assert call["num_leapfrog"] == 2 and call["step_size"] == 0.3
     assert call["num_chains"] == 2 and call["mode"] == "pretanh"
     assert call["target_accept"] == 0.75 and call["compile"] is False
+    assert call["validate"] is False  # the sampler's value checks follow the loss's
+    build(validate_inputs=True)[0](make_data([5]))
+    assert fixed_noise[-1]["validate"] is True
 
 
 def energy_reference(loss, obs, a, num_q=2):
@@ -363,19 +420,24 @@ def energy_reference(loss, obs, a, num_q=2):
 
 
 @pytest.mark.parametrize("sequential", [False, True])
-def test_log_weight_fn_is_qmin(fixed_noise, sequential):
+@pytest.mark.parametrize("deactivate_vmap", [False, True])
+def test_log_weight_fn_is_qmin(fixed_noise, sequential, deactivate_vmap):
     """``log_weight_fn`` = min_i Q_i(s, a), for chain-shaped actions, grads to a only."""
     torch.manual_seed(0)
     actor, _ = make_actor()
     critic = make_critic()
-    if sequential:  # not a plain TensorDictModule: the generic tensordict path
+    if sequential:  # a critic that is not a single TensorDictModule
         critic = TensorDictSequential(critic)
-    loss = MISALoss(actor, critic, num_mcmc_samples=K, num_burnin=1)
+    loss = MISALoss(
+        actor,
+        critic,
+        num_mcmc_samples=K,
+        num_burnin=1,
+        deactivate_vmap=deactivate_vmap,
+    )
     data = make_data([2, 3])
     loss(data)
     fn = fixed_noise[0]["fn"]
-    # a plain critic is called on tensors, a sequence through tensordicts
-    assert fn.__name__ == ("energy_td" if sequential else "energy")
     obs = data["observation"]
     for lead in [(), (4,), (2, 3)]:
         a = (torch.rand(*lead, 2, 3, N_ACT) * 2 - 1).requires_grad_()
@@ -393,14 +455,6 @@ def grads_of(loss, name, out):
     loss.zero_grad(set_to_none=True)
     out[name].backward(retain_graph=True)
     return {n: p.grad for n, p in loss.named_parameters()}
-
-
-def moved(grads, prefix):
-    return {
-        n
-        for n, g in grads.items()
-        if g is not None and g.abs().sum() > 0 and n.startswith(prefix)
-    }
 
 
 def nonzero(grads):
@@ -442,14 +496,33 @@ def test_reduction(fixed_noise):
     data = make_data([5])
     outs = {}
     for reduction in ("none", "mean", "sum"):
-        loss, _ = build(reduction=reduction, lagrange_tau=2.0)
+        loss, actor_net = build(
+            reduction=reduction, lagrange_tau=2.0, scalar_output_mode="non_tensor"
+        )
         outs[reduction] = loss(data.clone())
+    ref = reference(loss, actor_net, data, tau=2.0)
+    assert outs["none"].batch_size == data.batch_size
     for key in LOSS_KEYS + ("loss_alpha_prime",):
         per_item = outs["none"][key]
         assert per_item.shape == (5,)
+        assert_close(per_item, ref[key].detach(), key)
         assert_close(per_item.mean(), outs["mean"][key], key)
         assert_close(per_item.sum(), outs["sum"][key], key)
-    assert outs["none"]["alpha"].shape == ()
+    # diagnostics: per transition with "none", their batch mean otherwise
+    for key in ("entropy", "mi_bound", "q_gap", "hmc_acceptance_rate"):
+        assert outs["none"][key].shape == (5,)
+        for reduction in ("mean", "sum"):
+            assert_close(outs["none"][key].mean(), outs[reduction][key], key)
+    assert_close(outs["none"]["q_gap"], ref["_gap"].mean(0), "per-state q_gap")
+    assert_close(outs["none"]["alpha"], ref["alpha"], "alpha as non-tensor")
+
+
+def test_reduction_none_leaves_scalars_out_by_default():
+    with pytest.warns(UserWarning, match="scalar_output_mode"):
+        loss, _ = build(reduction="none")
+    assert "alpha" not in loss.out_keys
+    out = loss(make_data([5]))
+    assert "alpha" not in out.keys() and out["loss_actor"].shape == (5,)
 
 
 def test_batch_shapes_agree(fixed_noise):
@@ -460,6 +533,37 @@ def test_batch_shapes_agree(fixed_noise):
     out1 = loss(data.reshape(6))
     for key in LOSS_KEYS + ("mi_bound", "q_gap"):
         assert_close(out2[key], out1[key], key)
+
+
+FLAG_DTYPES = [torch.bool, torch.int64, torch.uint8, torch.int32, torch.float32]
+
+
+@pytest.mark.parametrize("value_estimator", ["td0", "td_lambda"])
+def test_flag_dtypes_give_the_same_target(fixed_noise, value_estimator):
+    """0/1 done / terminated flags of any dtype give one TD target.
+
+    TorchRL's estimators negate the flags with ``~``: an int64 0 would become
+    -1 (flipping the bootstrap's sign) and a uint8 0 255.
+    """
+    data = make_data([6], seed=3)
+    assert data["next", "terminated"].any() and not data["next", "terminated"].all()
+    outs = {}
+    for dtype in FLAG_DTYPES:
+        loss, actor_net = build()
+        if value_estimator == "td_lambda":
+            loss.make_value_estimator(ValueEstimators.TDLambda, gamma=GAMMA, lmbda=0.9)
+        batch = data.clone()
+        for key in (("next", "done"), ("next", "terminated")):
+            batch.set(key, batch.get(key).to(dtype))
+        outs[dtype] = (loss(batch), batch["td_error"])
+    ref_out, ref_td = outs[torch.bool]
+    for dtype, (out, td_error) in outs.items():
+        torch.testing.assert_close(td_error, ref_td, rtol=0, atol=0)
+        for key in LOSS_KEYS:
+            torch.testing.assert_close(out[key], ref_out[key], rtol=0, atol=0)
+    if value_estimator == "td0":  # y = r + gamma (1 - terminated) min_i Q'_i(s', a')
+        ref = reference(loss, actor_net, data)
+        assert_close(ref_td, ref["td_error"], "td_error against the written-out y")
 
 
 def test_set_keys(fixed_noise):
@@ -543,7 +647,31 @@ def test_target_entropy_and_alpha():
     assert fixed.target_entropy.item() == -0.5
 
 
+def test_priority_weights_weight_every_loss(fixed_noise):
+    """With weights w: each loss is sum_i w_i l_i / sum_i w_i of its terms l_i."""
+    data = make_data([5])
+    loss, actor_net = build(lagrange_tau=0.5)
+    ref = reference(loss, actor_net, data, tau=0.5)
+    w = torch.tensor([0.1, 2.0, 0.5, 1.0, 3.0])
+    out = loss(data.clone().set("priority_weight", w))
+    for key in LOSS_KEYS + ("loss_alpha_prime",):
+        expected = (ref[key] * w.double()).sum() / w.double().sum()
+        assert_close(out[key], expected.detach(), key)
+    # [B, 1] weights as a buffer may store them
+    out_col = loss(data.clone().set("priority_weight", w.unsqueeze(-1)))
+    assert_close(out_col["loss_qvalue"], out["loss_qvalue"], "[B, 1] weights")
+    ignoring, _ = build(lagrange_tau=0.5, use_prioritized_weights=False)
+    plain = ignoring(data.clone().set("priority_weight", w))
+    assert_close(plain["loss_qvalue"], ref["loss_qvalue"].mean().detach(), "off")
+    with pytest.raises(ValueError, match=r"priority weights have shape \[5, 2\]"):
+        loss(data.clone().set("priority_weight", torch.ones(5, 2)))
+
+
 # -------------------------------------------------------------- bad inputs
+def _cast_floats(data, dtype):
+    return data.apply(lambda x: x.to(dtype) if x.is_floating_point() else x)
+
+
 @pytest.mark.parametrize(
     "mutate, match",
     [
@@ -553,22 +681,95 @@ def test_target_entropy_and_alpha():
             lambda d: d.set("action", torch.zeros(5, N_ACT + 1)),
             r"action has shape \[5, 3\]",
         ),
+        (lambda d: d.set(("next", "reward"), torch.zeros(5, 2)), r"reward.*shape"),
+        (lambda d: d[:0], r"no transitions \(batch size \[0\]\)"),
+        (
+            lambda d: _cast_floats(d, torch.float64),
+            r"is torch.float64 but the networks' parameters are torch.float32; cast",
+        ),
+        (
+            lambda d: d.set("action", torch.zeros(5, N_ACT, dtype=torch.long)),
+            "action.*must be a floating point tensor",
+        ),
+        (
+            lambda d: d.set(("next", "done"), torch.zeros(5, 1, dtype=torch.complex64)),
+            "0/1 flags",
+        ),
+    ],
+)
+def test_bad_input_without_value_checks(mutate, match):
+    """Keys, shapes and dtypes are checked on every call (no host sync)."""
+    loss, _ = build()
+    assert loss.validate_inputs is False
+    with pytest.raises(ValueError, match=match):
+        loss(mutate(make_data([5])))
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
         (
             lambda d: d.set(("next", "reward"), torch.full((5, 1), float("nan"))),
             "reward.*NaN",
         ),
         (lambda d: d.set("action", torch.full((5, N_ACT), 1.5)), r"\[-1, 1\]"),
-        (lambda d: d.set(("next", "reward"), torch.zeros(5, 2)), r"reward.*shape"),
         (
             lambda d: d.set("observation", torch.full((5, N_OBS), float("inf"))),
             "observation",
         ),
+        (
+            lambda d: d.set(("next", "terminated"), torch.full((5, 1), 2)),
+            "must be 0 or 1",
+        ),
+        (
+            lambda d: d.set(("next", "done"), torch.full((5, 1), 0.5)),
+            "must be 0 or 1",
+        ),
+        (
+            lambda d: d.set("priority_weight", -torch.ones(5)),
+            "priority weights must be finite and non-negative",
+        ),
     ],
 )
-def test_bad_input(mutate, match):
-    loss, _ = build()
+def test_bad_values_with_validate_inputs(mutate, match):
+    loss, _ = build(validate_inputs=True)
     with pytest.raises(ValueError, match=match):
         loss(mutate(make_data([5])))
+
+
+def test_float64_networks_take_float64_batches(fixed_noise):
+    """A float64 loss refuses nothing of its own dtype and matches brute force."""
+    loss, actor_net = build()
+    loss = loss.double()
+    data = _cast_floats(make_data([5]), torch.float64)
+    out = loss(data)
+    ref = reference(loss, actor_net, data)
+    check_against_reference(out, ref, keys=LOSS_KEYS)
+    with pytest.raises(ValueError, match="is torch.float32 but"):
+        loss(make_data([5]))
+
+
+class TwoHeadQ(QNet):
+    """A critic with two outputs per state-action pair: not a Q-value."""
+
+    def __init__(self):
+        super().__init__()
+        self.net[-1] = nn.Linear(HIDDEN, 2)
+
+
+def test_critic_with_two_outputs_is_refused():
+    torch.manual_seed(0)
+    actor, _ = make_actor()
+    critic = ValueOperator(TwoHeadQ(), in_keys=["observation", "action"])
+    loss = MISALoss(actor, critic, num_mcmc_samples=K, num_burnin=1)
+    # the first call: both critics at [a, a_1..a_k] of 5 states, 1 + K actions
+    shapes = rf"of shape \[2, {1 + K}, 5, 2\], expected \[2, {1 + K}, 5, 1\]"
+    with pytest.raises(ValueError, match=shapes):
+        loss(make_data([5]))
+    with pytest.raises(ValueError, match="mi_critic returned values of shape"):
+        MISALoss(
+            actor, make_critic(), mi_critic=critic, num_mcmc_samples=K, num_burnin=1
+        )(make_data([5]))
 
 
 def test_actor_must_be_tanh_normal():
@@ -593,6 +794,9 @@ def test_actor_must_be_tanh_normal():
         MISALoss(module, make_critic())
 
 
+NAN = float("nan")
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -604,6 +808,26 @@ def test_actor_must_be_tanh_normal():
         ({"num_mcmc_samples": 0}, "num_mcmc_samples"),
         ({"num_mcmc_samples": 5, "num_chains": 2}, "divisible by num_chains"),
         ({"reduction": "max"}, "reduction"),
+        ({"alpha_init": 0.0}, r"alpha_init must be > 0.0"),
+        ({"alpha_init": -1.0}, r"alpha_init must be > 0.0"),
+        ({"alpha_init": NAN}, "alpha_init must be finite"),
+        ({"target_entropy": None}, "target_entropy must be a number or 'auto'"),
+        ({"target_entropy": NAN}, "target_entropy must be finite"),
+        ({"target_entropy": "max"}, "target_entropy must be a number or 'auto'"),
+        ({"min_q_weight": NAN}, "min_q_weight must be finite"),
+        ({"min_q_weight": -1.0}, "min_q_weight must be >= 0.0"),
+        ({"bc_weight": -0.5}, "bc_weight must be >= 0.0"),
+        ({"unbiased_weight": -0.1}, "unbiased_weight must be >= 0.0"),
+        ({"unbiased_weight": float("inf")}, "unbiased_weight must be finite"),
+        ({"step_size": 0.0}, "step_size must be > 0.0"),
+        ({"step_size": NAN}, "step_size must be finite"),
+        ({"target_accept": 1.0}, r"target_accept must lie in \(0, 1\)"),
+        ({"target_accept": NAN}, "target_accept must be finite"),
+        ({"lagrange_tau": NAN}, "lagrange_tau must be finite"),
+        ({"num_adaptation_steps": -1}, "num_adaptation_steps must be an integer"),
+        ({"num_policy_samples": 0}, "num_policy_samples must be an integer >= 1"),
+        ({"scalar_output_mode": "drop"}, "scalar_output_mode must be one of"),
+        ({"use_prioritized_weights": "yes"}, "use_prioritized_weights must be"),
     ],
 )
 def test_bad_options(kwargs, match):
@@ -613,8 +837,8 @@ def test_bad_options(kwargs, match):
 
 
 def test_compiled_forward_matches_eager(fixed_noise):
-    """torch.compile(loss) gives the eager losses (validation and sampler stay outside)."""
-    loss, _ = build(validate_inputs=False)
+    """torch.compile(loss) gives the eager losses (the sampler stays outside)."""
+    loss, _ = build()
     data = make_data([5])
     ref = loss(data.clone())
     compiled = torch.compile(loss)

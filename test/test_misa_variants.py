@@ -1,4 +1,4 @@
-"""The ablation variants of Table 1 (MISA_SPEC §3), each against brute force.
+"""The ablation variants of the paper's Table 1, each against brute force.
 
 Each variant is checked twice: its loss entries equal the spec's formulas
 recomputed in ``test_misa_loss.reference``, and, against the default MISA on
@@ -18,6 +18,7 @@ from test_misa_loss import (
     check_against_reference,
     energy_reference,
     K,
+    log_mean_exp,
     make_actor,
     make_critic,
     make_data,
@@ -29,6 +30,11 @@ from test_misa_loss import (
 )
 from test_misa_loss import fixed_noise_fixture  # noqa: F401
 from torchrl_misa import MISALoss
+from torchrl_misa.objectives._misa_bounds import (
+    correction_weight,
+    critic_gap,
+    log_normaliser,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:No target network updater")
 
@@ -174,40 +180,73 @@ def test_misa_t_matches_brute_force(fixed_noise, estimator):
 
 
 def test_misa_t_reduction_none(fixed_noise):
-    loss, _, _ = build_t(reduction="none")
-    out = loss(make_data([5]))
-    assert out["loss_mi_critic"].shape == (5,)
+    loss, actor_net, t_net = build_t(reduction="none", scalar_output_mode="exclude")
+    data = make_data([5])
+    out = loss(data.clone())
+    ref = reference(loss, actor_net, data, t_net=t_net)
+    assert_close(out["loss_mi_critic"], ref["loss_mi_critic"].detach(), "per state")
 
 
 def test_policy_samples_count(fixed_noise):
-    """k policy samples for the log-mean-exp; num_mcmc_samples for the sampler."""
+    """k policy samples for the log-mean-exp; num_mcmc_samples for the sampler.
+
+    The brute force draws its policy samples and its MCMC samples with their
+    own counts: swapping the two in the loss changes every regularised entry.
+    """
+    k_pi, k_mc = K + 1, K - 1
     torch.manual_seed(0)
-    actor, _ = make_actor()
+    actor, actor_net = make_actor()
     loss = MISALoss(
-        actor, make_critic(), num_mcmc_samples=3, num_policy_samples=K, num_burnin=2
+        actor,
+        make_critic(),
+        num_mcmc_samples=k_mc,
+        num_policy_samples=k_pi,
+        num_burnin=2,
     )
-    out = loss(make_data([5]))
-    assert fixed_noise[0]["num_samples"] == 3 and fixed_noise[0]["num_burnin"] == 2
-    assert torch.isfinite(out["loss_qvalue"])
+    data = make_data([5])
+    out = loss(data)
+    assert fixed_noise[0]["num_samples"] == k_mc and fixed_noise[0]["num_burnin"] == 2
+    ref = reference(loss, actor_net, data, k_pi=k_pi, k_mc=k_mc)
+    check_against_reference(out, ref)
+    swapped = reference(loss, actor_net, data, k_pi=k_mc, k_mc=k_pi)
+    assert not torch.allclose(out["q_gap"].double(), swapped["q_gap"])
 
 
-def test_f_and_dv_weights_reweight_states(fixed_noise):
+def test_f_and_dv_weights_reweight_states():
     """For DV the per-state weights average to one; for f they are Z(s)/e."""
-    data = make_data([6])
-    loss, actor_net = build(mi_estimator="dv")
-    loss(data.clone())
     e_pi = torch.randn(K, 6)
-    w_dv = loss._correction_weight(e_pi)
-    assert_close(w_dv.mean(), 1.0, "dv weights mean")
     z = e_pi.exp().mean(0)
+    w_dv = correction_weight("dv", e_pi)
+    assert_close(w_dv.mean(), 1.0, "dv weights mean")
     assert_close(w_dv, z / z.mean(), "dv weights")
-    loss.mi_estimator = "f"
-    assert_close(loss._correction_weight(e_pi), z / math.e, "f weights")
+    assert_close(correction_weight("f", e_pi), z / math.e, "f weights")
+    assert correction_weight("misa", e_pi) == 1.0
+
+
+def test_dv_pools_only_the_valid_states():
+    """With a loss mask, DV's pooled terms are those of the valid states alone."""
+    q_pi, q_data = torch.randn(2, K, 6), torch.randn(2, 6)
+    valid = torch.tensor([True, False, True, True, False, True])
+    gap = critic_gap("dv", q_pi, q_data, valid)
+    pooled = log_mean_exp(q_pi[..., valid].double(), (1, 2))  # [n_q]
+    assert_close(gap[:, valid], pooled[:, None] - q_data[:, valid], "dv gap")
+    e_pi = q_pi.min(0).values
+    norm = log_normaliser("dv", e_pi, valid)
+    assert_close(norm[valid], log_mean_exp(e_pi[:, valid].double(), (0, 1)).expand(4))
+    w = correction_weight("dv", e_pi, valid)
+    z = e_pi[:, valid].exp().mean(0)
+    assert_close(w[valid], z / z.mean(), "dv weights of the valid states")
+    # per-state estimators do not pool: the mask changes nothing
+    for estimator in ("misa", "f"):
+        torch.testing.assert_close(
+            critic_gap(estimator, q_pi, q_data, valid),
+            critic_gap(estimator, q_pi, q_data),
+        )
 
 
 def test_f_bound_overflow_is_a_clear_error(fixed_noise):
     """exp(Q - 1) overflows float32 for Q above ~85: MISA-f says so instead of NaN."""
-    loss, _ = build(mi_estimator="f")
+    loss, _ = build(mi_estimator="f", validate_inputs=True)
     data = make_data([4])
     assert torch.isfinite(loss(data.clone())["loss_qvalue"])
     biases = [k for k in loss.qvalue_network_params.keys(True, True) if k[-1] == "bias"]
@@ -215,6 +254,9 @@ def test_f_bound_overflow_is_a_clear_error(fixed_noise):
         loss.qvalue_network_params[biases[-1]].add_(200.0)  # every Q near 200
     with pytest.raises(ValueError, match=r"exp\(Q - 1\) overflowed"):
         loss(data.clone())
+    # Without the value checks (no host sync) the overflow shows as inf.
+    loss.validate_inputs = False
+    assert not torch.isfinite(loss(data.clone())["loss_qvalue"])
     # The same values under the shift-invariant estimators stay finite.
     for estimator in ("misa", "dv"):
         loss.mi_estimator = estimator

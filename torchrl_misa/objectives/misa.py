@@ -1,29 +1,23 @@
 """The MISA loss: mutual-information regularised offline actor-critic.
 
 Paper: "Mutual Information Regularized Offline Reinforcement Learning"
-(Ma et al., NeurIPS 2023), Eq. 8-17. The equations this file implements are
-written out in ``docs/loss.md``.
+(Ma et al., NeurIPS 2023, arXiv 2210.07484), Eq. 8-17; constants of the
+authors' code, github.com/sail-sg/MISA.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import (
-    dispatch,
-    ProbabilisticTensorDictModule,
-    ProbabilisticTensorDictSequential,
-    TensorDictModule,
-)
+from tensordict.nn import dispatch, ProbabilisticTensorDictSequential, TensorDictModule
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor
-from torch.func import functional_call
 
-from torchrl.data.tensor_specs import Composite
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules.distributions import TanhNormal
 from torchrl.objectives.common import LossModule
@@ -36,14 +30,70 @@ from torchrl.objectives.utils import (
 from torchrl.objectives.value import ValueEstimatorBase
 
 from torchrl_misa import mcmc as _mcmc
+from torchrl_misa.objectives._misa_bounds import (
+    check_f_bound,
+    correction_weight,
+    critic_gap,
+    log_normaliser,
+)
+from torchrl_misa.objectives._misa_checks import (
+    action_dim,
+    check_actor,
+    check_batch,
+    check_batch_values,
+    check_options,
+    check_weights,
+    next_key,
+)
 
 try:
     from torch.compiler import is_compiling
 except ImportError:  # pragma: no cover - older torch
     from torch._dynamo import is_compiling
 
-MI_ESTIMATORS = ("misa", "dv", "f", "ba")
-SAMPLER_MODES = ("whitened", "pretanh", "authors")
+_PARAMS = (
+    "actor_network_params",
+    "qvalue_network_params",
+    "target_qvalue_network_params",
+    "mi_critic_network_params",
+)
+
+
+@dataclass
+class MISASharedTerms:
+    """What MISA's losses share in one update; :meth:`MISALoss.forward` computes it once.
+
+    Shapes: ``B`` the batch, ``d`` the action, ``k`` the policy samples,
+    ``n_q`` the critics.
+    """
+
+    obs: TensorDictBase  #: the networks' observation entries, ``[*B]``
+    action: Tensor  #: dataset action ``a``, ``[*B, d]``
+    dist: TanhNormal  #: ``pi(.|s)``, from the one actor forward on ``s``
+    action_new: Tensor  #: ``a~ ~ pi(.|s)``, reparameterised, ``[*B, d]``
+    log_prob: Tensor  #: ``log pi(a~|s)``, ``[*B]``
+    log_prob_data: Tensor  #: ``log pi(a|s)``, ``[*B]``
+    action_pi: Tensor  #: ``k`` detached policy samples ``a_j``, ``[k, *B, d]``
+    q_data: Tensor  #: ``Q_i(s, a)``, ``[n_q, *B]``
+    q_pi: Tensor  #: ``Q_i(s, a_j)``, ``[n_q, k, *B]``
+    gaps: Tensor  #: the critics' per-state MI regulariser, ``[n_q, *B]``
+    t_data: Tensor | None  #: MISA-T's ``T(s, a)``, ``[*B]``
+    t_pi: Tensor | None  #: MISA-T's ``T(s, a_j)``, ``[k, *B]``
+    valid: Tensor | None  #: the loss mask of padded batches, ``[*B]``
+
+    @property
+    def energy_data(self) -> Tensor:
+        """The bound's ``T(s, a)``, detached: ``Qmin`` or the MI critic."""
+        if self.t_data is not None:
+            return self.t_data.detach()
+        return self.q_data.detach().min(0).values
+
+    @property
+    def energy_pi(self) -> Tensor:
+        """The bound's ``T(s, a_j)`` ``[k, *B]``, detached."""
+        if self.t_pi is not None:
+            return self.t_pi.detach()
+        return self.q_pi.detach().min(0).values
 
 
 class MISALoss(LossModule):
@@ -51,12 +101,13 @@ class MISALoss(LossModule):
 
     Implements the policy-evaluation (Eq. 12) and policy-improvement (Eq. 13
     with the unbiased gradient of Eq. 15) objectives of "Mutual Information
-    Regularized Offline Reinforcement Learning" (Ma et al., 2023), with the
-    constants of the authors' code. For a batch of transitions
+    Regularized Offline Reinforcement Learning" (Ma et al., 2023,
+    arXiv 2210.07484), with the constants of the authors' code
+    (github.com/sail-sg/MISA). For a batch of transitions
     :math:`(s, a, r, s', d)`, :math:`k` policy samples :math:`a_j \sim \pi(\cdot|s)`
     and :math:`Q_{\min} = \min_i Q_i`:
 
-    * critic ``i``: ``(Q_i(s,a) - y)^2 + min_q_weight * gap_i(s)``, with
+    * :meth:`qvalue_loss`, critic ``i``: ``(Q_i(s,a) - y)^2 + min_q_weight * gap_i(s)``, with
       ``y = r + gamma * (1 - terminated) * min_i Qtarget_i(s', a' ~ pi(.|s'))``
       (plain squared error, no entropy in the backup unless
       ``backup_entropy=True``) and, for the default estimator,
@@ -65,23 +116,28 @@ class MISALoss(LossModule):
       the authors' code subtracts the log of the batch size instead, a
       constant shift that only matters with the Lagrange budget.
       ``loss_qvalue`` is the sum of the critics' losses.
-    * actor: ``bc_weight * (alpha * log pi(a~|s) - log pi(a|s)) - Qmin(s, a~)
+    * :meth:`actor_loss`: ``bc_weight * (alpha * log pi(a~|s) - log pi(a|s)) - Qmin(s, a~)
       + unbiased_weight * mean_j log pi(a_mc_j|s)``, ``a~`` reparameterised,
       ``a_mc`` drawn by Hamiltonian Monte Carlo from
       ``p(a|s) ∝ pi(a|s) exp Qmin(s, a)`` with the current (not target)
       critics, frozen while sampling; only ``log pi(a_mc|s)`` carries
       gradients, to the actor.
-    * alpha: ``-log_alpha * (log pi(a~|s) + target_entropy)``.
+    * :meth:`alpha_loss`: ``-log_alpha * (log pi(a~|s) + target_entropy)``.
     * Lagrange form (``lagrange_tau`` set): the critic regulariser becomes
       ``alpha' * min_q_weight * (gap_i - tau)`` with
-      ``alpha' = clamp(exp(log_alpha'), 0, 1e6)`` and
-      ``loss_alpha_prime = -mean_i alpha' * min_q_weight * (gap_i - tau)``.
+      ``alpha' = clamp(exp(log_alpha'), 0, 1e6)`` and :meth:`alpha_prime_loss`
+      ``= -mean_i alpha' * min_q_weight * (gap_i - tau)``.
+    * :meth:`mi_critic_loss` (MISA-T, ``mi_critic`` set): minus the bound
+      estimated with the MI critic ``T``.
 
     Each loss moves only its own parameters: the actor loss reads the critics
     through detached parameters, the critic loss reads policy samples as
     data, ``loss_alpha`` moves ``log_alpha`` only and ``loss_alpha_prime``
-    ``log_alpha_prime`` only. With ``reduction="none"`` every loss is the
-    per-transition term (shape of the batch) whose mean is the loss above.
+    ``log_alpha_prime`` only. Each component method takes the input
+    tensordict and returns ``(loss, metadata)``; :meth:`forward` computes the
+    quantities they share (one actor forward on ``s``, the policy samples,
+    the critics at ``[a, a_1..a_k]``) once, as a :class:`MISASharedTerms`
+    handed to each of them.
 
     Args:
         actor_network (ProbabilisticTensorDictSequential): the policy, a
@@ -100,10 +156,12 @@ class MISALoss(LossModule):
             (minus the bound), the actor's correction uses ``T`` instead of
             ``Qmin`` and the critics keep only their TD loss.
         num_qvalue_nets (int): critics in the ensemble. Default 2.
-        min_q_weight (float): :math:`\gamma_1`, weight of the critic
+        min_q_weight (float): :math:`\gamma_1 \geq 0`, weight of the critic
             regulariser. Default 5.0.
-        bc_weight (float): weight of the actor's BC / entropy term. Default 0.5.
-        unbiased_weight (float): weight of the MCMC correction. Default 0.1.
+        bc_weight (float): weight (``>= 0``) of the actor's BC / entropy term.
+            Default 0.5.
+        unbiased_weight (float): weight (``>= 0``) of the MCMC correction.
+            Default 0.1.
         mi_estimator (str): which bound regularises the critics and which
             correction the actor gets: ``"misa"`` (Eq. 10, per-state
             log-mean-exp, default), ``"dv"`` (Eq. 9, one log-mean-exp over all
@@ -114,7 +172,8 @@ class MISALoss(LossModule):
             batch (a few high-value states take all the weight when values
             differ by tens between states), and ``"f"`` depends on Q's level
             (for Q far below 0 its regulariser reduces to ``-Q(s, a)``; above
-            ~85 ``exp`` overflows float32, which raises a ``ValueError``).
+            ~85 ``exp`` overflows float32: ``validate_inputs=True`` turns the
+            resulting inf into a ``ValueError``).
         bc_term (bool): keep ``-log pi(a|s)`` in the actor loss. ``False`` is
             the paper's "no-BA" ablation. Default ``True``.
         unbiased_correction (bool, optional): add the MCMC correction term.
@@ -126,10 +185,10 @@ class MISALoss(LossModule):
             authors use one ``k`` for both).
         num_burnin (int): burn-in transitions. Default 5.
         num_leapfrog (int): leapfrog steps per transition. Default 2.
-        step_size (float): initial step size. Default 1.0.
+        step_size (float): initial step size (``> 0``). Default 1.0.
         num_adaptation_steps (int, optional): step-size adaptation steps,
             the sampler's default (80% of the burn-in) when ``None``.
-        target_accept (float): adaptation target. Default 0.75.
+        target_accept (float): adaptation target in ``(0, 1)``. Default 0.75.
         sampler_mode (str): ``"whitened"`` (default), ``"pretanh"`` or
             ``"authors"``, see :func:`torchrl_misa.mcmc.sample_tilted_tanh_normal`.
         num_chains (int): chains per state. Default 1.
@@ -140,7 +199,7 @@ class MISALoss(LossModule):
             transitions. Default ``False``.
         lagrange_tau (float, optional): Lagrange budget ``tau`` (Eq. 17);
             ``None`` (default) uses the fixed ``min_q_weight``.
-        alpha_init (float): initial entropy temperature. Default 1.0
+        alpha_init (float): initial entropy temperature (``> 0``). Default 1.0
             (``log_alpha = 0``).
         fixed_alpha (bool): keep alpha at ``alpha_init``. Default ``False``.
         target_entropy (float or "auto"): ``"auto"`` is ``-dim(A)``.
@@ -148,27 +207,54 @@ class MISALoss(LossModule):
             when not given.
         backup_entropy (bool): subtract ``alpha * log pi(a'|s')`` in the
             backup. Default ``False`` (as the authors).
-        validate_inputs (bool): check keys, shapes, finiteness and action
-            bounds of every batch (one host sync). Default ``True``; skipped
-            under :func:`torch.compile` and CUDA-graph capture.
+        separate_losses (bool): if ``True``, parameters the critics (or the
+            MI critic) share with the actor are trained by the actor loss
+            only. Default ``False``, as in
+            :class:`~torchrl.objectives.SACLoss`.
+        use_prioritized_weights (bool or "auto"): weight every loss's
+            per-transition terms by the input's ``"priority_weight"`` entry
+            (importance weights of a prioritised buffer). ``"auto"``
+            (default) uses them when the entry is present.
+        validate_inputs (bool): also check the batch's values: finite
+            rewards, actions, observations and priority weights, actions in
+            ``[-1, 1]``, done / terminated flags in ``{0, 1}``, and raise on
+            MISA-f's ``exp(Q - 1)`` overflow instead of returning ``inf``.
+            Costs one host-device synchronisation per call, plus the sampler's
+            own value checks. Default ``False``: like TorchRL's losses, the
+            default call never waits for the device. Keys, shapes and dtypes
+            are checked on every call (no synchronisation); value checks are
+            skipped under :func:`torch.compile` and CUDA-graph capture.
         reduction (str): ``"none"`` | ``"mean"`` | ``"sum"``. Default ``"mean"``.
+        scalar_output_mode (str, optional): with ``reduction="none"``, what
+            becomes of the scalars ``alpha`` and ``alpha_prime``, which have
+            no batch dimension: ``"exclude"`` (the default; a warning says so
+            unless passed explicitly) or ``"non_tensor"`` (kept as non-tensor
+            entries), as in :class:`~torchrl.objectives.SACLoss`.
         deactivate_vmap (bool): loop over the critics instead of
             :func:`torch.vmap`. Default ``False``.
 
     Input keys (default names, change them with :meth:`set_keys`):
     ``"action"`` ``[*B, d]`` in ``[-1, 1]``, the actor's and critic's
     observation keys and their ``("next", ...)`` versions, ``("next",
-    "reward")``, ``("next", "done")``, ``("next", "terminated")`` ``[*B, 1]``.
+    "reward")``, ``("next", "done")``, ``("next", "terminated")`` ``[*B, 1]``
+    (done / terminated flags of any bool, integer or float dtype holding 0
+    and 1), and, optionally, ``"priority_weight"`` ``[*B]``. Floating
+    entries must have the networks' dtype. A loss mask (TorchRL's
+    ``("collector", "mask")``, see
+    :attr:`~torchrl.objectives.LossModule.loss_mask_key`) leaves padded
+    transitions out of every loss, diagnostic and DV pooling.
 
-    Output: a TensorDict (empty batch size) with ``loss_actor``,
-    ``loss_qvalue``, ``loss_alpha`` (``loss_alpha_prime`` with the Lagrange
-    budget, ``loss_mi_critic`` with ``mi_critic``) and detached diagnostics
-    ``alpha``, ``entropy``, ``mi_bound`` (the bound's estimate, up to the
-    constant data-action entropy ``H(A)``), ``q_gap`` (the critic
-    regulariser, averaged over critics and states; the per-state
-    log-mean-exp gap for ``"ba"`` and MISA-T), ``hmc_acceptance_rate``,
-    ``hmc_step_size``, ``hmc_num_divergent`` (when the sampler runs) and
-    ``alpha_prime``. The transitions' squared TD errors (max over critics)
+    Output: a TensorDict with ``loss_actor``, ``loss_qvalue``, ``loss_alpha``
+    (``loss_alpha_prime`` with the Lagrange budget, ``loss_mi_critic`` with
+    ``mi_critic``) and detached diagnostics ``alpha``, ``entropy``,
+    ``mi_bound`` (the bound's estimate, up to the constant data-action
+    entropy ``H(A)``), ``q_gap`` (the critic regulariser, averaged over
+    critics; the per-state log-mean-exp gap for ``"ba"`` and MISA-T),
+    ``hmc_acceptance_rate``, ``hmc_step_size``, ``hmc_num_divergent`` (when
+    the sampler runs) and ``alpha_prime``. With ``reduction="mean"`` or
+    ``"sum"`` the batch size is empty and the diagnostics are batch means;
+    with ``"none"`` the batch size is the input's, losses and diagnostics are
+    per transition. The transitions' squared TD errors (max over critics)
     are written to the input under ``"td_error"``.
 
     Examples:
@@ -179,6 +265,7 @@ class MISALoss(LossModule):
         >>> from torchrl.data import Bounded
         >>> from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor
         >>> from torchrl.modules import TanhNormal, ValueOperator
+        >>> from torchrl.objectives import SoftUpdate
         >>> from torchrl_misa import MISALoss
         >>> _ = torch.manual_seed(0)
         >>> n_obs, n_act, batch = 3, 2, [4]
@@ -192,6 +279,7 @@ class MISALoss(LossModule):
         >>> qvalue = ValueOperator(MLP(n_obs + n_act, 1, num_cells=[8]),
         ...     in_keys=["observation", "action"])
         >>> loss = MISALoss(actor, qvalue, num_mcmc_samples=4, num_burnin=2)
+        >>> updater = SoftUpdate(loss, tau=5e-3)
         >>> data = TensorDict({
         ...     "observation": torch.randn(*batch, n_obs),
         ...     "action": torch.rand(*batch, n_act) * 2 - 1,
@@ -207,6 +295,12 @@ class MISALoss(LossModule):
          'q_gap']
         >>> total = out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]
         >>> total.backward()
+
+    Each term is also a method of its own, returning ``(loss, metadata)``:
+
+        >>> loss_qvalue, metadata = loss.qvalue_loss(data)
+        >>> metadata["td_error"].shape  # [num_qvalue_nets, *batch]
+        torch.Size([2, 4])
 
     Like TorchRL's losses, it also takes keyword tensors and returns the
     ``out_keys`` in order:
@@ -236,6 +330,8 @@ class MISALoss(LossModule):
             done (NestedKey): done flag, under ``"next"``. Defaults to ``"done"``.
             terminated (NestedKey): termination flag, under ``"next"``.
                 Defaults to ``"terminated"``.
+            priority_weight (NestedKey): importance weights of a prioritised
+                replay buffer. Defaults to ``"priority_weight"``.
         """
 
         action: NestedKey = "action"
@@ -245,6 +341,7 @@ class MISALoss(LossModule):
         reward: NestedKey = "reward"
         done: NestedKey = "done"
         terminated: NestedKey = "terminated"
+        priority_weight: NestedKey = "priority_weight"
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
@@ -294,18 +391,17 @@ class MISALoss(LossModule):
         target_entropy: float | str = "auto",
         action_spec=None,
         backup_entropy: bool = False,
-        validate_inputs: bool = True,
+        separate_losses: bool = False,
+        use_prioritized_weights: str | bool = "auto",
+        validate_inputs: bool = False,
         reduction: str | None = None,
+        scalar_output_mode: str | None = None,
         deactivate_vmap: bool = False,
     ) -> None:
         self._out_keys = None
         if reduction is None:
             reduction = "mean"
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(
-                f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}."
-            )
-        _check_options(
+        check_options(
             mi_estimator=mi_estimator,
             bc_term=bc_term,
             unbiased_correction=unbiased_correction,
@@ -318,49 +414,64 @@ class MISALoss(LossModule):
             num_chains=num_chains,
             num_burnin=num_burnin,
             num_leapfrog=num_leapfrog,
+            num_adaptation_steps=num_adaptation_steps,
+            min_q_weight=min_q_weight,
+            bc_weight=bc_weight,
+            unbiased_weight=unbiased_weight,
+            step_size=step_size,
+            target_accept=target_accept,
+            alpha_init=alpha_init,
+            target_entropy=target_entropy,
+            reduction=reduction,
+            scalar_output_mode=scalar_output_mode,
+            use_prioritized_weights=use_prioritized_weights,
         )
-        _check_actor(actor_network)
+        check_actor(actor_network)
         super().__init__()
+        self.use_prioritized_weights = use_prioritized_weights
+        self.separate_losses = bool(separate_losses)
 
         self.convert_to_functional(actor_network, "actor_network")
-        self.num_qvalue_nets = num_qvalue_nets
+        # Parameters shared with the actor enter the critics as detached data.
+        policy_params = list(actor_network.parameters()) if separate_losses else None
+        self.num_qvalue_nets = int(num_qvalue_nets)
         self.convert_to_functional(
             qvalue_network,
             "qvalue_network",
-            num_qvalue_nets,
+            self.num_qvalue_nets,
             create_target_params=True,
-            compare_against=list(actor_network.parameters()),
+            compare_against=policy_params,
         )
         self.use_mi_critic = mi_critic is not None
         if self.use_mi_critic:
-            self.convert_to_functional(mi_critic, "mi_critic_network")
+            self.convert_to_functional(
+                mi_critic, "mi_critic_network", compare_against=policy_params
+            )
 
-        device = next(self.parameters()).device
+        param = next(iter(self.actor_network_params.values(True, True)))
+        device, dtype = param.device, param.dtype
         self.fixed_alpha = fixed_alpha
-        log_alpha = torch.tensor(math.log(alpha_init), device=device)
+        log_alpha = torch.tensor(math.log(alpha_init), device=device, dtype=dtype)
         if fixed_alpha:
             self.register_buffer("log_alpha", log_alpha)
         else:
             self.register_parameter("log_alpha", torch.nn.Parameter(log_alpha))
-        self.lagrange_tau = lagrange_tau
+        self.lagrange_tau = None if lagrange_tau is None else float(lagrange_tau)
         if lagrange_tau is not None:
             self.register_parameter(
                 "log_alpha_prime",
-                torch.nn.Parameter(torch.tensor(1.0, device=device)),
+                torch.nn.Parameter(torch.tensor(1.0, device=device, dtype=dtype)),
             )
 
-        self._action_dim = _action_dim(action_spec, actor_network)
+        self._action_dim = action_dim(action_spec, actor_network)
         if target_entropy == "auto":
             target_entropy = (
                 -float(self._action_dim) if self._action_dim is not None else math.nan
             )
-        elif isinstance(target_entropy, str):
-            raise ValueError(
-                f"target_entropy must be a float or 'auto', got {target_entropy!r}."
-            )
         self._target_entropy_auto = math.isnan(target_entropy)
         self.register_buffer(
-            "target_entropy", torch.tensor(float(target_entropy), device=device)
+            "target_entropy",
+            torch.tensor(float(target_entropy), device=device, dtype=dtype),
         )
 
         self.min_q_weight = float(min_q_weight)
@@ -387,6 +498,18 @@ class MISALoss(LossModule):
         self.validate_inputs = bool(validate_inputs)
         self.deactivate_vmap = deactivate_vmap
         self.reduction = reduction
+        if reduction == "none" and scalar_output_mode is None:
+            warnings.warn(
+                "MISALoss with reduction='none' returns a TensorDict with the input's "
+                "batch size, which cannot hold the scalars alpha and alpha_prime: they "
+                "are left out (read them as loss._alpha / loss._alpha_prime). Pass "
+                "scalar_output_mode='exclude' to silence this warning, or "
+                "'non_tensor' to keep them as non-tensor entries.",
+                category=UserWarning,
+                stacklevel=2,
+            )
+            scalar_output_mode = "exclude"
+        self.scalar_output_mode = scalar_output_mode
         self._make_vmap()
         # Built now (not lazily) so that state_dicts match before and after use.
         self.make_value_estimator()
@@ -456,16 +579,24 @@ class MISALoss(LossModule):
         return keys
 
     @property
-    def in_keys(self) -> list[NestedKey]:
+    def _required_keys(self) -> list[NestedKey]:
         obs = self._obs_keys
+        keys = self.tensor_keys
         return [
-            self.tensor_keys.action,
+            keys.action,
             *obs,
-            *[_next(k) for k in obs],
-            ("next", self.tensor_keys.reward),
-            ("next", self.tensor_keys.done),
-            ("next", self.tensor_keys.terminated),
+            *[next_key(k) for k in obs],
+            next_key(keys.reward),
+            next_key(keys.done),
+            next_key(keys.terminated),
         ]
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = self._required_keys
+        if self.use_prioritized_weights:
+            keys.append(self.tensor_keys.priority_weight)
+        return keys
 
     @property
     def out_keys(self) -> list[str]:
@@ -475,10 +606,13 @@ class MISALoss(LossModule):
                 keys.append("loss_alpha_prime")
             if self.use_mi_critic:
                 keys.append("loss_mi_critic")
-            keys += ["alpha", "entropy", "mi_bound", "q_gap"]
+            scalars = self.reduction != "none" or self.scalar_output_mode != "exclude"
+            if scalars:
+                keys.append("alpha")
+            keys += ["entropy", "mi_bound", "q_gap"]
             if self.unbiased_correction:
                 keys += ["hmc_acceptance_rate", "hmc_step_size", "hmc_num_divergent"]
-            if self.lagrange_tau is not None:
+            if self.lagrange_tau is not None and scalars:
                 keys.append("alpha_prime")
             self._out_keys = keys
         return self._out_keys
@@ -492,125 +626,239 @@ class MISALoss(LossModule):
         return self.log_alpha.detach().exp()
 
     @property
+    def _alpha_prime(self) -> Tensor:
+        """``clamp(exp(log_alpha'), 0, 1e6)``, differentiable (Lagrange form)."""
+        return self.log_alpha_prime.exp().clamp(0.0, 1e6)
+
+    @property
     @_cache_values
     def _cached_detach_qvalue_params(self) -> TensorDictBase:
         return self.qvalue_network_params.detach()
+
+    def _validating(self) -> bool:
+        return self.validate_inputs and not _capturing()
 
     # --------------------------------------------------------------- forward
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Computes the MISA losses for a batch of transitions (see class doc)."""
-        if self.validate_inputs and not _capturing():
-            self._validate(tensordict)
-        if self._target_entropy_auto:
-            self.target_entropy.fill_(
-                -float(tensordict.get(self.tensor_keys.action).shape[-1])
-            )
-            self._target_entropy_auto = False
+        shared = self.shared_terms(tensordict)
+        losses = {}
+        losses["loss_qvalue"], q_meta = self.qvalue_loss(tensordict, shared)
+        losses["loss_actor"], actor_meta = self.actor_loss(tensordict, shared)
+        losses["loss_alpha"], _ = self.alpha_loss(tensordict, shared)
+        if self.lagrange_tau is not None:
+            losses["loss_alpha_prime"], _ = self.alpha_prime_loss(tensordict, shared)
+        if self.use_mi_critic:
+            losses["loss_mi_critic"], _ = self.mi_critic_loss(tensordict, shared)
+        tensordict.set(self.tensor_keys.priority, q_meta["td_error"].max(0).values)
+
+        per_state = {
+            "entropy": -actor_meta["log_prob"],
+            "mi_bound": self._mi_bound(shared),
+            "q_gap": shared.gaps.detach().mean(0),
+        }
+        for name in ("hmc_acceptance_rate", "hmc_step_size", "hmc_num_divergent"):
+            if name in actor_meta:
+                per_state[name] = actor_meta[name]
+        scalars = {"alpha": self._alpha}
+        if self.lagrange_tau is not None:
+            scalars["alpha_prime"] = self._alpha_prime.detach()
+
+        if self.reduction == "none":
+            for name, value in per_state.items():
+                losses[name] = self._reduce_loss(value, tensordict, reduction="none")
+            out = TensorDict(losses, batch_size=tensordict.batch_size)
+            if self.scalar_output_mode == "non_tensor":
+                for name, value in scalars.items():
+                    out.set_non_tensor(name, value)
+        else:
+            for name, value in per_state.items():
+                losses[name] = self._reduce_loss(value, tensordict, reduction="mean")
+            out = TensorDict({**losses, **scalars}, batch_size=[])
+        self._clear_weakrefs(tensordict, out, *_PARAMS)
+        return out
+
+    # ------------------------------------------------------- the loss terms
+    def shared_terms(self, tensordict: TensorDictBase) -> MISASharedTerms:
+        """Checks the batch and computes what the losses share (see :class:`MISASharedTerms`).
+
+        One actor forward on ``s`` (``a~``, ``log pi(a~|s)``, ``log pi(a|s)``,
+        ``k`` policy samples), the critics at ``[a, a_1..a_k]`` in one call
+        and, for MISA-T, the MI critic at the same actions.
+        """
+        self._check_batch(tensordict)
         keys = self.tensor_keys
         action = tensordict.get(keys.action)
+        if self._target_entropy_auto:
+            self.target_entropy.fill_(-float(action.shape[-1]))
+            self._target_entropy_auto = False
         obs = tensordict.select(*self._obs_keys)
-        next_obs = tensordict.get("next").select(*self._obs_keys)
-        k = self.num_policy_samples
-
-        # One actor forward on s: its distribution gives the reparameterised
-        # sample, the log-likelihoods and the sampler's loc/scale.
         dist = self._policy_dist(obs, self.actor_network_params)
-        a_new, logp_new = dist.rsample_and_log_prob()
-        logp_data = dist.log_prob(action)
+        action_new, log_prob = dist.rsample_and_log_prob()
+        log_prob_data = dist.log_prob(action)
         with torch.no_grad():
-            a_pi = dist.sample((k,))
-        alpha = self._alpha
+            action_pi = dist.sample((self.num_policy_samples,))
 
-        # Critics on [a_data, a_pi_1..k] in one call.
-        reg_params = self.qvalue_network_params
+        params = self.qvalue_network_params
+        both = torch.cat([action.unsqueeze(0), action_pi])
         if self.regularise_critics:
-            q_all = self._q_values(
-                obs, torch.cat([action.unsqueeze(0), a_pi]), reg_params
-            )
+            q_all = self._q_values(obs, both, params)
             q_data, q_pi = q_all[:, 0], q_all[:, 1:]
-        else:
-            q_data = self._q_values(obs, action, reg_params)
+        else:  # q_pi only feeds the q_gap diagnostic: no graph through it
+            q_data = self._q_values(obs, action, params)
             with torch.no_grad():
-                q_pi = self._q_values(obs, a_pi, reg_params)
+                q_pi = self._q_values(obs, action_pi, params)
+        t_data = t_pi = None
+        if self.use_mi_critic:
+            t_all = self._mi_values(obs, both, self.mi_critic_network_params)
+            t_data, t_pi = t_all[0], t_all[1:]
+        valid = self._valid_mask(tensordict)
+        return MISASharedTerms(
+            obs=obs,
+            action=action,
+            dist=dist,
+            action_new=action_new,
+            log_prob=log_prob,
+            log_prob_data=log_prob_data,
+            action_pi=action_pi,
+            q_data=q_data,
+            q_pi=q_pi,
+            gaps=critic_gap(self.mi_estimator, q_pi, q_data, valid),
+            t_data=t_data,
+            t_pi=t_pi,
+            valid=valid,
+        )
 
-        target = self._td_target(tensordict, next_obs, alpha)
-        td_sq = (q_data - target).pow(2)
-        tensordict.set(keys.priority, td_sq.detach().max(0).values)
+    def qvalue_loss(
+        self, tensordict: TensorDictBase, shared: MISASharedTerms | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The critics' loss: squared TD error plus the MI regulariser (Eq. 12).
 
-        out = {}
-        critic = td_sq
-        gaps = self._critic_gap(q_pi, q_data)
-        if self.mi_estimator == "f" and self.validate_inputs and not _capturing():
-            self._check_f_bound(gaps, q_pi)
+        Returns the loss and ``{"td_error": (Q_i(s, a) - y)^2}`` ``[n_q, *B]``,
+        detached.
+        """
+        if shared is None:
+            shared = self.shared_terms(tensordict)
+        target = self._td_target(tensordict)
+        td_error = (shared.q_data - target).pow(2)
+        loss = td_error
+        if self.mi_estimator == "f" and self._validating():
+            check_f_bound(shared.gaps, shared.q_pi)
         if self.regularise_critics:
             if self.lagrange_tau is not None:
-                alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
-                slack = self.min_q_weight * (gaps - self.lagrange_tau)
-                critic = critic + alpha_prime.detach() * slack
-                out["loss_alpha_prime"] = -(alpha_prime * slack.detach()).mean(0)
-                out_alpha_prime = alpha_prime.detach()
+                slack = self.min_q_weight * (shared.gaps - self.lagrange_tau)
+                loss = loss + self._alpha_prime.detach() * slack
             else:
-                critic = critic + self.min_q_weight * gaps
-        loss_qvalue = critic.sum(0)
+                loss = loss + self.min_q_weight * shared.gaps
+        loss = self._reduce(loss.sum(0), tensordict)
+        self._clear_weakrefs(tensordict, *_PARAMS)
+        return loss, {"td_error": td_error.detach()}
 
-        # The energy T(s, a) of the bound: Qmin, or the MI critic for MISA-T.
-        if self.use_mi_critic:
-            t_all = self._mi_values(
-                obs,
-                torch.cat([action.unsqueeze(0), a_pi]),
-                self.mi_critic_network_params,
-            )
-            t_data, t_pi = t_all[0], t_all[1:]
-            bound = logp_data.detach() + t_data - self._log_normaliser(t_pi)
-            out["loss_mi_critic"] = -bound
-            e_data, e_pi = t_data.detach(), t_pi.detach()
-        else:
-            e_data, e_pi = q_data.detach().min(0).values, q_pi.detach().min(0).values
-        log_norm = self._log_normaliser(e_pi) if self.mi_estimator != "ba" else 0.0
-        mi_bound = logp_data.detach() + (
-            e_data - log_norm if self.mi_estimator != "ba" else 0.0
-        )
+    def actor_loss(
+        self, tensordict: TensorDictBase, shared: MISASharedTerms | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The actor's loss (Eq. 13) with the MCMC correction of Eq. 15.
 
-        # Actor: critics read through detached parameters.
-        q_new = (
-            self._q_values(obs, a_new, self._cached_detach_qvalue_params).min(0).values
+        Returns the loss and ``log_prob`` (``log pi(a~|s)``) and, when the
+        sampler runs, its per-state ``hmc_acceptance_rate``, ``hmc_step_size``
+        and ``hmc_num_divergent``, all detached ``[*B]``.
+        """
+        if shared is None:
+            shared = self.shared_terms(tensordict)
+        q_new = self._q_values(
+            shared.obs, shared.action_new, self._cached_detach_qvalue_params
         )
-        bc = alpha * logp_new
+        bc = self._alpha * shared.log_prob
         if self.bc_term:
-            bc = bc - logp_data
-        actor = self.bc_weight * bc - q_new
+            bc = bc - shared.log_prob_data
+        loss = self.bc_weight * bc - q_new.min(0).values
+        metadata = {"log_prob": shared.log_prob.detach()}
         if self.unbiased_correction:
-            a_mc, info = self._sample_tilted(obs, dist, action)
-            logp_mc = dist.log_prob(a_mc)
-            weight = self._correction_weight(e_pi)
-            actor = actor + self.unbiased_weight * weight * logp_mc.mean(0)
-        loss_alpha = -self.log_alpha * (logp_new.detach() + self.target_entropy)
+            a_mc, info = self._sample_tilted(shared)
+            log_prob_mc = shared.dist.log_prob(a_mc)
+            weight = correction_weight(
+                self.mi_estimator, shared.energy_pi, shared.valid
+            )
+            loss = loss + self.unbiased_weight * weight * log_prob_mc.mean(0)
+            dtype = loss.dtype
+            metadata["hmc_acceptance_rate"] = info.get("acceptance_rate").to(dtype)
+            metadata["hmc_step_size"] = info.get("step_size").to(dtype)
+            metadata["hmc_num_divergent"] = info.get("num_divergent").to(dtype)
+        loss = self._reduce(loss, tensordict)
+        self._clear_weakrefs(tensordict, *_PARAMS)
+        return loss, metadata
 
-        red = self._reduce
-        losses = {
-            "loss_actor": red(actor, tensordict),
-            "loss_qvalue": red(loss_qvalue, tensordict),
-            "loss_alpha": red(loss_alpha, tensordict),
-        }
-        for name in ("loss_alpha_prime", "loss_mi_critic"):
-            if name in out:
-                losses[name] = red(out[name], tensordict)
-        losses["alpha"] = alpha
-        losses["entropy"] = -logp_new.detach().mean()
-        losses["mi_bound"] = mi_bound.mean()
-        losses["q_gap"] = gaps.detach().mean()
-        if self.unbiased_correction:
-            losses["hmc_acceptance_rate"] = info.get("acceptance_rate").float().mean()
-            losses["hmc_step_size"] = info.get("step_size").float().mean()
-            losses["hmc_num_divergent"] = info.get("num_divergent").float().mean()
-        if self.lagrange_tau is not None and self.regularise_critics:
-            losses["alpha_prime"] = out_alpha_prime
-        return TensorDict(losses, batch_size=[])
+    def alpha_loss(
+        self, tensordict: TensorDictBase, shared: MISASharedTerms | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The temperature's loss ``-log_alpha * (log pi(a~|s) + target_entropy)``."""
+        if shared is None:
+            shared = self.shared_terms(tensordict)
+        loss = -self.log_alpha * (shared.log_prob.detach() + self.target_entropy)
+        loss = self._reduce(loss, tensordict)
+        self._clear_weakrefs(tensordict, *_PARAMS)
+        return loss, {}
+
+    def alpha_prime_loss(
+        self, tensordict: TensorDictBase, shared: MISASharedTerms | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The Lagrange multiplier's loss ``-mean_i alpha' * min_q_weight * (gap_i - tau)``."""
+        if self.lagrange_tau is None:
+            raise RuntimeError(
+                "MISALoss.alpha_prime_loss needs the Lagrange form: build the loss "
+                "with lagrange_tau=<budget>."
+            )
+        if shared is None:
+            shared = self.shared_terms(tensordict)
+        slack = self.min_q_weight * (shared.gaps.detach() - self.lagrange_tau)
+        loss = -(self._alpha_prime * slack).mean(0)
+        loss = self._reduce(loss, tensordict)
+        self._clear_weakrefs(tensordict, *_PARAMS)
+        return loss, {}
+
+    def mi_critic_loss(
+        self, tensordict: TensorDictBase, shared: MISASharedTerms | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """MISA-T's MI critic loss: minus the bound estimated with ``T``."""
+        if not self.use_mi_critic:
+            raise RuntimeError(
+                "MISALoss.mi_critic_loss needs MISA-T: build the loss with "
+                "mi_critic=<T network>."
+            )
+        if shared is None:
+            shared = self.shared_terms(tensordict)
+        norm = log_normaliser(self.mi_estimator, shared.t_pi, shared.valid)
+        bound = shared.log_prob_data.detach() + shared.t_data - norm
+        loss = self._reduce(-bound, tensordict)
+        self._clear_weakrefs(tensordict, *_PARAMS)
+        return loss, {}
 
     # ---------------------------------------------------------------- pieces
     def _reduce(self, loss: Tensor, tensordict: TensorDictBase) -> Tensor:
-        return self._reduce_loss(loss, tensordict=tensordict)
+        """Reduces per-transition terms, with the priority weights if any."""
+        weights = self._maybe_get_priority_weight(tensordict)
+        if weights is not None:
+            weights = check_weights(weights, tensordict.batch_size)
+        return self._reduce_loss(loss, tensordict=tensordict, weights=weights)
+
+    def _valid_mask(self, tensordict: TensorDictBase) -> Tensor | None:
+        """The loss mask ``[*B]`` TorchRL's reductions apply, if the input has one."""
+        mask = None
+        for key in self._loss_mask_keys():
+            value = tensordict.get(key, default=None)
+            if value is not None:
+                value = value.reshape(tensordict.batch_size).bool()
+                mask = value if mask is None else mask & value
+        return mask
+
+    def _mi_bound(self, shared: MISASharedTerms) -> Tensor:
+        """The estimator's MI lower bound per state (up to ``H(A)``), detached."""
+        bound = shared.log_prob_data.detach()
+        if self.mi_estimator == "ba":
+            return bound
+        norm = log_normaliser(self.mi_estimator, shared.energy_pi, shared.valid)
+        return bound + shared.energy_data - norm
 
     def _policy_dist(self, obs: TensorDictBase, params: TensorDictBase) -> TanhNormal:
         with set_exploration_type(ExplorationType.RANDOM), params.to_module(
@@ -627,7 +875,11 @@ class MISALoss(LossModule):
         """
         td = obs.expand(actions.shape[:-1]).set(self.tensor_keys.action, actions)
         out = self._vmap_qvalue_networkN0(td, params)
-        return out.get(self.tensor_keys.state_action_value).squeeze(-1)
+        value = out.get(self.tensor_keys.state_action_value)
+        _check_value_shape(
+            "qvalue_network", value, (self.num_qvalue_nets, *actions.shape[:-1], 1)
+        )
+        return value.squeeze(-1)
 
     def _mi_values(
         self, obs: TensorDictBase, actions: Tensor, params: TensorDictBase
@@ -636,116 +888,61 @@ class MISALoss(LossModule):
         td = obs.expand(actions.shape[:-1]).set(self.tensor_keys.action, actions)
         with params.to_module(self.mi_critic_network, preserve_module_state=False):
             out = self.mi_critic_network(td)
-        return out.get(self.tensor_keys.state_action_value).squeeze(-1)
+        value = out.get(self.tensor_keys.state_action_value)
+        _check_value_shape("mi_critic", value, (*actions.shape[:-1], 1))
+        return value.squeeze(-1)
 
-    def _td_target(
-        self, tensordict: TensorDictBase, next_obs: TensorDictBase, alpha: Tensor
-    ) -> Tensor:
+    def _td_target(self, tensordict: TensorDictBase) -> Tensor:
         """``y = r + gamma (1 - terminated) min_i Qtarget_i(s', a')``: ``[*B]``."""
         keys = self.tensor_keys
         with torch.no_grad():
+            next_obs = tensordict.get("next").select(*self._obs_keys)
             next_dist = self._policy_dist(next_obs, self.actor_network_params.data)
-            a_next, logp_next = next_dist.sample_and_log_prob()
-            v_next = (
-                self._q_values(next_obs, a_next, self.target_qvalue_network_params)
-                .min(0)
-                .values
-            )
+            a_next, log_prob_next = next_dist.sample_and_log_prob()
+            q_next = self._q_values(next_obs, a_next, self.target_qvalue_network_params)
+            v_next = q_next.min(0).values
             if self.backup_entropy:
-                v_next = v_next - alpha * logp_next
-            value_td = tensordict.select(
-                ("next", keys.reward), ("next", keys.done), ("next", keys.terminated)
-            )
+                v_next = v_next - self._alpha * log_prob_next
+            # TorchRL's estimators read the flags with `~`: an integer 0 would
+            # become -1 and a float would fail. 0/1 flags of any dtype -> bool.
+            value_td = tensordict.copy()
+            for name in (keys.done, keys.terminated):
+                key = next_key(name)
+                value_td.set(key, value_td.get(key).bool())
             target = self.value_estimator.value_estimate(
                 value_td, next_value=v_next.unsqueeze(-1)
             )
         return target.squeeze(-1)
 
-    def _critic_gap(self, q_pi: Tensor, q_data: Tensor) -> Tensor:
-        """Per-state critic regulariser ``[n_q, *B]`` (its mean is ``gap_i``).
+    def _log_weight_fn(self, shared: MISASharedTerms) -> Callable[[Tensor], Tensor]:
+        """``a -> T(s, a)`` for the sampler: ``Qmin`` (or the MI critic), frozen.
 
-        ``q_pi``: ``[n_q, k, *B]`` at policy samples, ``q_data``: ``[n_q, *B]``.
+        ``a`` is ``[*lead, *B, d]`` (``lead``: the sampler's chain
+        dimensions). The critics run through the same vmapped functional call
+        as in the losses, on detached parameters: gradients flow to ``a`` only.
         """
-        if self.mi_estimator == "dv":
-            flat = q_pi.flatten(1)
-            lme = flat.logsumexp(1) - math.log(flat.shape[1])
-            return lme.view(-1, *([1] * (q_data.ndim - 1))) - q_data
-        if self.mi_estimator == "f":
-            return (q_pi - 1.0).exp().mean(1) - q_data
-        # "misa", and the diagnostic gap of "ba" / MISA-T
-        return q_pi.logsumexp(1) - math.log(q_pi.shape[1]) - q_data
-
-    def _log_normaliser(self, e_pi: Tensor) -> Tensor:
-        """The bound's normalising term for energies ``e_pi`` ``[k, *B]``.
-
-        Returns ``[*B]``: ``log mean_j exp e_j(s)`` (MISA), the log-mean-exp
-        over all pairs broadcast (DV), ``mean_j exp(e_j(s) - 1)`` (f).
-        """
-        if self.mi_estimator == "dv":
-            return (
-                e_pi.logsumexp(tuple(range(e_pi.ndim))) - math.log(e_pi.numel())
-            ).expand(e_pi.shape[1:])
-        if self.mi_estimator == "f":
-            return (e_pi - 1.0).exp().mean(0)
-        return e_pi.logsumexp(0) - math.log(e_pi.shape[0])
-
-    @staticmethod
-    def _check_f_bound(gaps: Tensor, q_pi: Tensor) -> None:
-        # exp(Q - 1) is not shift-invariant: it overflows float32 once Q > ~85,
-        # which D4RL locomotion values reach; the loss would turn inf, then NaN.
-        limit = math.log(torch.finfo(q_pi.dtype).max) + 1.0 - math.log(q_pi.shape[1])
-        if not torch.isfinite(gaps).all() and q_pi.max() > limit:
-            raise ValueError(
-                "MISALoss(mi_estimator='f'): exp(Q - 1) overflowed (largest policy "
-                f"action value {q_pi.max().item():.1f}, above {limit:.1f} in "
-                f"{q_pi.dtype}). "
-                "The f-bound depends on the scale of Q: scale the rewards down so "
-                "that values stay below ~80, or use mi_estimator='misa' or 'dv', "
-                "whose log-mean-exp is shift-invariant."
-            )
-
-    def _correction_weight(self, e_pi: Tensor) -> Tensor | float:
-        """Per-state weight of the MCMC correction, from the bound's gradient.
-
-        With ``Z(s) = E_pi exp T(s, a)`` estimated by the policy samples:
-        1 (MISA), ``Z(s) / mean_s Z(s)`` (DV), ``Z(s) / e`` (f).
-        """
-        if self.mi_estimator == "misa":
-            return 1.0
-        log_z = e_pi.logsumexp(0) - math.log(e_pi.shape[0])
-        if self.mi_estimator == "dv":
-            return (
-                log_z
-                - (log_z.logsumexp(tuple(range(log_z.ndim))) - math.log(log_z.numel()))
-            ).exp()
-        return (log_z - 1.0).exp()
-
-    def _sample_tilted(
-        self, obs: TensorDictBase, dist: TanhNormal, action: Tensor
-    ) -> tuple[Tensor, TensorDictBase]:
-        """HMC samples of ``p(a|s) ∝ pi(a|s) exp T(s, a)``: ``[k, *B, d]`` and info."""
+        obs = shared.obs
         if self.use_mi_critic:
-            log_weight_fn = _energy_fn(
-                self.mi_critic_network,
-                self.mi_critic_network_params.detach(),
-                obs,
-                self.tensor_keys,
-                ensemble=False,
-            )
+            params = self.mi_critic_network_params.detach()
+
+            def log_weight(a: Tensor) -> Tensor:
+                return self._mi_values(obs, a, params)
+
         else:
-            log_weight_fn = _energy_fn(
-                self.qvalue_network,
-                self._cached_detach_qvalue_params,
-                obs,
-                self.tensor_keys,
-                ensemble=True,
-                vmap_fn=self._vmap_qvalue_networkN0,
-            )
+            params = self._cached_detach_qvalue_params
+
+            def log_weight(a: Tensor) -> Tensor:
+                return self._q_values(obs, a, params).min(0).values
+
+        return log_weight
+
+    def _sample_tilted(self, shared: MISASharedTerms) -> tuple[Tensor, TensorDictBase]:
+        """HMC samples of ``p(a|s) ∝ pi(a|s) exp T(s, a)``: ``[k, *B, d]`` and info."""
         return _run_sampler(
-            log_weight_fn,
-            dist.loc.detach(),
-            dist.scale.detach(),
-            action,
+            self._log_weight_fn(shared),
+            shared.dist.loc.detach(),
+            shared.dist.scale.detach(),
+            shared.action,
             num_samples=self.num_mcmc_samples,
             num_burnin=self.num_burnin,
             num_leapfrog=self.num_leapfrog,
@@ -755,19 +952,11 @@ class MISALoss(LossModule):
             num_chains=self.num_chains,
             compile=self.compile_sampler,
             mode=self.sampler_mode,
+            validate=self._validating(),
         )
 
-    # ------------------------------------------------------------ validation
-    def _validate(self, tensordict: TensorDictBase) -> None:
+    def _check_batch(self, tensordict: TensorDictBase) -> None:
         keys = self.tensor_keys
-        present = set(tensordict.keys(True, True))
-        missing = [k for k in self.in_keys if unravel_key(k) not in present]
-        if missing:
-            raise ValueError(
-                f"MISALoss: the input is missing the entries {missing}. "
-                "Provide them, or rename the expected keys with "
-                "loss.set_keys(action=..., reward=..., done=..., terminated=...)."
-            )
         value_key = unravel_key(keys.state_action_value)
         nets = [("qvalue_network", self.qvalue_network)]
         if self.use_mi_critic:
@@ -779,59 +968,22 @@ class MISALoss(LossModule):
                     f"{keys.state_action_value!r}; call loss.set_keys(state_action_value=...) "
                     "or change the network's out_keys."
                 )
-        batch = tensordict.batch_size
-        if len(batch) == 0:
-            raise ValueError(
-                "MISALoss: the input tensordict has an empty batch size; give it "
-                "the batch dimensions of the transitions, e.g. TensorDict(..., batch_size=[B])."
-            )
-        action = tensordict.get(keys.action)
-        d = self._action_dim
-        if (
-            action.shape[:-1] != batch
-            or action.ndim != len(batch) + 1
-            or (d is not None and action.shape[-1] != d)
-        ):
-            expected = (
-                f"[{', '.join(str(b) for b in batch)}, {d if d is not None else 'd'}]"
-            )
-            raise ValueError(
-                f"MISALoss: action has shape {list(action.shape)}, expected {expected} "
-                "(batch dimensions, then the action dimension)."
-            )
-        for name in (keys.reward, keys.done, keys.terminated):
-            value = tensordict.get(("next", name))
-            if value.shape != (*batch, 1):
-                raise ValueError(
-                    f"MISALoss: ('next', {name!r}) has shape {list(value.shape)}, "
-                    f"expected {[*batch, 1]} (one value per transition, trailing 1)."
-                )
-        reward = tensordict.get(("next", keys.reward))
-        bad = [
-            ~torch.isfinite(reward).all(),
-            ~torch.isfinite(action).all(),
-            (action.abs() > 1.0).any(),
-        ]
-        obs_values = [tensordict.get(k) for k in self._obs_keys]
-        obs_values += [tensordict.get(_next(k)) for k in self._obs_keys]
-        bad.append(torch.stack([~torch.isfinite(v).all() for v in obs_values]).any())
-        flags = torch.stack(bad).tolist()  # one host sync for all checks
-        if flags[0]:
-            raise ValueError(
-                "MISALoss: ('next', reward) holds NaN or infinite values; clean or "
-                "drop those transitions before training."
-            )
-        if flags[1]:
-            raise ValueError("MISALoss: the action holds NaN or infinite values.")
-        if flags[2]:
-            raise ValueError(
-                f"MISALoss: actions must lie in [-1, 1] (tanh-squashed policy); got "
-                f"values in [{action.min().item():.4g}, {action.max().item():.4g}]. "
-                "Rescale the dataset's actions to [-1, 1] (and clip to +-0.999)."
-            )
-        if flags[3]:
-            raise ValueError(
-                "MISALoss: an observation entry holds NaN or infinite values."
+        obs_keys = self._obs_keys
+        check_batch(
+            tensordict,
+            required=self._required_keys,
+            keys=keys,
+            obs_keys=obs_keys,
+            action_dim=self._action_dim,
+            dtype=self.log_alpha.dtype,
+        )
+        if self._validating():
+            weights = self._maybe_get_priority_weight(tensordict)
+            check_batch_values(
+                tensordict,
+                keys=keys,
+                obs_keys=obs_keys,
+                weights=None if weights is None else weights.detach(),
             )
 
 
@@ -844,185 +996,16 @@ def _run_sampler(*args, **kwargs) -> tuple[Tensor, TensorDictBase]:
     return _mcmc.sample_tilted_tanh_normal(*args, **kwargs)
 
 
-def _next(key: NestedKey) -> tuple:
-    key = unravel_key(key)
-    return ("next", *key) if isinstance(key, tuple) else ("next", key)
-
-
 def _capturing() -> bool:
     if is_compiling():
         return True
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def _energy_fn(
-    network: TensorDictModule,
-    params: TensorDictBase,
-    obs: TensorDictBase,
-    keys,
-    *,
-    ensemble: bool,
-    vmap_fn: Callable | None = None,
-) -> Callable[[Tensor], Tensor]:
-    """Builds ``a -> T(s, a)`` (``min_i Q_i(s, a)`` for an ensemble).
-
-    ``a`` is ``[*lead, *B, d]`` (``lead`` = the sampler's chain dimensions);
-    the observations ``[*B, ...]`` are expanded to it. ``params`` are
-    detached: gradients flow to ``a`` only. This closure is the sampler's hot
-    path (about a hundred gradient evaluations per update), so a plain
-    :class:`TensorDictModule` is called through its inner module on tensors,
-    skipping the per-call tensordict bookkeeping.
-    """
-    batch_ndim = obs.batch_dims
-    action_key = unravel_key(keys.action)
-    in_keys = [unravel_key(k) for k in network.in_keys]
-    fast = (
-        type(network).forward is TensorDictModule.forward
-        and len(network.out_keys) == 1
-        and unravel_key(network.out_keys[0]) == unravel_key(keys.state_action_value)
-        and action_key in in_keys
-        and all(
-            isinstance(k, tuple) and k[0] == "module" for k in params.keys(True, True)
-        )
-    )
-    if fast:
-        inner = network.module
-        flat = {".".join(k[1:]): v for k, v in params.items(True, True)}
-        members = (
-            [{n: v[i] for n, v in flat.items()} for i in range(params.shape[0])]
-            if ensemble
-            else [flat]
-        )
-        inputs = [None if k == action_key else obs.get(k) for k in in_keys]
-
-        def energy(a: Tensor) -> Tensor:
-            lead = a.shape[: a.ndim - batch_ndim - 1]
-            args = [a if x is None else x.expand(*lead, *x.shape) for x in inputs]
-            out = functional_call(inner, members[0], tuple(args))
-            for member in members[1:]:
-                out = torch.minimum(out, functional_call(inner, member, tuple(args)))
-            return out.squeeze(-1)
-
-        return energy
-
-    def energy_td(a: Tensor) -> Tensor:
-        td = obs.expand(a.shape[:-1]).set(action_key, a)
-        if ensemble:
-            out = vmap_fn(td, params).get(keys.state_action_value).min(0).values
-        else:
-            with params.to_module(network, preserve_module_state=False):
-                out = network(td).get(keys.state_action_value)
-        return out.squeeze(-1)
-
-    return energy_td
-
-
-def _check_actor(actor_network) -> None:
-    prob = None
-    if isinstance(actor_network, ProbabilisticTensorDictSequential):
-        prob = actor_network.module[-1]
-    elif isinstance(actor_network, ProbabilisticTensorDictModule):
-        prob = actor_network
-    if not isinstance(prob, ProbabilisticTensorDictModule):
+def _check_value_shape(name: str, value: Tensor, expected: tuple[int, ...]) -> None:
+    if value.shape != expected:
         raise ValueError(
-            "MISALoss needs a stochastic actor (a ProbabilisticActor with a "
-            f"TanhNormal distribution); got {type(actor_network).__name__}."
-        )
-    cls = prob.distribution_class
-    if not (isinstance(cls, type) and issubclass(cls, TanhNormal)):
-        name = getattr(cls, "__name__", repr(cls))
-        raise ValueError(
-            f"MISALoss needs a TanhNormal policy, got distribution_class={name}: the "
-            "MCMC target pi(a|s) exp Q(s, a) is sampled in the tanh-squashed Gaussian's "
-            "pre-tanh space. Build the actor with distribution_class=TanhNormal."
-        )
-    kwargs = prob.distribution_kwargs or {}
-    low, high = kwargs.get("low", -1.0), kwargs.get("high", 1.0)
-    if not (
-        bool(torch.all(torch.as_tensor(low) == -1.0))
-        and bool(torch.all(torch.as_tensor(high) == 1.0))
-    ):
-        raise ValueError(
-            "MISALoss needs a TanhNormal on [-1, 1] (low=-1, high=1); got "
-            f"low={low}, high={high}. Rescale the actions to [-1, 1] instead."
-        )
-
-
-def _action_dim(action_spec, actor_network) -> int | None:
-    spec = (
-        action_spec if action_spec is not None else getattr(actor_network, "spec", None)
-    )
-    if spec is None:
-        return None
-    if isinstance(spec, Composite):
-        if "action" not in spec.keys(True, True):
-            return None
-        spec = spec["action"]
-    if len(spec.shape) == 0:
-        return None
-    return int(spec.shape[-1])
-
-
-def _check_options(
-    *,
-    mi_estimator,
-    bc_term,
-    unbiased_correction,
-    mi_critic,
-    lagrange_tau,
-    sampler_mode,
-    num_qvalue_nets,
-    num_mcmc_samples,
-    num_policy_samples,
-    num_chains,
-    num_burnin,
-    num_leapfrog,
-) -> None:
-    if mi_estimator not in MI_ESTIMATORS:
-        raise ValueError(
-            f"mi_estimator must be one of {MI_ESTIMATORS}, got {mi_estimator!r}."
-        )
-    if sampler_mode not in SAMPLER_MODES:
-        raise ValueError(
-            f"sampler_mode must be one of {SAMPLER_MODES}, got {sampler_mode!r}."
-        )
-    if mi_estimator == "ba":
-        if unbiased_correction:
-            raise ValueError(
-                "mi_estimator='ba' has no log-normaliser, hence no MCMC correction: "
-                "leave unbiased_correction unset (or False)."
-            )
-        if not bc_term:
-            raise ValueError(
-                "mi_estimator='ba' with bc_term=False leaves no mutual-information "
-                "term at all; use one of them."
-            )
-        if mi_critic is not None:
-            raise ValueError(
-                "mi_critic (MISA-T) needs mi_estimator 'misa', 'dv' or 'f'."
-            )
-    if lagrange_tau is not None and (mi_estimator == "ba" or mi_critic is not None):
-        raise ValueError(
-            "lagrange_tau tunes the critics' MI regulariser, which 'ba' and MISA-T "
-            "(mi_critic) do not have; set lagrange_tau=None."
-        )
-    for name, value, low in (
-        ("num_qvalue_nets", num_qvalue_nets, 1),
-        ("num_mcmc_samples", num_mcmc_samples, 1),
-        ("num_chains", num_chains, 1),
-        ("num_burnin", num_burnin, 0),
-        ("num_leapfrog", num_leapfrog, 1),
-    ):
-        if int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-    if num_mcmc_samples % num_chains:
-        raise ValueError(
-            f"num_mcmc_samples ({num_mcmc_samples}) counts the samples of all chains "
-            f"together and must be divisible by num_chains ({num_chains})."
-        )
-    if num_policy_samples is not None and (
-        int(num_policy_samples) != num_policy_samples or num_policy_samples < 1
-    ):
-        raise ValueError(
-            f"num_policy_samples must be an integer >= 1, got {num_policy_samples!r}."
+            f"MISALoss: {name} returned values of shape {list(value.shape)}, expected "
+            f"{list(expected)}: one value per state-action pair, with a trailing "
+            "dimension of 1 (e.g. an MLP with out_features=1)."
         )
