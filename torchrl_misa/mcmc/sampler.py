@@ -1,22 +1,29 @@
-"""``hmc_sample``: batched HMC chains with burn-in, step-size adaptation and thinning."""
+"""``hmc_sample``: batched HMC chains with burn-in, step-size adaptation and thinning.
+
+A thin loop over the parts: the kernel (:func:`~torchrl_misa.mcmc.build_kernel`),
+the step-size adaptation (:func:`~torchrl_misa.mcmc.simple_step_size_adaptation`)
+and the chains' diagnostics.
+"""
 
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDict
 from torch import Tensor
 
-from .adaptation import adapt_step_size
-from .kernel import hmc_step
+from .adaptation import simple_step_size_adaptation
+from .checks import check_counts, check_step_size
+from .diagnostics import check_chains, summarize_chains
+from .kernel import hmc_step, HMCKernel
+from .positions import Position, ravel_like, ravel_position
 from .state import functional_value_and_grad, init_state, LogProbFn, value_and_grad
 
 
 def hmc_sample(
     log_prob_fn: LogProbFn,
-    init: Tensor | TensorDictBase,
+    init: Position,
     *,
     num_samples: int,
     num_burnin: int = 5,
@@ -28,11 +35,12 @@ def hmc_sample(
     shared_step_size: bool = True,
     num_chains: int = 1,
     thin: int = 1,
-    scale: Tensor | None = None,
+    scale: Position | None = None,
     generator: torch.Generator | None = None,
     compile: bool = False,
+    kernel: HMCKernel | None = None,
     validate: bool = True,
-) -> tuple[Tensor, TensorDict]:
+) -> tuple[Position, TensorDict]:
     """Draws samples of an unnormalised density with Hamiltonian Monte Carlo.
 
     All chains (one or more per batch element) advance together as batched
@@ -40,13 +48,16 @@ def hmc_sample(
 
     Args:
         log_prob_fn: ``position [*chain_batch, d] -> log density [*chain_batch]``,
-            unnormalised. Leading dimensions are batch dimensions: with
-            ``num_chains > 1`` it receives ``[num_chains, *batch, d]``.
-            Non-finite values reject the proposal (counted as divergences).
-            Gradients are taken w.r.t. the position only: parameters inside
-            never receive ``.grad``.
-        init: initial position ``[*batch, d]``, or a TensorDict holding it
-            under ``"position"``.
+            unnormalised, differentiable in the position. Leading dimensions
+            are batch dimensions: with ``num_chains > 1`` it receives
+            ``[num_chains, *batch, d]``. Non-finite values reject the proposal
+            (counted as divergences). Gradients are taken w.r.t. the position
+            only: parameters inside never receive ``.grad``. With a TensorDict
+            ``init`` it receives a TensorDict of the same entries, batch size
+            ``chain_batch``.
+        init: initial position: a tensor ``[*batch, d]``, or a TensorDict with
+            batch size ``batch`` whose entries ``[*batch, *event]`` together
+            form the position (they must share a floating dtype).
 
     Keyword Args:
         num_samples: samples kept per batch element, all chains together
@@ -58,11 +69,12 @@ def hmc_sample(
         num_adaptation_steps: burn-in transitions during which the step size
             is adapted. Defaults to ``num_burnin - 1`` (4 of 5, as TFP's
             ``int(0.8 * num_burnin)``); at most ``num_burnin``.
-        target_accept: acceptance probability the adaptation aims at. Default 0.75.
+        target_accept: acceptance probability the adaptation aims at, in
+            ``(0, 1)``. Default 0.75.
         adaptation_rate: after each adaptation step the step size is
             multiplied by ``1 + rate`` where the acceptance probability exceeded
             ``target_accept`` and divided by ``1 + rate`` elsewhere (TFP's
-            ``SimpleStepSizeAdaptation`` rule). Default 0.1.
+            ``SimpleStepSizeAdaptation`` rule); in ``(0, 1)``. Default 0.1.
         shared_step_size: one step size for the whole batch, adapted on the
             mean acceptance (TFP's behaviour with a scalar step size). Default
             ``True``. ``False`` adapts one step size per chain on that chain's
@@ -73,25 +85,37 @@ def hmc_sample(
             so use it only with long chains or well-separated scales.
         num_chains: independent chains per batch element. Default 1.
         thin: keep every ``thin``-th transition after burn-in. Default 1.
-        scale: diagonal preconditioner ``[*batch, d]`` (positive): chains move in
-            ``z = position / scale``, i.e. a mass matrix ``diag(scale ** -2)``.
+        scale: diagonal preconditioner (positive), shaped as ``init`` (a
+            TensorDict for a TensorDict ``init``): chains move in
+            ``z = position / scale``, i.e. HMC with the mass matrix
+            ``diag(scale ** -2)``.
         generator: random generator for momenta and accept draws.
-        compile: run each transition through ``torch.compile``, gradients via
+        compile: run each transition through the kernel's ``torch.compile``
+            version (:attr:`~torchrl_misa.mcmc.HMCKernel.compiled`), gradients via
             ``torch.func.grad_and_value``. The first call compiles (tens of
             seconds); later calls with the same shapes, even with a new closure
             over the same modules, reuse the compiled graph.
-        validate: check the values of ``init``, ``step_size`` and ``scale``
-            (finite, positive). Each check reads a device tensor back to the
-            host, so a training loop on an accelerator may turn them off once
-            its inputs are known to be sane. Shapes, dtypes and counts are
-            always checked. Default ``True``.
+        kernel: the transition kernel, from :func:`~torchrl_misa.mcmc.build_kernel`
+            (another integrator or divergence threshold). Default: the
+            module's :data:`~torchrl_misa.mcmc.hmc_step` (leapfrog, threshold 1000).
+        validate: check values, at the cost of host syncs: ``init``, a tensor
+            ``step_size`` and ``scale`` finite (and positive); after sampling,
+            raise if a chain never left a point of non-finite density, and warn
+            if no chain moved after burn-in or the step size adapted to zero
+            or infinity. Shapes, dtypes, counts and Python numbers are always
+            checked. Default ``True``.
 
     Returns:
         ``samples [num_samples, *batch, d]`` (detached; chains concatenated along
-        dim 0, each in chain order) and an info TensorDict with batch size
-        ``batch``: ``acceptance_rate`` (fraction of accepted transitions after
-        burn-in), ``burnin_acceptance_rate``, ``step_size`` (final, averaged over
-        the chains of a batch element) and ``num_divergent``.
+        dim 0, each in chain order; a TensorDict of batch size
+        ``[num_samples, *batch]`` for a TensorDict ``init``) and an info
+        TensorDict with batch size ``batch``: ``acceptance_rate`` (fraction of
+        accepted transitions after burn-in), ``burnin_acceptance_rate``,
+        ``step_size`` (final, averaged over the chains of a batch element),
+        ``num_divergent``, ``num_stuck_chains`` (chains whose samples all repeat
+        their position at the end of burn-in) and ``num_nonfinite_chains``
+        (chains with a sample where ``log_prob_fn`` or its gradient is not
+        finite: a start they had not left).
 
     Examples:
         >>> import torch
@@ -107,34 +131,57 @@ def hmc_sample(
         >>> bool(info["acceptance_rate"].mean() > 0.6)
         True
     """
-    position = _check_init(init, validate)
-    batch, d = position.shape[:-1], position.shape[-1]
-    num_adaptation_steps = _check_counts(
-        num_samples, num_burnin, num_leapfrog, num_chains, thin, num_adaptation_steps
+    num_adaptation_steps = check_counts(
+        num_samples=num_samples,
+        num_burnin=num_burnin,
+        num_leapfrog=num_leapfrog,
+        num_chains=num_chains,
+        thin=thin,
+        num_adaptation_steps=num_adaptation_steps,
     )
+    adaptation = simple_step_size_adaptation(target_accept, adaptation_rate)
+    kernel = hmc_step if kernel is None else kernel
+    if not isinstance(kernel, HMCKernel):
+        raise TypeError(
+            f"kernel must be built by build_kernel(...), got {type(kernel).__name__}."
+        )
+    position, unravel = ravel_position(init)
+    position = _check_finite(position.detach(), validate)
+    batch, d = position.shape[:-1], position.shape[-1]
+    target_fn = log_prob_fn
+    if not isinstance(init, Tensor):
+        target_fn = functools.partial(_unraveled_log_prob, log_prob_fn, unravel)
     if scale is not None:
-        scale = _check_scale(scale, position, validate)
-        target_fn = functools.partial(_scaled_log_prob, log_prob_fn, scale)
+        scale = _check_scale(ravel_like(scale, "scale", init), position, validate)
+        target_fn = functools.partial(_scaled_log_prob, target_fn, scale)
         position = position / scale
-    else:
-        target_fn = log_prob_fn
     if num_chains > 1:
         position = position.expand(num_chains, *position.shape)
     chain_batch = position.shape[:-1]
 
+    # The first evaluation is eager: it checks that log_prob_fn depends on
+    # the position, which torch.func cannot tell from a zero gradient.
+    state = init_state(
+        position.contiguous(), functools.partial(value_and_grad, target_fn)
+    )
     if compile:
         vg_fn = functional_value_and_grad(target_fn)
-        step_fn = _compiled_step()
+        step_fn = kernel.compiled
     else:
         vg_fn = functools.partial(value_and_grad, target_fn)
-        step_fn = hmc_step
-    state = init_state(position.contiguous(), vg_fn)
-    step = _initial_step_size(
-        step_size, shared_step_size, batch, chain_batch, position, validate
+        step_fn = kernel
+    step = adaptation.init(
+        _initial_step_size(
+            step_size, shared_step_size, batch, chain_batch, position, validate
+        )
     )
 
-    kept, accepted_kept, accepted_burnin = [], 0, 0
-    divergent = torch.zeros(chain_batch, dtype=torch.long, device=position.device)
+    kept = []
+    accepted_kept = position.new_zeros(chain_batch)
+    accepted_burnin = position.new_zeros(chain_batch)
+    divergent = position.new_zeros(chain_batch, dtype=torch.long)
+    nonfinite = position.new_zeros(chain_batch, dtype=torch.bool)
+    burnin_end = state["position"]
     per_chain = num_samples // num_chains
     for t in range(num_burnin + per_chain * thin):
         momentum = torch.randn(
@@ -153,91 +200,76 @@ def hmc_sample(
         # torch.func); a fixed grad mode outside keeps the caller's mode out of
         # the compiled graph's guards, so it is not compiled twice.
         with torch.no_grad():
-            state, info = step_fn(state, step, num_leapfrog, vg_fn, momentum, log_u)
+            state, info = step_fn(
+                state, adaptation.final(step), num_leapfrog, vg_fn, momentum, log_u
+            )
         divergent = divergent + info["divergent"]
         if t < num_burnin:
             accepted_burnin = accepted_burnin + info["accepted"].to(position.dtype)
             if t < num_adaptation_steps:
-                step = adapt_step_size(
-                    step, info["accept_prob"], target_accept, adaptation_rate
-                )
+                step = adaptation.update(step, info["accept_prob"])
+            if t == num_burnin - 1:
+                burnin_end = state["position"]
         else:
             accepted_kept = accepted_kept + info["accepted"].to(position.dtype)
             if (t - num_burnin) % thin == thin - 1:
                 kept.append(state["position"])
+                nonfinite = nonfinite | ~torch.isfinite(state["log_prob"])
+    step = adaptation.final(step)
 
-    samples = torch.stack(kept)  # [per_chain, *chain_batch, d]
+    chain_samples = torch.stack(kept)  # [per_chain, *chain_batch, d]
+    stuck = (chain_samples == burnin_end).all(-1).all(0)
+    if validate:
+        check_chains(
+            stuck=stuck,
+            nonfinite=nonfinite,
+            step_size=step,
+            num_kept_transitions=per_chain * thin,
+        )
+    samples = chain_samples
     if num_chains > 1:
         samples = samples.transpose(0, 1).reshape(num_samples, *batch, d)
     if scale is not None:
         samples = samples * scale
-    chain_dims = (0,) if num_chains > 1 else ()
-    step_per_chain = step.expand(*chain_batch, 1)
-    info = TensorDict(
-        {
-            "acceptance_rate": _chain_mean(
-                accepted_kept / (per_chain * thin), chain_dims, batch, position
-            ),
-            "burnin_acceptance_rate": _chain_mean(
-                accepted_burnin / max(num_burnin, 1), chain_dims, batch, position
-            ),
-            "step_size": _chain_mean(
-                step_per_chain.squeeze(-1), chain_dims, batch, position
-            ),
-            "num_divergent": divergent.sum(chain_dims) if chain_dims else divergent,
-        },
-        batch_size=batch,
+    info = summarize_chains(
+        accepted_kept=accepted_kept,
+        accepted_burnin=accepted_burnin,
+        divergent=divergent,
+        stuck=stuck,
+        nonfinite=nonfinite,
+        step_size=step,
+        num_kept_transitions=per_chain * thin,
+        num_burnin=num_burnin,
+        chain_dims=(0,) if num_chains > 1 else (),
+        batch=batch,
     )
-    return samples.detach(), info
+    return unravel(samples.detach()), info
 
 
-def _scaled_log_prob(log_prob_fn: LogProbFn, scale: Tensor, z: Tensor) -> Tensor:
+def _unraveled_log_prob(log_prob_fn, unravel, flat: Tensor) -> Tensor:
+    return log_prob_fn(unravel(flat))
+
+
+def _scaled_log_prob(log_prob_fn, scale: Tensor, z: Tensor) -> Tensor:
     return log_prob_fn(z * scale)
-
-
-def _chain_mean(x, chain_dims, batch, like: Tensor) -> Tensor:
-    x = torch.as_tensor(x, dtype=like.dtype, device=like.device)
-    if chain_dims:
-        x = x.mean(chain_dims)
-    return x.expand(batch).clone()
-
-
-_COMPILED_STEP = None
-
-
-def _compiled_step():
-    """``hmc_step`` under ``torch.compile``, created once per process.
-
-    Dynamo caches compiled graphs per code object and guards on shapes, dtypes
-    and the code of the functions passed in, not on their identity: a fresh
-    closure over the same modules and same-shaped tensors (a new training
-    batch) reuses the compiled graph; a new shape compiles a new one.
-    """
-    global _COMPILED_STEP
-    if _COMPILED_STEP is None:
-        _COMPILED_STEP = torch.compile(hmc_step, dynamic=False)
-    return _COMPILED_STEP
 
 
 def _initial_step_size(
     step_size, shared: bool, batch, chain_batch, like: Tensor, validate: bool
-):
+) -> Tensor:
     """A 0-d shared step size, or one per chain of shape ``[*chain_batch, 1]``."""
-    # A Python number is checked on the host; a tensor only if asked (a sync).
-    if isinstance(step_size, Tensor):
-        valid = not validate or bool(
-            (torch.isfinite(step_size) & (step_size > 0)).all()
-        )
+    if isinstance(step_size, Tensor):  # its values cost a host sync
+        if validate and not bool((torch.isfinite(step_size) & (step_size > 0)).all()):
+            raise ValueError(f"step_size must be finite and positive, got {step_size}.")
     else:
-        valid = math.isfinite(step_size) and step_size > 0
-    if not valid:
-        raise ValueError(f"step_size must be finite and positive, got {step_size}.")
+        check_step_size(step_size)
     step = torch.as_tensor(step_size, dtype=like.dtype, device=like.device).detach()
     if shared:
         if step.numel() != 1:
             raise ValueError(
                 "shared_step_size=True needs a scalar step_size, got shape "
-                f"{tuple(step.shape)}."
+                f"{tuple(step.shape)}; pass shared_step_size=False for one step "
+                "size per batch element."
             )
         return step.reshape(())
     if step.ndim > len(batch):
@@ -254,24 +286,12 @@ def _initial_step_size(
         ) from None
 
 
-def _check_init(init, validate: bool) -> Tensor:
-    if isinstance(init, TensorDictBase):
-        if "position" not in init.keys():
-            raise KeyError(
-                "init TensorDict must hold the initial position under 'position'."
-            )
-        init = init.get("position")
-    if not isinstance(init, Tensor) or init.ndim < 1:
-        raise ValueError(
-            "init must be a tensor of shape [*batch, d] (or a TensorDict holding one)."
-        )
-    if not init.is_floating_point():
-        raise ValueError(f"init must be a floating point tensor, got {init.dtype}.")
-    if validate and not torch.isfinite(init).all():
+def _check_finite(position: Tensor, validate: bool) -> Tensor:
+    if validate and not torch.isfinite(position).all():
         raise ValueError(
             "init contains non-finite values: chains must start at finite positions."
         )
-    return init.detach()
+    return position
 
 
 def _check_scale(scale: Tensor, position: Tensor, validate: bool) -> Tensor:
@@ -286,28 +306,3 @@ def _check_scale(scale: Tensor, position: Tensor, validate: bool) -> Tensor:
     if validate and not (torch.isfinite(scale).all() and (scale > 0).all()):
         raise ValueError("scale must be finite and strictly positive.")
     return scale
-
-
-def _check_counts(
-    num_samples, num_burnin, num_leapfrog, num_chains, thin, num_adaptation_steps
-) -> int:
-    for name, value, low in (
-        ("num_samples", num_samples, 1),
-        ("num_burnin", num_burnin, 0),
-        ("num_leapfrog", num_leapfrog, 1),
-        ("num_chains", num_chains, 1),
-        ("thin", thin, 1),
-    ):
-        if int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value}.")
-    if num_samples % num_chains:
-        raise ValueError(
-            f"num_samples ({num_samples}) must be divisible by num_chains ({num_chains})."
-        )
-    if num_adaptation_steps is None:
-        num_adaptation_steps = max(num_burnin - 1, 0)
-    if not 0 <= num_adaptation_steps <= num_burnin:
-        raise ValueError(
-            f"num_adaptation_steps must lie in [0, num_burnin={num_burnin}], got {num_adaptation_steps}."
-        )
-    return num_adaptation_steps

@@ -9,6 +9,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 LogProbFn = Callable[[Tensor], Tensor]
+ValueAndGradFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 def value_and_grad(log_prob_fn: LogProbFn, position: Tensor) -> tuple[Tensor, Tensor]:
@@ -19,6 +20,10 @@ def value_and_grad(log_prob_fn: LogProbFn, position: Tensor) -> tuple[Tensor, Te
     caller's graph out of it. Works under an outer ``torch.no_grad()``.
     Non-finite log-densities or gradients are returned as ``-inf`` / zeros so
     that the kernel rejects them instead of propagating NaNs.
+
+    Raises:
+        ValueError: if the output has the wrong shape, or does not depend on
+            ``position`` through a differentiable path (no gradient reaches it).
 
     Examples:
         >>> import torch
@@ -32,15 +37,30 @@ def value_and_grad(log_prob_fn: LogProbFn, position: Tensor) -> tuple[Tensor, Te
     with torch.enable_grad():
         x = position.detach().requires_grad_(True)
         log_prob = log_prob_fn(x)
-        _check_shape(log_prob, position)
-        (grad,) = torch.autograd.grad(log_prob.sum(), x, allow_unused=True)
-    if grad is None:  # a log density that does not depend on the position
-        grad = torch.zeros_like(position)
+        _check_log_prob(log_prob, position)
+        grad = None
+        if log_prob.requires_grad:
+            (grad,) = torch.autograd.grad(log_prob.sum(), x, allow_unused=True)
+    if grad is None:
+        raise ValueError(
+            "log_prob_fn's output does not depend on its input: no gradient reaches "
+            "the position. HMC needs a log density that is a differentiable function "
+            "of the position; make sure log_prob_fn uses its argument and neither "
+            "detaches it nor runs under torch.no_grad()."
+        )
     return _sanitize(log_prob.detach(), grad.detach())
 
 
-def functional_value_and_grad(log_prob_fn: LogProbFn) -> Callable:
-    """A ``torch.func`` version of :func:`value_and_grad`, traceable by ``torch.compile``."""
+def functional_value_and_grad(log_prob_fn: LogProbFn) -> ValueAndGradFn:
+    """A ``torch.func`` version of :func:`value_and_grad`, traceable by ``torch.compile``.
+
+    Examples:
+        >>> import torch
+        >>> vg = functional_value_and_grad(lambda x: -0.5 * (x**2).sum(-1))
+        >>> vg(torch.ones(2, 3))
+        (tensor([-1.5000, -1.5000]), tensor([[-1., -1., -1.],
+                [-1., -1., -1.]]))
+    """
 
     def summed(x):
         log_prob = log_prob_fn(x)
@@ -50,17 +70,18 @@ def functional_value_and_grad(log_prob_fn: LogProbFn) -> Callable:
 
     def fn(position: Tensor) -> tuple[Tensor, Tensor]:
         grad, (_, log_prob) = grad_fn(position)
-        _check_shape(log_prob, position)
+        _check_log_prob(log_prob, position)
         return _sanitize(log_prob.detach(), grad.detach())
 
     return fn
 
 
-def _check_shape(log_prob: Tensor, position: Tensor) -> None:
-    if log_prob.shape != position.shape[:-1]:
+def _check_log_prob(log_prob, position: Tensor) -> None:
+    if not isinstance(log_prob, Tensor) or log_prob.shape != position.shape[:-1]:
+        got = tuple(log_prob.shape) if isinstance(log_prob, Tensor) else type(log_prob)
         raise ValueError(
-            f"log_prob_fn must map positions of shape {tuple(position.shape)} to "
-            f"{tuple(position.shape[:-1])}, got {tuple(log_prob.shape)}."
+            f"log_prob_fn must map positions of shape {tuple(position.shape)} to a "
+            f"tensor of shape {tuple(position.shape[:-1])}, got {got}."
         )
 
 
@@ -71,7 +92,7 @@ def _sanitize(log_prob: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     return log_prob, grad
 
 
-def init_state(position: Tensor, value_and_grad_fn: Callable) -> TensorDict:
+def init_state(position: Tensor, value_and_grad_fn: ValueAndGradFn) -> TensorDict:
     """Chain state ``{"position", "log_prob", "grad"}`` with batch size ``position.shape[:-1]``.
 
     Examples:

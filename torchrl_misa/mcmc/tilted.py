@@ -9,9 +9,11 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from .checks import check_counts
 from .sampler import hmc_sample
 
-MODES = ("whitened", "pretanh", "authors")
+# The coordinates the chains move in; see sample_tilted_tanh_normal.
+SAMPLER_MODES = ("whitened", "pretanh", "authors")
 # TFP's default SimpleStepSizeAdaptation rate, used by the published code.
 AUTHORS_ADAPTATION_RATE = 0.01
 _EDGE = 1e-6  # actions are kept in [-1 + _EDGE, 1 - _EDGE] so log pi stays finite
@@ -82,8 +84,17 @@ def sample_tilted_tanh_normal(
         >>> actions.shape, bool(actions.abs().max() < 1)
         (torch.Size([10, 8, 2]), True)
     """
-    if mode not in MODES:
-        raise ValueError(f"Unknown sampler mode {mode!r}; choose one of {MODES}.")
+    if mode not in SAMPLER_MODES:
+        raise ValueError(
+            f"Unknown sampler mode {mode!r}; choose one of {SAMPLER_MODES}."
+        )
+    check_counts(
+        num_samples=num_samples,
+        num_burnin=num_burnin,
+        num_leapfrog=num_leapfrog,
+        num_chains=num_chains,
+        num_adaptation_steps=num_adaptation_steps,
+    )
     loc, scale, init_action = _check_inputs(loc, scale, init_action, validate)
     init_action = init_action.clamp(-1 + _EDGE, 1 - _EDGE)
     common = dict(
