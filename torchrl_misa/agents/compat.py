@@ -115,8 +115,12 @@ class VmapCQLLoss(CQLLoss):
 
     ``.data`` is refused under vmap (torchrl 0.14.1, ``objectives/cql.py``:
     ``_alpha`` line 989, ``_get_policy_actions`` line 663, ``_get_value_v``
-    lines 681, 696 and 716). Both give the same values without a graph, so the
-    results are those of :class:`~torchrl.objectives.CQLLoss`. The in-place
+    lines 681, 696 and 716; under ``torch.compile`` also ``_clear_weakrefs``
+    naming ``target_actor_network_params``, which it does not keep, so that
+    ``LossModule.__getattr__`` answers with ``actor_network_params.data``,
+    ``objectives/common.py`` line 621). ``.detach()`` gives the same values
+    without a graph, so the results are those of
+    :class:`~torchrl.objectives.CQLLoss`. The in-place
     clamp of ``log_alpha`` (``min_alpha`` / ``max_alpha``, line 988) is not
     supported: it would write into one agent's slice from inside vmap.
     """
@@ -124,6 +128,12 @@ class VmapCQLLoss(CQLLoss):
     @property
     def _alpha(self) -> Tensor:
         return self.log_alpha.detach().exp()
+
+    def _clear_weakrefs(self, *tds):
+        # Under torch.compile CQLLoss names target_actor_network_params, which
+        # it does not keep (LossModule would answer with `.data`).
+        kept = [td for td in tds if not isinstance(td, str) or td in self._modules]
+        return super()._clear_weakrefs(*kept)
 
     def _get_policy_actions(self, data, actor_params, num_actions=10):
         return super()._get_policy_actions(

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictParams
 from torch import nn, Tensor
 
 from torchrl.objectives import LossModule
@@ -177,8 +178,8 @@ class AgentGroup(nn.Module):
                 "num_agents * batch transitions and reshape them to "
                 "[num_agents, batch]."
             )
-        # a shallow copy: the to_module swaps inside vmap must not touch the
-        # locked TensorDictParams itself
+        # a shallow copy: the locked TensorDictParams refuses the swaps made
+        # inside the loss (its own to_module calls)
         params = self.params._param_td.copy()
         return self._vmapped(params, self._options, tensordict)
 
@@ -192,8 +193,11 @@ class AgentGroup(nn.Module):
         try:
             for name, value in options.items():
                 setattr(template, name, value)
-            with params.to_module(template):
+            restore = _swap_in(template, params)
+            try:
                 return template(data)
+            finally:
+                restore()
         finally:
             for name, value in saved.items():
                 setattr(template, name, value)
@@ -259,6 +263,34 @@ class AgentGroup(nn.Module):
             )
         TensorDict.from_module(loss).data.update_(self.params.data[index])
         return loss
+
+
+def _swap_in(module: LossModule, params: TensorDictBase) -> Callable[[], None]:
+    """Puts ``params`` into ``module``; returns the function that restores the old ones.
+
+    A loss keeps its networks' parameters in :class:`~tensordict.nn.TensorDictParams`
+    children; their content is swapped directly. ``to_module`` would build a
+    new ``TensorDictParams`` for the swap (an ``nn.Module.__init__``, on which
+    ``torch.compile`` breaks the graph, and a graph break inside vmap sends
+    the whole vmapped call back to eager).
+    """
+    swapped, rest = [], []
+    for key in params.keys():
+        child = module._modules.get(key)
+        if isinstance(child, TensorDictParams):
+            swapped.append((child, child._param_td))
+            child._param_td = params.get(key)
+        else:
+            rest.append(key)
+    old = params.select(*rest).to_module(module) if rest else None
+
+    def restore() -> None:
+        for child, td in swapped:
+            child._param_td = td
+        if old is not None:
+            old.to_module(module)
+
+    return restore
 
 
 def _check_losses(losses: list) -> None:
