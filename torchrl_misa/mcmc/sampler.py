@@ -170,7 +170,7 @@ def hmc_sample(
     else:
         vg_fn = functools.partial(value_and_grad, target_fn)
         step_fn = kernel
-    step = adaptation.init(
+    step_state = adaptation.init(
         _initial_step_size(
             step_size, shared_step_size, batch, chain_batch, position, validate
         )
@@ -201,13 +201,18 @@ def hmc_sample(
         # the compiled graph's guards, so it is not compiled twice.
         with torch.no_grad():
             state, info = step_fn(
-                state, adaptation.final(step), num_leapfrog, vg_fn, momentum, log_u
+                state,
+                adaptation.final(step_state),
+                num_leapfrog,
+                vg_fn,
+                momentum,
+                log_u,
             )
         divergent = divergent + info["divergent"]
         if t < num_burnin:
             accepted_burnin = accepted_burnin + info["accepted"].to(position.dtype)
             if t < num_adaptation_steps:
-                step = adaptation.update(step, info["accept_prob"])
+                step_state = adaptation.update(step_state, info["accept_prob"])
             if t == num_burnin - 1:
                 burnin_end = state["position"]
         else:
@@ -215,7 +220,7 @@ def hmc_sample(
             if (t - num_burnin) % thin == thin - 1:
                 kept.append(state["position"])
                 nonfinite = nonfinite | ~torch.isfinite(state["log_prob"])
-    step = adaptation.final(step)
+    step = adaptation.final(step_state)
 
     chain_samples = torch.stack(kept)  # [per_chain, *chain_batch, d]
     stuck = (chain_samples == burnin_end).all(-1).all(0)
