@@ -18,12 +18,22 @@ With ``--cudagraphs`` (CUDA only) the compiled updates are also wrapped in
 Prints updates/s per configuration and the ratios of MISA to CQL, and writes
 ``benchmarks/results/bench_update[_<tag>].json`` and ``.md``.
 
+With ``--agents N [N ...]`` it measures groups of N independent agents instead
+(:class:`torchrl_misa.agents.AgentGroup`, one vmapped update for all): MISA and
+CQL(10) at the small setting (64-64, k = 10) and the paper setting (256-256,
+k = 50), eager and compiled, aggregate and per-agent updates/s, next to the
+authors' jitted JAX update when ``--authors-dir`` (their checkout) and
+``--jax-python`` (a JAX environment's interpreter) are given. Writes
+``benchmarks/results/bench_update_agents[_<tag>].json`` and ``.md``.
+
 Usage::
 
     python benchmarks/bench_update.py                 # CPU, eager + compiled sampler
     python benchmarks/bench_update.py --compile       # + fully compiled updates
     python benchmarks/bench_update.py --device cuda --compile --cudagraphs
     python benchmarks/bench_update.py --quick         # a few steps, to check it runs
+    python benchmarks/bench_update.py --agents 1 2 5 10 --compiled-agents 1 5 \
+        --authors-dir /path/to/MISA --jax-python /path/to/jax-venv/bin/python
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -53,8 +64,17 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from torchrl_misa import MISALoss
+from torchrl_misa.agents import AgentGroup
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# (hidden width, k): the small setting, and the paper's
+AGENT_SETTINGS = {"small": (64, 10), "paper": (256, 50)}
+AGENT_TARGETS = {
+    "small_5_agents_vs_1_eager": 3.0,
+    "small_5_agents_vs_1_compiled": 1.5,
+    "small_compiled_misa_vs_authors_jax": 1.0,
+    "paper_compiled_misa_vs_authors_jax": 2.0,
+}
 TARGETS = {
     "min_updates_per_s": 5.4,  # spec §6, 2-core CPU
     "max_step_ratio_vs_cql10": 2.5,
@@ -302,6 +322,215 @@ def write_markdown(path: Path, meta: dict, results: dict, summary: dict) -> None
     path.write_text("\n".join(lines) + "\n")
 
 
+# ---------------------------------------------------------------- agent groups
+def make_group_update(group: AgentGroup, loss_keys, lrs, compile_update: bool):
+    """One update of every agent: vmapped losses, backward, Adam, Polyak targets."""
+    optim = torch.optim.Adam(
+        [{"params": group.parameters_of(name), "lr": lr} for name, lr in lrs.items()]
+    )
+
+    def update(data):
+        out = group(data)
+        # agent i's loss reaches only agent i's parameters: the sum trains each
+        total = sum(out[k] for k in loss_keys).sum()
+        optim.zero_grad(set_to_none=False)
+        total.backward()
+        optim.step()
+        group.update_targets(5e-3)
+        return total.detach()
+
+    return torch.compile(update) if compile_update else update
+
+
+def stack_batches(batches: list, n: int) -> list:
+    """``len(batches)`` group batches ``[n, B]``, agent i's slice from its own draws."""
+    return [
+        torch.stack([batches[(j * n + i) % len(batches)] for i in range(n)])
+        for j in range(len(batches))
+    ]
+
+
+def run_authors(args, hidden: int, k: int, steps: int) -> dict:
+    """The authors' JAX update, in their environment; a ``skipped`` reason otherwise."""
+    if not args.authors_dir or not (Path(args.authors_dir) / "algos").is_dir():
+        return {"skipped": f"no authors' checkout at {args.authors_dir!r}"}
+    if not args.jax_python or not Path(args.jax_python).exists():
+        return {"skipped": f"no JAX interpreter at {args.jax_python!r}"}
+    script = Path(__file__).resolve().parent / "bench_update_authors.py"
+    cmd = [
+        args.jax_python,
+        str(script),
+        f"--authors-dir={args.authors_dir}",
+        f"--hidden={hidden}",
+        f"--k={k}",
+        f"--burnin={args.burnin}",
+        f"--leapfrog={args.leapfrog}",
+        f"--batch={args.batch}",
+        f"--steps={steps}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        return {"skipped": "the authors' run failed: " + proc.stderr.strip()[-500:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_agents(args, device) -> dict:
+    """Groups of N agents, MISA and CQL(10), eager and compiled, per setting."""
+    lrs = {
+        "actor_network_params": 1e-4,
+        "qvalue_network_params": 3e-4,
+        "log_alpha": 1e-4,
+    }
+    keys = {
+        "misa": ("loss_actor", "loss_qvalue", "loss_alpha"),
+        "cql10": ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"),
+    }
+    results = {}
+    for setting in args.settings:
+        hidden, k = AGENT_SETTINGS[setting]
+        steps = args.steps if setting == "small" else args.paper_steps
+
+        def make_loss(algo=None, hidden=hidden, k=k):
+            actor, critic = make_networks(args.obs_dim, args.act_dim, hidden, device)
+            if algo == "misa":
+                return MISALoss(
+                    actor,
+                    critic,
+                    num_mcmc_samples=k,
+                    num_burnin=args.burnin,
+                    num_leapfrog=args.leapfrog,
+                    validate_inputs=False,
+                )
+            loss = CQLLoss(actor, critic, num_random=10, loss_function="l2")
+            loss.make_value_estimator(gamma=0.99)
+            return loss
+
+        base = make_batches(8, args.batch, args.obs_dim, args.act_dim, device)
+        for algo in ("misa", "cql10"):
+            runs = [("eager", n) for n in args.agents]
+            runs += [("compiled", n) for n in args.compiled_agents]
+            for mode, n in runs:
+                group = AgentGroup.from_factory(
+                    lambda algo=algo: make_loss(algo), n, seed=0
+                )
+                update = make_group_update(group, keys[algo], lrs, mode == "compiled")
+                warmup = args.warmup + (3 if mode == "compiled" else 0)
+                res = time_update(update, stack_batches(base, n), steps, warmup, device)
+                res.update(
+                    setting=setting,
+                    algorithm=algo,
+                    mode=mode,
+                    agents=n,
+                    agent_updates_per_s=n * res["updates_per_s"],
+                )
+                name = f"{setting}/{algo}/{mode}/{n}"
+                results[name] = res
+                print(
+                    f"{name:26s} {res['median_step_ms']:8.1f} ms/update  "
+                    f"{res['agent_updates_per_s']:7.2f} agent-updates/s  "
+                    f"({res['updates_per_s']:.2f} per agent, "
+                    f"warm-up {res['warmup_s']:.1f} s)",
+                    flush=True,
+                )
+        res = run_authors(args, hidden, k, steps)
+        results[f"{setting}/authors_jax"] = {**res, "setting": setting}
+        if "skipped" in res:
+            print(f"{setting}/authors_jax: skipped ({res['skipped']})", flush=True)
+        else:
+            print(
+                f"{setting}/authors_jax {res['median_step_ms']:8.1f} ms/update  "
+                f"{res['updates_per_s']:7.2f} updates/s  "
+                f"(warm-up {res['warmup_s']:.1f} s)",
+                flush=True,
+            )
+    return results
+
+
+def summarise_agents(results: dict) -> dict:
+    """The target ratios, each within one compile mode; absent figures are skipped."""
+
+    def rate(name):
+        res = results.get(name, {})
+        return res.get("agent_updates_per_s", res.get("updates_per_s"))
+
+    summary = {}
+    for mode in ("eager", "compiled"):
+        one, five = rate(f"small/misa/{mode}/1"), rate(f"small/misa/{mode}/5")
+        if one and five:
+            summary[f"small_5_agents_vs_1_{mode}"] = five / one
+    for setting in AGENT_SETTINGS:
+        jax_rate = rate(f"{setting}/authors_jax")
+        best = max(
+            (
+                r["agent_updates_per_s"]
+                for r in results.values()
+                if r.get("setting") == setting
+                and r.get("algorithm") == "misa"
+                and r.get("mode") == "compiled"
+            ),
+            default=None,
+        )
+        if jax_rate and best:
+            summary[f"{setting}_compiled_misa_vs_authors_jax"] = best / jax_rate
+        single = rate(f"{setting}/misa/compiled/1")
+        if jax_rate and single:
+            summary[f"{setting}_compiled_misa_1_agent_vs_authors_jax"] = (
+                single / jax_rate
+            )
+    for name, target in AGENT_TARGETS.items():
+        if name in summary:
+            summary[f"{name}_meets_{target}"] = summary[name] >= target
+    return summary
+
+
+def write_agents_markdown(path: Path, meta: dict, results: dict, summary: dict):
+    lines = [
+        "# Update-step throughput of agent groups (N agents, one vmapped update)",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Device: {meta['device']} ({meta['cpu']}, {meta['cpu_count']} cores, "
+        f"{meta['threads']} threads), torch {meta['torch']}, load average at start "
+        f"{meta['loadavg']}, at end {meta['loadavg_end']}  ",
+        f"Batch {meta['batch']} per agent, obs {meta['obs_dim']} / act "
+        f"{meta['act_dim']}, burn-in {meta['burnin']}, {meta['leapfrog']} leapfrog "
+        "steps; small = 64-64, k = 10; paper = 256-256, k = 50.",
+        "",
+        "| setting | algorithm | mode | agents | ms / update | updates/s, all agents "
+        "| updates/s per agent | warm-up (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        if name.endswith("authors_jax"):
+            if "skipped" in r:
+                lines.append(
+                    f"| {r['setting']} | authors' JAX | jit | 1 | skipped: "
+                    f"{r['skipped']} | | | |"
+                )
+                continue
+            lines.append(
+                f"| {r['setting']} | authors' JAX | jit | 1 | "
+                f"{r['median_step_ms']:.1f} | {r['updates_per_s']:.2f} | "
+                f"{r['updates_per_s']:.2f} | {r['warmup_s']:.1f} |"
+            )
+            continue
+        lines.append(
+            f"| {r['setting']} | {r['algorithm']} | {r['mode']} | {r['agents']} | "
+            f"{r['median_step_ms']:.1f} | {r['agent_updates_per_s']:.2f} | "
+            f"{r['updates_per_s']:.2f} | {r['warmup_s']:.1f} |"
+        )
+    lines += ["", "| ratio | value | target |", "|---|---:|---:|"]
+    for name, value in summary.items():
+        if "_meets_" in name:
+            continue
+        target = AGENT_TARGETS.get(name)
+        lines.append(
+            f"| {name} | {value:.2f} | {'>= ' + str(target) if target else ''} |"
+        )
+    if meta.get("note"):
+        lines += ["", meta["note"]]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -325,6 +554,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--only", nargs="*", help="run only these configurations")
     parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--note", default="", help="free text stored with the results")
+    parser.add_argument(
+        "--agents", type=int, nargs="*", help="measure groups of these many agents"
+    )
+    parser.add_argument(
+        "--compiled-agents",
+        type=int,
+        nargs="*",
+        default=[1, 5],
+        help="agent counts also measured compiled (each compiles anew)",
+    )
+    parser.add_argument(
+        "--settings", nargs="*", default=list(AGENT_SETTINGS), choices=AGENT_SETTINGS
+    )
+    parser.add_argument(
+        "--paper-steps", type=int, default=10, help="timed steps at the paper setting"
+    )
+    parser.add_argument("--authors-dir", default=None, help="the authors' checkout")
+    parser.add_argument(
+        "--jax-python", default=None, help="interpreter of a JAX environment"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup = 3, 2
@@ -334,6 +583,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="No target network updater")
+    if args.agents:
+        return main_agents(args, device, argv)
 
     batches = make_batches(8, args.batch, args.obs_dim, args.act_dim, device)
     results = {}
@@ -386,6 +637,58 @@ def main(argv=None) -> dict:
     payload = {"meta": meta, "targets": TARGETS, "results": results, "summary": summary}
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     write_markdown(RESULTS / f"{stem}.md", meta, results, summary)
+    print(f"wrote {RESULTS / stem}.json and .md")
+    return payload
+
+
+def _meta(args, device, argv) -> dict:
+    return {
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "device": (
+            str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
+        ),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "batch": args.batch,
+        "obs_dim": args.obs_dim,
+        "act_dim": args.act_dim,
+        "burnin": args.burnin,
+        "leapfrog": args.leapfrog,
+        "agents": args.agents,
+        "compiled_agents": args.compiled_agents,
+        "settings": args.settings,
+        "steps": args.steps,
+        "paper_steps": args.paper_steps,
+        "note": args.note,
+    }
+
+
+def main_agents(args, device, argv) -> dict:
+    meta = _meta(args, device, argv)
+    results = run_agents(args, device)
+    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    summary = summarise_agents(results)
+    for name, value in summary.items():
+        print(
+            f"{name}: {value:.2f}"
+            if not isinstance(value, bool)
+            else f"{name}: {value}"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "bench_update_agents" + (f"_{args.tag}" if args.tag else "")
+    payload = {
+        "meta": meta,
+        "targets": AGENT_TARGETS,
+        "results": results,
+        "summary": summary,
+    }
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_agents_markdown(RESULTS / f"{stem}.md", meta, results, summary)
     print(f"wrote {RESULTS / stem}.json and .md")
     return payload
 
