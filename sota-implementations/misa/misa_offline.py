@@ -5,7 +5,9 @@
     python sota-implementations/misa/misa_offline.py loss.mi_estimator=dv   # an ablation
 
 Every option is in ``config.yaml``; presets per task family in ``preset/``.
-The same loop trains the baselines (``algorithm=bc|cql|iql|td3bc``).
+The same loop trains the baselines (``algorithm=bc|cql|iql|td3bc``). A run
+whose checkpoint folder already holds a checkpoint continues it: rerunning a
+command with a fixed ``hydra.run.dir`` (a requeued job) loses no progress.
 """
 
 from __future__ import annotations
