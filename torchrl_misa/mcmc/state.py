@@ -19,7 +19,10 @@ def value_and_grad(log_prob_fn: LogProbFn, position: Tensor) -> tuple[Tensor, Te
     parameter inside ``log_prob_fn`` untouched, and the detached copy keeps the
     caller's graph out of it. Works under an outer ``torch.no_grad()``.
     Non-finite log-densities or gradients are returned as ``-inf`` / zeros so
-    that the kernel rejects them instead of propagating NaNs.
+    that the kernel rejects them instead of propagating NaNs. Under a
+    ``torch.func`` transform (``torch.vmap``) the gradient is taken with
+    :func:`functional_value_and_grad` instead (and a log density that ignores
+    the position is not detected).
 
     Raises:
         ValueError: if the output has the wrong shape, or does not depend on
@@ -34,6 +37,10 @@ def value_and_grad(log_prob_fn: LogProbFn, position: Tensor) -> tuple[Tensor, Te
         >>> value_and_grad(lambda x: x.sqrt().sum(-1), -torch.ones(1, 2))
         (tensor([-inf]), tensor([[0., 0.]]))
     """
+    if torch._C._are_functorch_transforms_active():
+        # Under torch.vmap (e.g. torchrl_misa.agents.AgentGroup) a fresh leaf
+        # cannot require grad; torch.func takes the same gradient.
+        return functional_value_and_grad(log_prob_fn)(position)
     with torch.enable_grad():
         x = position.detach().requires_grad_(True)
         log_prob = log_prob_fn(x)
