@@ -304,3 +304,24 @@ def test_bad_inputs_have_clear_errors():
         AgentGroup([make_cql()], randomness="shared")
     with pytest.raises(KeyError, match="no entry"):
         group.parameters_of("critic_params")
+
+
+def test_hmc_gradients_under_vmap_equal_eager_autograd():
+    """The sampler's value_and_grad inside vmap = autograd on each slice alone."""
+    from torchrl_misa.mcmc import value_and_grad
+
+    weights = torch.randn(3, 4)
+
+    def log_prob(w, x):
+        return -((x - w) ** 2).sum(-1) + torch.tanh(x).sum(-1)
+
+    position = torch.randn(3, 5, 4)
+    vmapped = torch.vmap(lambda w, x: value_and_grad(lambda y: log_prob(w, y), x))
+    value, grad = vmapped(weights, position)
+    for i in range(3):
+        v_i, g_i = value_and_grad(lambda y: log_prob(weights[i], y), position[i])
+        torch.testing.assert_close(value[i], v_i)
+        torch.testing.assert_close(grad[i], g_i)
+        # the gradient written out: -2 (x - w) + 1 - tanh(x)^2
+        x = position[i]
+        torch.testing.assert_close(g_i, -2 * (x - weights[i]) + 1 - torch.tanh(x) ** 2)
