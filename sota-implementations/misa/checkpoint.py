@@ -25,7 +25,7 @@ import torch
 
 CHECKPOINT_NAME = "last.pt"
 FORMAT_VERSION = 1
-_TAG = b"torchrl_misa offline checkpoint\n"
+_TAG = b"misa_offline.py checkpoint\n"
 _HEADER = "format {version:04d} size {size:020d} sha256 {sha256}\n"
 _HEADER_RE = re.compile(rb"format (\d{4}) size (\d{20}) sha256 ([0-9a-f]{64})\n")
 _HEADER_LEN = len(_HEADER.format(version=0, size=0, sha256="0" * 64))
@@ -114,7 +114,6 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_folder(path.parent)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         cause = _os_error(err)
@@ -128,6 +127,10 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         raise CheckpointError(
             f"Could not save the checkpoint {path}: {_describe(cause)}; {kept}."
         ) from err
+    try:
+        _fsync_folder(path.parent)
+    except OSError as err:  # the new checkpoint is in place; only a crash could undo it
+        log.warning("Saved %s, but could not sync its folder: %s.", path, err)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -160,28 +163,31 @@ def load_checkpoint(path: str | Path) -> dict:
             f"No checkpoint at {path} (expected a {CHECKPOINT_NAME} file or a folder "
             "holding one)."
         )
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read: {err}.") from None
     payload = _checked_payload(path, data)
     try:
         return torch.load(io.BytesIO(payload), weights_only=True)
     except Exception as err:
-        raise CheckpointError(
-            f"{path} passed its integrity check but its content was refused "
-            f"({type(err).__name__}: {str(err).splitlines()[0]}); {_WHAT_TO_DO}"
+        first_line = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        raise _refuse(
+            path,
+            f"passed its integrity check but its content was refused ({first_line})",
         ) from None
 
 
-_WHAT_TO_DO = (
-    "move it away to start afresh (`mv FILE FILE.bad`), or pass resume=<another "
-    "checkpoint> or checkpoint.dir=<another folder>."
-)
+def _refuse(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} {what}; move it away to start afresh (`mv {path} {path}.bad`), or "
+        "pass resume=<another checkpoint> or checkpoint.dir=<another folder>."
+    )
 
 
 def _checked_payload(path: Path, data: bytes) -> bytes:
     def refuse(what: str) -> CheckpointError:
-        return CheckpointError(
-            f"{path} {what}; " + _WHAT_TO_DO.replace("FILE", str(path))
-        )
+        return _refuse(path, what)
 
     if not data:
         raise refuse("is empty (0 bytes): it is not a checkpoint")
