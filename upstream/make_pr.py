@@ -40,7 +40,7 @@ PACKAGE_FILES = [
 ]
 TEST_FILES = {
     "test/test_misa_torchrl.py": "test/objectives/test_misa.py",
-    "test/test_misa_loss.py": "test/objectives/test_misa_reference.py",
+    "test/test_misa_loss.py": "test/objectives/test_misa_loss.py",
     "test/test_misa_variants.py": "test/objectives/test_misa_variants.py",
     "test/test_misa_sampling.py": "test/objectives/test_misa_sampling.py",
 }
