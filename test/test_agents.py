@@ -239,26 +239,35 @@ def test_agents_draw_their_own_random_numbers():
     assert (outs["different"][0] - outs["different"][1]).abs() > 1e-3
 
 
-def test_per_agent_options_match_single_runs():
-    """A sweep of CQL's min_q_weight: each agent trains as a run with its own weight."""
-    weights = [0.5, 5.0]
+SWEEPS = {
+    "cql": {"min_q_weight": [0.5, 5.0]},
+    "misa": {"min_q_weight": [1.0, 5.0], "bc_weight": [0.5, 2.0]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_per_agent_options_match_single_runs(name):
+    """A sweep of plain-number options: each agent trains as a run with its own values."""
+    make, sweep = MAKERS[name], SWEEPS[name]
+    options = [{k: v[i] for k, v in sweep.items()} for i in range(2)]
     losses = []
-    for w in weights:
+    for kwargs in options:
         torch.manual_seed(SEED)
-        losses.append(make_cql(min_q_weight=w))
+        losses.append(make(**kwargs))
     group = AgentGroup(losses, randomness="same")
-    torch.testing.assert_close(
-        group.per_agent_options["min_q_weight"], torch.tensor(weights)
-    )
+    assert sorted(group.per_agent_options) == sorted(sweep)
+    for key, values in sweep.items():
+        torch.testing.assert_close(group.per_agent_options[key], torch.tensor(values))
     batches = [make_batch(200 + t, (2, BATCH)) for t in range(NUM_UPDATES)]
     outs_group = group_run(group, batches, RNG_SEED)
-    for i, w in enumerate(weights):
+    for i, kwargs in enumerate(options):
         loss, outs_single = single_run(
-            make_cql, SEED, [b[i] for b in batches], RNG_SEED, min_q_weight=w
+            make, SEED, [b[i] for b in batches], RNG_SEED, **kwargs
         )
         assert_agent_equals(group, i, loss, outs_group, outs_single)
-    # the option made a difference: same seed, same noise, different losses
-    assert outs_group[0]["loss_cql"][0] != outs_group[0]["loss_cql"][1]
+    # the options made a difference: same seed, same draws, different losses
+    first = outs_group[0]
+    assert (first["loss_qvalue"][0] - first["loss_qvalue"][1]).abs() > 1e-4
 
 
 def test_copy_agent_to_writes_that_agents_parameters():
