@@ -72,3 +72,13 @@ def misa_script():
         sys.path.insert(0, folder)  # the script's modules import each other by name
     names = ("misa_offline", "utils", "checkpoint")
     return types.SimpleNamespace(**{n: importlib.import_module(n) for n in names})
+
+
+@pytest.fixture(scope="session")
+def dataset_tool():
+    """The dataset tool's modules: ``dataset_tool.generate_dataset``, ``.behaviour_agent``."""
+    folder = str(Path(__file__).resolve().parents[1] / "tools")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # the tool's modules import each other by name
+    names = ("generate_dataset", "behaviour_agent")
+    return types.SimpleNamespace(**{n: importlib.import_module(n) for n in names})

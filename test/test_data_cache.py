@@ -300,7 +300,7 @@ def make_minari(tmp_path, monkeypatch, name="toy/pendulum/random-v0", flags=bool
 
 
 def check_minari(rb, episodes):
-    data = rb.storage._storage
+    data = rb.storage[:]
     obs = np.concatenate([e.observations[:-1] for e in episodes])
     next_obs = np.concatenate([e.observations[1:] for e in episodes])
     np.testing.assert_array_equal(data["observation"].numpy(), obs)
@@ -357,12 +357,12 @@ def test_minari_interrupted_build(tmp_path, monkeypatch):
     episodes = make_minari(tmp_path, monkeypatch)
     root = tmp_path / "cache"
     name = "minari:toy/pendulum/random-v0"
-    import torchrl_misa.data.minari_data as minari_module
+    import torchrl_misa.data.patches.minari_fill as minari_fill
 
     def interrupted(*args, **kwargs):
-        raise Interrupted  # after TorchRL's conversion, before the refill
+        raise Interrupted  # after TorchRL's conversion, before the fill
 
-    monkeypatch.setattr(minari_module, "refill_from_minari", interrupted)
+    monkeypatch.setattr(minari_fill, "fill_from_minari", interrupted)
     with pytest.raises(Interrupted):
         load(name, root)
     monkeypatch.undo()

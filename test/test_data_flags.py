@@ -59,10 +59,10 @@ def test_numeric_flags_load_like_bool(tmp_path, dtype, storage_matches_file):
     for key in ("terminals", "timeouts"):
         numeric[key] = data[key].astype(dtype)
     rb = load(write_raw(tmp_path / f"{dtype}.hdf5", numeric), tmp_path / "c")
-    storage = rb.storage._storage
+    storage = rb.storage[:]
     for key in ("done", "terminated", "truncated"):
         assert storage["next", key].dtype == torch.bool, key
-    assert (storage == reference.storage._storage).all()
+    assert (storage == reference.storage[:]).all()
     storage_matches_file(rb, data)
 
 
@@ -94,8 +94,8 @@ def test_column_vectors_of_scalars_load_like_flat(tmp_path, storage_matches_file
     for key in ("rewards", "terminals", "timeouts"):
         columns[key] = data[key][:, None]
     rb = load(write_raw(tmp_path / "columns.hdf5", columns), tmp_path / "c")
-    assert rb.storage._storage["next", "reward"].shape == (N, 1)
-    assert (rb.storage._storage == reference.storage._storage).all()
+    assert rb.storage[:]["next", "reward"].shape == (N, 1)
+    assert (rb.storage[:] == reference.storage[:]).all()
     storage_matches_file(rb, data)
 
 
@@ -119,7 +119,7 @@ def test_one_dimensional_columns_read_as_one_feature(tmp_path, key):
     with pytest.warns(UserWarning, match=f"'{key}'.*stored as \\[N\\]"):
         rb = load(write_raw(tmp_path / "flat.hdf5", flat), tmp_path / "c")
     reference = load(write_raw(tmp_path / "column.hdf5", data), tmp_path / "c")
-    assert (rb.storage._storage == reference.storage._storage).all()
+    assert (rb.storage[:] == reference.storage[:]).all()
     batch = rb.sample()
     assert batch["action"].shape == (8, 1) and batch["observation"].shape == (8, 1)
 
@@ -133,7 +133,7 @@ def test_no_episode_end(tmp_path):
         rb = load(path, tmp_path / "c")
     # every transition still bootstraps from its stored next state
     np.testing.assert_array_equal(
-        rb.storage._storage["next", "observation"].numpy(), data["next_observations"]
+        rb.storage[:]["next", "observation"].numpy(), data["next_observations"]
     )
     for dataset in (path, rb):
         with pytest.warns(UserWarning, match="no complete episode"):
@@ -201,7 +201,7 @@ def test_minari_numeric_flags(tmp_path, monkeypatch, flags):
         with pytest.raises(DatasetFormatError, match="'terminations' holds 0.5"):
             load(name, tmp_path / "cache")
         return
-    data = load(name, tmp_path / "cache").storage._storage
+    data = load(name, tmp_path / "cache").storage[:]
     done = np.zeros(12, bool)
     done[[4, 11]] = True
     for key in ("done", "terminated", "truncated"):

@@ -17,17 +17,18 @@ from torchrl.data.datasets import load_dataset
 from torchrl.data.datasets.d4rl import D4RLExperienceReplay
 from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
 
-import torchrl_misa  # noqa: F401  (registers the prefixes)
+import torchrl_misa  # noqa: F401  (registers the d4rl_file prefix)
 from torchrl_misa.data import (
     check_transitions,
     D4RLFileExperienceReplay,
     DatasetFormatError,
     DatasetUnavailableError,
+    load_offline_data,
     make_env,
     make_offline_replay_buffer,
+    OfflineD4RLExperienceReplay,
     write_d4rl_hdf5,
 )
-from torchrl_misa.data.generate import collect_episodes, to_d4rl_arrays
 
 KEYS = [
     "observation",
@@ -85,11 +86,14 @@ def test_handmade_file_roundtrip(tmp_path, storage_matches_file):
     storage_matches_file(again, read_h5(path))
 
 
-def test_episode_boundaries_from_a_terminating_env(tmp_path, storage_matches_file):
+def test_episode_boundaries_from_a_terminating_env(
+    tmp_path, storage_matches_file, dataset_tool
+):
     # Hopper falls (terminated) and is cut at 30 steps (truncated): both kinds of ends
+    tool = dataset_tool.generate_dataset
     env_fn = lambda: make_env("Hopper-v5", max_episode_steps=30)  # noqa: E731
-    td = collect_episodes(env_fn, None, 300, seed=0)
-    arrays = to_d4rl_arrays(td)
+    td = tool.collect_episodes(env_fn, None, 300, seed=0)
+    arrays = tool.to_d4rl_arrays(td)
     assert arrays["terminals"].any() and arrays["timeouts"].any()
     assert not (arrays["terminals"] & arrays["timeouts"]).any()
     ends = arrays["terminals"] | arrays["timeouts"]
@@ -146,7 +150,7 @@ def test_plain_path_and_prefix_are_the_same(tmp_path):
     path = write_d4rl_hdf5(tmp_path / "toy.hdf5", toy_arrays(), {})
     a = make_offline_replay_buffer(str(path), 4, root=tmp_path / "c")
     b = make_offline_replay_buffer(f"d4rl_file:{path}", 4, root=tmp_path / "c")
-    assert (a.storage._storage == b.storage._storage).all()
+    assert (a.storage[:] == b.storage[:]).all()
 
 
 def _d4rl_folder_file(tmp_path, monkeypatch, dataset_id, arrays):
@@ -163,7 +167,7 @@ def test_d4rl_id_offline_from_d4rl_folder_then_cache(
     arrays = toy_arrays(n=30, obs_dim=11, act_dim=3)
     raw = _d4rl_folder_file(tmp_path, monkeypatch, "hopper-medium-v2", arrays)
     root = tmp_path / "torchrl_cache"
-    rb = load_dataset("d4rl:hopper-medium-v2", batch_size=8, root=root)
+    rb = OfflineD4RLExperienceReplay("hopper-medium-v2", batch_size=8, root=root)
     storage_matches_file(rb, arrays)
     assert (root / "hopper-medium-v2").is_dir()
     raw.unlink()  # now only TorchRL's cache is left
@@ -183,8 +187,12 @@ def test_d4rl_id_no_cache_no_network(tmp_path, monkeypatch, no_network):
     assert (
         time.monotonic() - start < 60
     )  # no long hang (loose bound, not a timing test)
-    with pytest.raises(DatasetUnavailableError):
-        load_dataset("d4rl:halfcheetah-medium-v2", batch_size=8, root=tmp_path / "c")
+    for load, name in (
+        (load_offline_data, "d4rl:halfcheetah-medium-v2"),
+        (OfflineD4RLExperienceReplay, "halfcheetah-medium-v2"),
+    ):
+        with pytest.raises(DatasetUnavailableError, match="d4rl_file:"):
+            load(name, 8, root=tmp_path / "c")
 
 
 def test_unknown_d4rl_id(tmp_path):
@@ -236,7 +244,7 @@ def test_minari_offline(tmp_path, monkeypatch, no_network):
     rb = make_offline_replay_buffer(
         "minari:toy/pendulum/random-v0", 4, root=tmp_path / "cache", clip_actions=None
     )
-    data = rb.storage._storage
+    data = rb.storage[:]
     obs = np.concatenate([e.observations[:-1] for e in episodes])
     next_obs = np.concatenate([e.observations[1:] for e in episodes])
     np.testing.assert_array_equal(data["observation"].numpy(), obs)

@@ -50,9 +50,7 @@ def test_clip_actions(tmp_path):
     batch, idx = sample_with_rows(rb, arrays)
     np.testing.assert_array_equal(batch["action"].numpy(), arrays["actions"][idx])
     # the storage keeps the raw data
-    np.testing.assert_array_equal(
-        rb.storage._storage["action"].numpy(), arrays["actions"]
-    )
+    np.testing.assert_array_equal(rb.storage[:]["action"].numpy(), arrays["actions"])
 
 
 def test_antmaze_rewards(tmp_path):
@@ -89,7 +87,7 @@ def test_kitchen_adroit_minmax(tmp_path, name):
     )
     # the extremes of the data map to the ends of [-1, 1]
     rb_all = make_offline_replay_buffer(path, 64, root=tmp_path / "c")
-    full = rb_all.transform(rb_all.storage._storage[:].clone())
+    full = rb_all.transform(rb_all.storage[:].clone())
     assert full["next", "reward"].min().item() == pytest.approx(-1.0, abs=1e-6)
     assert full["next", "reward"].max().item() == pytest.approx(1.0, abs=1e-6)
 

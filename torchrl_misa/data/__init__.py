@@ -1,17 +1,18 @@
-"""Offline datasets for MISA, through TorchRL's dataset registry.
+"""Offline datasets for MISA on TorchRL's dataset classes.
 
-``import torchrl_misa.data`` registers the ``"d4rl_file"`` prefix and points
-``"d4rl"`` to :class:`OfflineD4RLExperienceReplay` (TorchRL's D4RL class plus
-offline lookup and clear errors) in :func:`torchrl.data.datasets.load_dataset`.
+:func:`load_offline_data` turns a dataset name (a D4RL id, ``"minari:<id>"``,
+a local D4RL-layout file) into an :class:`OfflineData`: a TorchRL replay
+buffer with MISA's processing, and what evaluation and scores need.
+
+Importing this package has one side effect: it registers the new prefix
+``"d4rl_file"`` (:class:`D4RLFileExperienceReplay`) in
+:func:`torchrl.data.datasets.load_dataset`'s registry. Existing prefixes are
+left alone: ``load_dataset("d4rl:...")`` is TorchRL's own class.
 """
 
 from torchrl.data.datasets import register_dataset
 
-from torchrl_misa.data.buffer import (
-    check_transitions,
-    load_offline_dataset,
-    make_offline_replay_buffer,
-)
+from torchrl_misa.data.buffer import check_transitions, load_offline_dataset
 from torchrl_misa.data.cache import CacheDamagedError
 from torchrl_misa.data.d4rl import (
     D4RLFileExperienceReplay,
@@ -27,6 +28,11 @@ from torchrl_misa.data.hdf5 import (
     read_metadata,
     validate_d4rl_hdf5,
     write_d4rl_hdf5,
+)
+from torchrl_misa.data.offline_data import (
+    load_offline_data,
+    make_offline_replay_buffer,
+    OfflineData,
 )
 from torchrl_misa.data.processing import (
     action_clip_transform,
@@ -57,8 +63,8 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# the one registration: a new prefix (replace=True makes a re-import harmless)
 register_dataset("d4rl_file", D4RLFileExperienceReplay, replace=True)
-register_dataset("d4rl", OfflineD4RLExperienceReplay, replace=True)
 
 __all__ = [
     "D4RL_REF_RETURNS",
@@ -68,6 +74,7 @@ __all__ = [
     "DatasetFormatError",
     "DatasetUnavailableError",
     "OfflineD4RLExperienceReplay",
+    "OfflineData",
     "action_clip_transform",
     "antmaze_reward_transform",
     "as_bool_flags",
@@ -77,6 +84,7 @@ __all__ = [
     "describe",
     "dataset_env_id",
     "dataset_episode_returns",
+    "load_offline_data",
     "load_offline_dataset",
     "make_env",
     "make_eval_env",

@@ -1,29 +1,31 @@
 """D4RL datasets through TorchRL's :class:`D4RLExperienceReplay`, online or not.
 
 Two classes, one reading path. Both subclass TorchRL's
-:class:`~torchrl.data.datasets.D4RLExperienceReplay`: the conversion to
+:class:`~torchrl.data.datasets.D4RLExperienceReplay` (through the fix of
+:mod:`~torchrl_misa.data.patches.d4rl_last_transition`): the conversion to
 transitions (``observation``, ``action``, ``("next", ...)``) is TorchRL's own,
 and TorchRL's class reads the memory-mapped cache. What they replace is where
 the raw HDF5 comes from and how the cache is written: atomically, with a
 check file, and checked on every load (:mod:`torchrl_misa.data.cache`), so an
 interrupted or damaged cache is rebuilt instead of read as zeros:
 
-* :class:`OfflineD4RLExperienceReplay` (prefix ``d4rl:``) looks for the
-  dataset in this order: TorchRL's cache ``<root>/<id>`` (default
-  ``~/.cache/torchrl/d4rl``), D4RL's own download folder
-  (``$D4RL_DATASET_DIR`` or ``~/.d4rl/datasets``, file named as in D4RL's URL),
-  then the network. With none of them it fails at once with a message that
-  says what to copy where.
+* :class:`OfflineD4RLExperienceReplay` looks for the dataset in this order:
+  TorchRL's cache ``<root>/<id>`` (default ``~/.cache/torchrl/d4rl``), D4RL's
+  own download folder (``$D4RL_DATASET_DIR`` or ``~/.d4rl/datasets``, file
+  named as in D4RL's URL), then the network. With none of them it fails at
+  once with a message that says what to copy where. It is not registered:
+  ``load_dataset("d4rl:...")`` stays TorchRL's class.
 * :class:`D4RLFileExperienceReplay` (prefix ``d4rl_file:``) reads any local
   D4RL-layout file, with no network, cached under
   ``~/.cache/torchrl/d4rl_file``.
 
 Flags stored as 0/1 numbers are read as bool (see :mod:`torchrl_misa.data.hdf5`).
 Two details differ from the stock class (both only when the file has
-``next_observations``): the last transition is kept, and the next observation
-of a transition cut by a time limit (``truncated`` and not ``terminated``) is
-the file's ``next_observations`` row instead of zeros, so TD targets that
-bootstrap through time limits see the true next state.
+``next_observations``; see :mod:`torchrl_misa.data.patches`): the last
+transition is kept, and the next observation of a transition cut by a time
+limit (``truncated`` and not ``terminated``) is the file's
+``next_observations`` row instead of zeros, so TD targets that bootstrap
+through time limits see the true next state.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import os
 import socket
 import tempfile
 import urllib.parse
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,9 +43,7 @@ from typing import Any
 import torch
 from tensordict import make_tensordict
 from torchrl.collectors.utils import split_trajectories
-from torchrl.data.datasets.d4rl import _download_dataset_from_url, D4RLExperienceReplay
 from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
-from torchrl.data.datasets.utils import _get_root_dir
 
 from torchrl_misa.data.cache import CacheDamagedError, discard, open_cache, write_cache
 from torchrl_misa.data.hdf5 import (
@@ -53,6 +54,10 @@ from torchrl_misa.data.hdf5 import (
     SCALAR_KEYS,
     validate_d4rl_hdf5,
 )
+from torchrl_misa.data.patches.d4rl_last_transition import (
+    D4RLLastTransitionExperienceReplay,
+)
+from torchrl_misa.data.patches.d4rl_time_limit import unknown_next_observation
 
 #: where the shipped demo dataset lives, relative to the repository root
 DEMO_DATASET = "datasets/pendulum-medium-replay-v0.hdf5"
@@ -62,6 +67,11 @@ DEMO_DATASET_PATH = Path(__file__).resolve().parents[2] / DEMO_DATASET
 
 class DatasetUnavailableError(RuntimeError):
     """The dataset is neither cached locally nor downloadable from here."""
+
+
+def torchrl_cache_dir(kind: str) -> Path:
+    """TorchRL's default cache folder of a dataset kind: ``~/.cache/torchrl/<kind>``."""
+    return Path("~/.cache/torchrl").expanduser() / kind
 
 
 def d4rl_download_dir() -> Path:
@@ -156,7 +166,7 @@ def _warn_if_no_episode_end(data, name: str) -> None:
         )
 
 
-class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
+class OfflineD4RLExperienceReplay(D4RLLastTransitionExperienceReplay):
     """TorchRL's D4RL replay buffer that also works (and fails clearly) offline.
 
     Takes the arguments of :class:`~torchrl.data.datasets.D4RLExperienceReplay`
@@ -176,7 +186,7 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
     ``("next", "observation")``, ``("next", "reward")``, ``("next", "done")``,
     ``("next", "terminated")`` and ``("next", "truncated")`` (flags of shape
     ``[B, 1]``). ``self.metadata`` is a dict of the file's ``metadata/*`` when
-    the file was read in this call (empty for a cached load).
+    the file is on this machine (empty for a load from the cache alone).
 
     Examples:
         >>> import os, tempfile, numpy as np
@@ -190,7 +200,7 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
         ...     _ = write_d4rl_hdf5(f"{d}/hopper_medium-v2.hdf5", data)
         ...     rb = OfflineD4RLExperienceReplay("hopper-medium-v2", 4, root=f"{d}/cache")
         ...     del os.environ["D4RL_DATASET_DIR"]
-        ...     print(len(rb), rb.storage._storage["next", "done"].sum().item())
+        ...     print(len(rb), rb.storage[:]["next", "done"].sum().item())
         8 2
     """
 
@@ -213,7 +223,7 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
                 "supported; use TorchRL's D4RLExperienceReplay for those."
             )
         if root is None:
-            root = _get_root_dir("d4rl")
+            root = torchrl_cache_dir("d4rl")
         self.network_timeout = network_timeout
         self.metadata: dict = {}
         self.root = root
@@ -221,6 +231,9 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
         self.use_truncated_as_done = use_truncated_as_done
         data = self._checked_cache(self.data_path, download, split_trajs)
         _warn_if_no_episode_end(data, dataset_id)
+        source = self._local_source(dataset_id)
+        if source is not None:
+            self.metadata = read_metadata(source)
         # the cache is in place and checked: TorchRL's class memory-maps it
         super().__init__(
             dataset_id,
@@ -314,22 +327,21 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
         # a stalled transfer fails instead of hanging forever
         socket.setdefaulttimeout(max(self.network_timeout, 60.0))
         try:
-            return Path(_download_dataset_from_url(url, str(tmpdir)))
+            path = tmpdir / Path(urllib.parse.urlsplit(url).path).name
+            urllib.request.urlretrieve(url, path)
+            return path
         finally:
             socket.setdefaulttimeout(old)
 
-    # -- the two corrections, around TorchRL's converter ---------------------
+    # -- the two corrections (torchrl_misa.data.patches) ----------------------
     def _process_data_from_env(self, dataset, env=None):
         has_next = "next_observations" in dataset.keys()
-        if has_next:
-            # the converter pairs row t with row t+1 and drops the last row;
-            # with next_observations the last row is a full transition: pad it
-            dataset = torch.cat([dataset, dataset[-1:]], 0)
+        # the parent keeps the last transition of files with next_observations
         out = super()._process_data_from_env(dataset, env)
         # unknown next states are stored as zeros, as TorchRL does; with
         # next_observations only a terminal one is unknown: a time-limit cut
         # keeps its true next state, which TD targets bootstrap from
-        unknown = out["next", "terminated" if has_next else "done"].squeeze(-1)
+        unknown = unknown_next_observation(out, has_next_observations=has_next)
         out["next", "observation"][unknown] = 0
         return out
 
@@ -359,7 +371,7 @@ class D4RLFileExperienceReplay(OfflineD4RLExperienceReplay):
     Examples:
         >>> import tempfile, numpy as np
         >>> from torchrl.data.datasets import load_dataset
-        >>> import torchrl_misa  # registers the "d4rl_file" prefix
+        >>> import torchrl_misa.data  # registers the "d4rl_file" prefix
         >>> from torchrl_misa.data.hdf5 import write_d4rl_hdf5
         >>> n = 6
         >>> data = dict(observations=np.arange(n * 3, dtype="f4").reshape(n, 3),
@@ -386,17 +398,16 @@ class D4RLFileExperienceReplay(OfflineD4RLExperienceReplay):
         if not path.is_file():
             raise FileNotFoundError(
                 f"Dataset file {path} does not exist. Make one with "
-                "`python -m torchrl_misa.data.generate` or use the shipped "
-                f"{DEMO_DATASET}."
+                "`python tools/generate_dataset.py` (in the source tree) or use "
+                f"the shipped {DEMO_DATASET}."
             )
         self.file_path = path
         if root is None:
-            root = _get_root_dir("d4rl_file")
+            root = torchrl_cache_dir("d4rl_file")
         stat = path.stat()
         key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()
         cache_id = f"{path.stem}-{hashlib.sha1(key).hexdigest()[:12]}"
         super().__init__(cache_id, batch_size, root=root, **kwargs)
-        self.metadata = read_metadata(path)
 
     def _local_source(self, name: str) -> Path:
         return self.file_path

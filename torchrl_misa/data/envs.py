@@ -36,8 +36,8 @@ def make_env(
         env_id: Gymnasium id (see :func:`~torchrl_misa.data.dataset_env_id`).
         seed: env seed.
         device: env device.
-        obs_norm: an observation normaliser (``rb.obs_norm`` of
-            :func:`~torchrl_misa.data.make_offline_replay_buffer`); a copy is
+        obs_norm: an observation normaliser
+            (:attr:`~torchrl_misa.data.OfflineData.obs_norm`); a copy is
             appended last.
         **kwargs: passed to :class:`~torchrl.envs.GymEnv`.
 

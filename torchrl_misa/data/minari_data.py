@@ -4,14 +4,13 @@ The dataset is read from Minari's own folder (``$MINARI_DATASETS_PATH`` or
 ``~/.minari/datasets``), downloaded there first by ``minari`` when missing and
 the server is reachable.
 
-TorchRL 0.14.1's converter fills its tensors and then writes them with
-``memmap_like``, which stores zeros instead of the data. After TorchRL has
-built its storage, :func:`refill_from_minari` writes the episodes into it
-again from Minari's own reader (a no-op on versions without the bug, apart
-from the time it takes), so the buffer holds the real transitions.
+TorchRL 0.14.1's converter stores zeros instead of the data on the first
+conversion; the conversion here is
+:class:`~torchrl_misa.data.patches.minari_fill.MinariFilledExperienceReplay`,
+which writes the episodes into the storage again from Minari's own reader.
 
 The memory-mapped cache ``<root>/<id>`` is built in a hidden sibling folder,
-refilled, noted in a check file and renamed into place
+filled, noted in a check file and renamed into place
 (:mod:`torchrl_misa.data.cache`); later loads check it and read it through
 TorchRL's class, and a damaged one is rebuilt with a warning. Episode-end
 flags stored as 0/1 numbers are read as bool (TorchRL's converter reads them
@@ -28,7 +27,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from tensordict import TensorDict, TensorDictBase
 
 from torchrl_misa.data.cache import (
@@ -47,6 +45,7 @@ from torchrl_misa.data.d4rl import (
     DEMO_DATASET,
 )
 from torchrl_misa.data.hdf5 import _h5py, as_bool_flags
+from torchrl_misa.data.patches.minari_fill import MinariFilledExperienceReplay
 
 MINARI_SERVER = "https://storage.googleapis.com"
 
@@ -56,68 +55,6 @@ def minari_dir() -> Path:
     return Path(
         os.environ.get("MINARI_DATASETS_PATH", os.path.expanduser("~/.minari/datasets"))
     )
-
-
-def _set(dst: TensorDictBase, key, value, rows: slice) -> None:
-    """``dst[key][rows] = value``; dict values go to the nested entries of the same names."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _set(dst, (key, k) if isinstance(key, str) else (*key, k), v, rows)
-        return
-    if key not in dst.keys(True):
-        return
-    target = dst.get(key)
-    value = torch.as_tensor(np.asarray(value)).to(target.dtype)
-    target[rows] = value.reshape(target[rows].shape)
-
-
-def _slice_obs(obs, part: slice):
-    if isinstance(obs, dict):
-        return {k: _slice_obs(v, part) for k, v in obs.items()}
-    return np.asarray(obs)[part]
-
-
-def refill_from_minari(data: TensorDictBase, dataset_id: str) -> None:
-    """Writes every episode of ``dataset_id`` (read with ``minari``) into ``data``.
-
-    ``data`` is the memory-mapped content of TorchRL's Minari cache. Rows
-    follow TorchRL's layout: episodes in id order, ``observation`` =
-    ``observations[:-1]``, ``("next", "observation")`` = ``observations[1:]``,
-    ``("next", "reward" | "terminated" | "truncated" | "done")``.
-
-    Raises:
-        DatasetFormatError: episode-end flags other than bool or 0/1.
-    """
-    import minari
-
-    dataset = minari.load_dataset(dataset_id)
-    start = 0
-    for episode in dataset.iterate_episodes():
-        steps = len(episode.rewards)
-        rows = slice(start, start + steps)
-        where = f"minari:{dataset_id} episode {episode.id}"
-        _set(data, "observation", _slice_obs(episode.observations, slice(0, -1)), rows)
-        _set(
-            data,
-            ("next", "observation"),
-            _slice_obs(episode.observations, slice(1, None)),
-            rows,
-        )
-        _set(data, "action", episode.actions, rows)
-        _set(data, ("next", "reward"), episode.rewards, rows)
-        term = as_bool_flags(episode.terminations, "terminations", where)
-        trunc = as_bool_flags(episode.truncations, "truncations", where)
-        _set(data, ("next", "terminated"), term, rows)
-        _set(data, ("next", "truncated"), trunc, rows)
-        _set(data, ("next", "done"), term | trunc, rows)
-        if "episode" in data.keys():
-            data["episode"][rows] = int(episode.id)
-        start += steps
-    if start != data.shape[0]:
-        raise RuntimeError(
-            f"Minari dataset {dataset_id!r} has {start} steps but TorchRL's storage "
-            f"has {data.shape[0]}."
-        )
 
 
 def _minari_rows(h5_path: Path) -> int:
@@ -166,8 +103,6 @@ def _minari_path(path: Path):
 
 def build_minari_cache(dataset_id: str, cache: Path) -> TensorDictBase:
     """Converts Minari's local copy of ``dataset_id`` into the checked cache ``cache``."""
-    from torchrl.data.datasets import load_dataset
-
     h5_path = minari_dir() / dataset_id / "data" / "main_data.hdf5"
     rows = _minari_rows(h5_path)
     remove_stale_partials(cache)
@@ -179,15 +114,11 @@ def build_minari_cache(dataset_id: str, cache: Path) -> TensorDictBase:
             # TorchRL's converter cannot combine numeric flags: it reads a bool copy
             source = _bool_flags_copy(dataset_id, tmp_root / ".minari_source")
         with _minari_path(source):
-            load_dataset(
-                f"minari:{dataset_id}",
-                batch_size=1,
-                root=tmp_root,
-                load_from_local_minari=True,
+            MinariFilledExperienceReplay(
+                dataset_id, batch_size=1, root=tmp_root, load_from_local_minari=True
             )
-        data = TensorDict.load_memmap(built)
-        refill_from_minari(data, dataset_id)
-        write_check_file(built, data, source_rows=rows)
+        # what reached the disk is what gets checked
+        write_check_file(built, TensorDict.load_memmap(built), source_rows=rows)
         publish(built, cache)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
@@ -222,8 +153,6 @@ def load_minari(
             "('d4rl:hopper-medium-v2'), a local D4RL-layout file "
             f"('d4rl_file:/path/to/file.hdf5'), or the shipped '{DEMO_DATASET}'."
         )
-    from torchrl.data.datasets import load_dataset
-
     if root is None:  # TorchRL's default for MinariExperienceReplay
         root = Path("~/.cache/torchrl/minari").expanduser()
     root = Path(root)
@@ -259,12 +188,6 @@ def load_minari(
         discard(cache)
         data = build_minari_cache(dataset_id, cache)
     _warn_if_no_episode_end(data, f"minari:{dataset_id}")
-    rb = load_dataset(
-        f"minari:{dataset_id}",
-        batch_size=batch_size,
-        root=root,
-        download=False,
-        **kwargs,
+    return MinariFilledExperienceReplay(
+        dataset_id, batch_size=batch_size, root=root, download=False, **kwargs
     )
-    rb.dataset_name = f"minari:{dataset_id}"
-    return rb

@@ -45,7 +45,7 @@ def normalized_score(dataset: Any, episode_return):
 
     Args:
         dataset: a D4RL id, ``"d4rl_file:<path>"``/``.hdf5`` path, Minari id or a
-            buffer made by :func:`~torchrl_misa.data.make_offline_replay_buffer`.
+            buffer of this package, or an :class:`~torchrl_misa.data.OfflineData`.
         episode_return: a float, or an array/tensor of returns.
 
     Returns:
@@ -110,8 +110,8 @@ def _complete_episode_returns(dataset: Any) -> np.ndarray:
         from torchrl_misa.data.buffer import load_offline_dataset
 
         dataset = load_offline_dataset(str(dataset), batch_size=1)
-    # a replay buffer: read its storage, before any sampling transform
-    data = dataset._storage._storage
+    # an OfflineData's buffer, or a buffer: its stored transitions, untransformed
+    data = getattr(dataset, "replay_buffer", dataset).storage[:]
     return episode_returns_from_arrays(
         data["next", "reward"].reshape(-1).numpy(),
         data["next", "done"].reshape(-1).numpy(),

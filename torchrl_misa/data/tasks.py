@@ -2,9 +2,9 @@
 
 A "dataset" below is any of: a D4RL id (``"hopper-medium-v2"``), a prefixed id
 (``"d4rl:..."``, ``"minari:mujoco/hopper/medium-v0"``), a local file
-(``"d4rl_file:/path/x.hdf5"`` or a plain path ending in ``.hdf5``), or a buffer
-made by :func:`~torchrl_misa.data.make_offline_replay_buffer` /
-:func:`torchrl.data.datasets.load_dataset`.
+(``"d4rl_file:/path/x.hdf5"`` or a plain path ending in ``.hdf5``), an
+:class:`~torchrl_misa.data.OfflineData`, or a buffer of this package's dataset
+classes (or of :func:`~torchrl_misa.data.make_offline_replay_buffer`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 #: D4RL's reference returns (random policy, expert policy) per task family
 D4RL_REF_RETURNS: dict[str, tuple[float, float]] = {
@@ -97,7 +97,7 @@ def task_family(name: str) -> str | None:
 
 
 def dataset_metadata(dataset: Any) -> dict:
-    """``metadata/*`` of a file dataset or buffer (``{}`` for ids and absent files)."""
+    """``metadata/*`` of a file dataset, buffer or OfflineData (``{}`` for ids and absent files)."""
     if not isinstance(dataset, (str, Path)):
         meta = getattr(dataset, "metadata", None)
         return dict(meta) if isinstance(meta, dict) else {}
@@ -112,15 +112,16 @@ def dataset_metadata(dataset: Any) -> dict:
 
 
 def dataset_name(dataset: Any) -> str:
-    """A readable name: the id, the file path, or a buffer's ``dataset_name``."""
+    """A readable name: the id, the file path, a buffer's file or id, an OfflineData's name."""
     if isinstance(dataset, (str, Path)):
         return str(dataset)
-    for attr in ("dataset_name", "file_path", "dataset_id"):
+    for attr in ("dataset_name", "file_path", "dataset_id", "name"):
         value = getattr(dataset, attr, None)
         if value is not None:
             return str(value)
     raise TypeError(
-        f"Expected a dataset id, a file path or a dataset buffer, got {type(dataset).__name__}."
+        f"Expected a dataset id, a file path, an OfflineData or a dataset buffer, got "
+        f"{type(dataset).__name__}."
     )
 
 
@@ -150,22 +151,32 @@ def _d4rl_name(name: str) -> str:
     return name
 
 
-def dataset_family(dataset: Any) -> str | None:
-    """Task family from the metadata (``task``/``env_id``), a D4RL file name, or the name."""
-    meta = dataset_metadata(dataset)
+def family_from(name: str, metadata: Mapping) -> str | None:
+    """Task family from ``metadata`` (``task``/``env_id``), a D4RL file name, or ``name``.
+
+    Examples:
+        >>> family_from("datasets/x.hdf5", {"env_id": "Hopper-v5"})
+        'hopper'
+        >>> family_from("/data/kitchen_microwave_kettle_light_slider-v0.hdf5", {})
+        'kitchen'
+    """
     for key in ("task", "env_id", "env_name", "dataset_id"):
-        if key in meta:
-            fam = task_family(str(meta[key]))
+        if key in metadata:
+            fam = task_family(str(metadata[key]))
             if fam is not None:
                 return fam
-    name = _d4rl_name(dataset_name(dataset))
-    return task_family(name)
+    return task_family(_d4rl_name(str(name)))
+
+
+def dataset_family(dataset: Any) -> str | None:
+    """:func:`family_from` of ``dataset``'s name and metadata."""
+    return family_from(dataset_name(dataset), dataset_metadata(dataset))
 
 
 def dataset_env_id(dataset: Any) -> str:
     """The Gymnasium id to evaluate a policy trained on ``dataset``.
 
-    * files made by :mod:`torchrl_misa.data.generate`: ``metadata/env_id``;
+    * files made by ``tools/generate_dataset.py``: ``metadata/env_id``;
     * ``halfcheetah-*``, ``hopper-*``, ``walker2d-*``, ``ant-*``: the MuJoCo
       ``-v5`` tasks of Gymnasium;
     * antmaze, kitchen, adroit: the ``gymnasium-robotics`` tasks (error if that

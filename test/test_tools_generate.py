@@ -1,23 +1,35 @@
-"""The dataset generator: D4RL recipes, metadata, loading back, resuming."""
+"""The dataset tool (tools/generate_dataset.py): D4RL recipes, metadata, loading back, resuming."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 from tensordict import TensorDict
 
 from torchrl_misa.data import (
     dataset_average_normalized_score,
     dataset_env_id,
+    make_env,
     make_offline_replay_buffer,
     normalized_score,
     read_metadata,
 )
-from torchrl_misa.data.generate import generate, GenerateConfig, parse_args, RECIPES
-from torchrl_misa.data.sac_agent import SACAgent, SACConfig
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))  # the tool's modules import each other by name
+tool = importlib.import_module("generate_dataset")
+agent_module = importlib.import_module("behaviour_agent")
+generate, GenerateConfig = tool.generate, tool.GenerateConfig
+parse_args, RECIPES = tool.parse_args, tool.RECIPES
+SACAgent, SACConfig = agent_module.SACAgent, agent_module.SACConfig
 
 EPISODE = 50
 
@@ -200,8 +212,8 @@ def test_interrupted_run_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(SACAgent, "update", crash_after_100)
     with pytest.raises(KeyboardInterrupt):
         generate(cfg, log=lambda *a: None)
-    state = cfg.run_dir / "state"
-    assert (state / "state.pt").exists() and not (cfg.run_dir / "summary.json").exists()
+    state = cfg.run_dir / "last.pt"
+    assert state.exists() and not (cfg.run_dir / "summary.json").exists()
     monkeypatch.setattr(SACAgent, "update", original)
     logs = []
     paths = generate(cfg, log=logs.append)
@@ -257,7 +269,7 @@ def test_command_line_refuses_nonsense(flag, value, capsys):
         parse_args([flag, value, "--out", "x"])
     assert exit_info.value.code == 2  # argparse's status for a usage error
     err = capsys.readouterr().err
-    assert err.startswith("usage: python -m torchrl_misa.data.generate")
+    assert err.startswith("usage: python tools/generate_dataset.py")
     assert f"error: {flag} " in err and value in err
 
 
@@ -282,7 +294,7 @@ def test_generate_refuses_bad_settings_before_running(tmp_path, monkeypatch):
     def no_env(*args, **kwargs):
         raise AssertionError("an env was made")
 
-    monkeypatch.setattr("torchrl_misa.data.generate.make_env", no_env)
+    monkeypatch.setattr(tool, "make_env", no_env)
     with pytest.raises(ValueError, match="--eval-every must be a positive integer"):
         generate(tiny_config(tmp_path, eval_every=0), log=lambda *a: None)
     with pytest.raises(ValueError, match="--dataset-steps must be a positive integer"):
@@ -317,3 +329,96 @@ def test_describe_command_line(generated):
     assert "RuntimeWarning" not in proc.stderr
     n, episodes = len(arrays["rewards"]), len(brute_force_returns(arrays))
     assert f"| transitions / episodes | {n} / {episodes} (" in proc.stdout
+
+
+# -- shared with the training recipe -------------------------------------------
+def test_actor_is_the_recipe_actor(misa_script):
+    from omegaconf import OmegaConf
+
+    env = make_env("Pendulum-v1")
+    ours = agent_module.make_actor(env, hidden=24)
+    cfg = OmegaConf.create(
+        {"network": {"actor_hidden_sizes": [24, 24], "actor_activation": "relu"}}
+    )
+    recipe = misa_script.utils.make_actor(cfg, action_dim=1)
+    td = env.fake_tensordict()
+    recipe(td.clone())  # lazy layers get their sizes
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in recipe.state_dict().items()
+    }
+    recipe.load_state_dict(ours.state_dict())
+    obs = torch.randn(5, 3)
+    with torch.no_grad():
+        a = ours(TensorDict(observation=obs, batch_size=[5]))["loc"]
+        b = recipe(TensorDict(observation=obs, batch_size=[5]))["loc"]
+    torch.testing.assert_close(a, b)
+
+
+def test_episode_returns_match_gymnasium():
+    # a zero-torque Pendulum episode summed step by step with gymnasium itself;
+    # episode i is seeded with SeedSequence([seed, i]) (the recipe's evaluation seeds)
+    import gymnasium
+    from tensordict.nn import TensorDictModule
+
+    zero = TensorDictModule(
+        lambda obs: torch.zeros(*obs.shape[:-1], 1),
+        in_keys=["observation"],
+        out_keys=["action"],
+    )
+    got = agent_module.episode_returns(make_env("Pendulum-v1"), zero, 3, 200, seed=7)
+    expected = []
+    for i in range(3):
+        seed = int(np.random.SeedSequence([7, i]).generate_state(1)[0])
+        env = gymnasium.make("Pendulum-v1")
+        env.reset(seed=seed)  # TorchRL's set_seed, then the rollout's own reset
+        env.reset()
+        total = 0.0
+        for _ in range(200):
+            total += env.step(np.zeros(1, np.float32))[1]
+        expected.append(total)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_policies_in_the_recipe_checkpoint_format(generated, tmp_path, misa_script):
+    cfg, _ = generated
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    path = Path(summary["expert_checkpoint"])
+    saved = misa_script.checkpoint.load_checkpoint(path)  # the recipe's own reader
+    assert saved["env_id"] == cfg.env_id and saved["step"] == cfg.train_steps
+    actor = tool.load_behaviour_policy(path)
+    for key, value in saved["actor"].items():
+        torch.testing.assert_close(actor.state_dict()[key], value)
+    # a damaged file is refused, not loaded
+    damaged = tmp_path / path.name
+    content = bytearray(path.read_bytes())
+    content[-10] ^= 0xFF
+    damaged.write_bytes(bytes(content))
+    with pytest.raises(misa_script.checkpoint.CheckpointError, match="sha256"):
+        tool.load_behaviour_policy(damaged)
+
+
+def test_old_module_forwards_to_the_tool(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchrl_misa.data.generate", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # the package as installed, not the checkout's cwd
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "DeprecationWarning" in proc.stderr
+    assert "tools/generate_dataset.py" in proc.stderr
+    assert proc.stdout.startswith("usage: python tools/generate_dataset.py")
+    assert "--medium-fraction" in proc.stdout
+
+
+def test_tool_runs_as_a_script(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(TOOLS / "generate_dataset.py"), "--train-steps", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "error: --train-steps must be a positive integer" in proc.stderr
