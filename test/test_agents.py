@@ -10,11 +10,14 @@ round-off after several updates.
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchrl.data import Bounded
 from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor
@@ -334,3 +337,40 @@ def test_hmc_gradients_under_vmap_equal_eager_autograd():
         # the gradient written out: -2 (x - w) + 1 - tanh(x)^2
         x = position[i]
         torch.testing.assert_close(g_i, -2 * (x - weights[i]) + 1 - torch.tanh(x) ** 2)
+
+
+class _HostReads(TorchDispatchMode):
+    """Records where a tensor's value is read back to the host (.item(), bool())."""
+
+    READS = (
+        torch.ops.aten._local_scalar_dense.default,
+        torch.ops.aten.item.default,
+        torch.ops.aten.is_nonzero.default,
+    )
+
+    def __init__(self):
+        super().__init__()
+        self.sites = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            stack = traceback.extract_stack()
+            self.sites.append([f"{f.filename}:{f.lineno}" for f in stack])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["cql", "misa"])
+def test_no_host_reads_in_the_update(name):
+    """Losses, gradients and target updates read no tensor value back to the host,
+    except TorchRL's TanhNormal constructor (``(high != 1).any()``, skipped
+    under torch.compile)."""
+    group = AgentGroup.from_factory(MAKERS[name], 2, seed=SEED)
+    batch = make_batch(0, (2, BATCH))
+    # (Adam reads its CPU step counter; capturable=True avoids it on CUDA)
+    with _HostReads() as reads:
+        out = group(batch)
+        sum(out[k] for k in LOSS_KEYS[group.loss_type]).sum().backward()
+        group.update_targets(TAU)
+    tanh_normal = "torchrl/modules/distributions/continuous.py"
+    others = [s for s in reads.sites if not any(tanh_normal in f for f in s)]
+    assert not others, "host reads at:\n" + "\n".join(s[-4] for s in others)
