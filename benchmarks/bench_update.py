@@ -393,6 +393,9 @@ def run_agents(args, device) -> dict:
         def make_loss(algo=None, hidden=hidden, k=k):
             actor, critic = make_networks(args.obs_dim, args.act_dim, hidden, device)
             if algo == "misa":
+                # MISALoss keeps its sampler out of an outer torch.compile
+                # (dynamo would unroll the chain), and its own compiled
+                # transition does not pay off inside vmap: the sampler stays eager
                 return MISALoss(
                     actor,
                     critic,
@@ -410,10 +413,9 @@ def run_agents(args, device) -> dict:
             runs = [("eager", n) for n in args.agents]
             runs += [("compiled", n) for n in args.compiled_agents]
             for mode, n in runs:
-                group = AgentGroup.from_factory(
-                    lambda algo=algo: make_loss(algo), n, seed=0
-                )
-                update = make_group_update(group, keys[algo], lrs, mode == "compiled")
+                compiled = mode == "compiled"
+                group = AgentGroup.from_factory(lambda: make_loss(algo), n, seed=0)
+                update = make_group_update(group, keys[algo], lrs, compiled)
                 warmup = args.warmup + (3 if mode == "compiled" else 0)
                 res = time_update(update, stack_batches(base, n), steps, warmup, device)
                 res.update(
@@ -583,7 +585,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="No target network updater")
-    if args.agents:
+    if args.agents is not None:
         return main_agents(args, device, argv)
 
     batches = make_batches(8, args.batch, args.obs_dim, args.act_dim, device)
