@@ -410,8 +410,11 @@ def run_agents(args, device) -> dict:
 
         base = make_batches(8, args.batch, args.obs_dim, args.act_dim, device)
         for algo in ("misa", "cql10"):
+            compiled = args.compiled_agents
+            if setting == "paper" and args.paper_compiled_agents is not None:
+                compiled = args.paper_compiled_agents
             runs = [("eager", n) for n in args.agents]
-            runs += [("compiled", n) for n in args.compiled_agents]
+            runs += [("compiled", n) for n in compiled]
             for mode, n in runs:
                 compiled = mode == "compiled"
                 group = AgentGroup.from_factory(lambda: make_loss(algo), n, seed=0)
@@ -567,6 +570,13 @@ def main(argv=None) -> dict:
         help="agent counts also measured compiled (each compiles anew)",
     )
     parser.add_argument(
+        "--paper-compiled-agents",
+        type=int,
+        nargs="*",
+        default=None,
+        help="compiled agent counts at the paper setting (default: --compiled-agents)",
+    )
+    parser.add_argument(
         "--settings", nargs="*", default=list(AGENT_SETTINGS), choices=AGENT_SETTINGS
     )
     parser.add_argument(
@@ -663,6 +673,7 @@ def _meta(args, device, argv) -> dict:
         "leapfrog": args.leapfrog,
         "agents": args.agents,
         "compiled_agents": args.compiled_agents,
+        "paper_compiled_agents": args.paper_compiled_agents,
         "settings": args.settings,
         "steps": args.steps,
         "paper_steps": args.paper_steps,
