@@ -9,6 +9,7 @@ resumes where it stopped. ``--shard i/n`` runs every n-th job for a cluster.
     python benchmarks/learning.py --scale small            # 2-core CPU
     python benchmarks/learning.py --scale long --methods misa cql
     python benchmarks/learning.py --scale paper --shard 0/8
+    python benchmarks/learning.py --scale small --methods misa --seeds 3 4   # more seeds
     python benchmarks/report.py                             # tables and curves
 """
 
@@ -152,18 +153,22 @@ class Job:
         ]
 
 
-def jobs_for(scale: str) -> list[Job]:
-    """Main methods first (all seeds), then the ablations, seed by seed."""
+def jobs_for(scale: str, seeds: list[int] | None = None) -> list[Job]:
+    """Main methods first (all seeds), then the ablations, seed by seed.
+
+    ``seeds`` replaces the scale's own seeds (e.g. to add seeds to a finished scale).
+    """
     spec = SCALES[scale]
+    seeds = spec["seeds"] if seeds is None else seeds
     jobs = [
         Job(scale, d, m, s)
-        for s in spec["seeds"]
+        for s in seeds
         for d in spec["datasets"]
         for m in ("misa", *BASELINES)
     ]
     jobs += [
         Job(scale, d, m, s)
-        for s in spec["seeds"]
+        for s in seeds
         for d in spec["ablation_datasets"]
         for m in ABLATIONS
     ]
@@ -233,6 +238,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--methods", nargs="*", help="only these methods")
     parser.add_argument(
+        "--seeds", nargs="*", type=int, help="these seeds instead of the scale's"
+    )
+    parser.add_argument(
         "--datasets", nargs="*", help="only these datasets (file stems or paths)"
     )
     parser.add_argument("--dry-run", action="store_true", help="list the jobs")
@@ -245,7 +253,7 @@ def main(argv=None) -> None:
     finished = done_jobs(out_csv)
     todo = [
         j
-        for k, j in enumerate(jobs_for(args.scale))
+        for k, j in enumerate(jobs_for(args.scale, args.seeds))
         if k % count == index
         and j.name not in finished
         and (not args.methods or j.method in args.methods)

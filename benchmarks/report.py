@@ -1,12 +1,19 @@
 """Turns the learning benchmark's csv into a markdown report and PNG learning curves.
 
     python benchmarks/report.py --scale small
+    python benchmarks/report.py --scale small --parity   # ours next to the authors' code
 
 Reads ``benchmarks/results/learning_<scale>.csv`` (one row per run, written by
 ``benchmarks/learning.py``), the runs' ``summary.json`` (evaluation curves) and
 csv logs (update speed), and ``benchmarks/results/bench_update.json`` (the
 update-step throughput benchmark) when present. Writes
 ``benchmarks/results/learning_<scale>.md`` and ``learning_<scale>_*.png``.
+
+``--parity`` puts our MISA (``misa``, ``misa-authors-sampler`` from
+``learning_<scale>.csv``) next to the authors' code (``misa-authors-code``, in
+``parity_<scale>.csv``, written by ``benchmarks/parity/train_authors.py``) on
+the datasets the latter ran on, with bootstrap intervals of the differences;
+it writes ``parity_<scale>.md`` and ``parity_<scale>.png``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 MAIN = ("misa", "bc", "cql", "iql", "td3bc")
+# our code, our code with the authors' sampler, the authors' code
+PARITY = ("misa", "misa-authors-sampler", "misa-authors-code")
+THEIRS = "misa-authors-code"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -69,9 +79,13 @@ def settings_line(rows: list[dict]) -> str:
     seen, mcmc = defaultdict(set), set()
     for r in rows:
         path = REPO / r["run_dir"] / ".hydra" / "config.yaml"
-        if not path.exists():
+        other = REPO / r["run_dir"] / "config.json"  # runs of the authors' code
+        if path.exists():
+            cfg = yaml.safe_load(path.read_text())
+        elif other.exists():
+            cfg = json.loads(other.read_text())["ours"]
+        else:
             continue
-        cfg = yaml.safe_load(path.read_text())
         net, optim, ev = cfg["network"], cfg["optim"], cfg["eval"]
         seen[r["dataset"]].add(
             f"actor {net['actor_hidden_sizes']}, critic {net['critic_hidden_sizes']}, "
@@ -185,10 +199,148 @@ def throughput_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def bootstrap_diff(a, b, n: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` and its 95% percentile bootstrap interval (seeds resampled per group)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    rng = np.random.default_rng(seed)
+    diffs = rng.choice(a, (n, len(a))).mean(1) - rng.choice(b, (n, len(b))).mean(1)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return float(a.mean() - b.mean()), float(low), float(high)
+
+
+def parity_lines(rows: list[dict]) -> list[str]:
+    """Markdown: the parity rows per dataset, and ours minus theirs with intervals."""
+    out = []
+    for d in sorted({r["dataset"] for r in rows}):
+        by = defaultdict(list)
+        for r in sorted(rows, key=lambda r: int(r["seed"])):
+            if r["dataset"] == d:
+                by[r["method"]].append(r)
+        out += [
+            f"### {d}",
+            "",
+            "| code | seeds | final score | mean of last 5 evaluations | wall s (median) |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for m in PARITY:
+            if m in by:
+                seeds = ",".join(r["seed"] for r in by[m])
+                final = mean_std([r["final_score"] for r in by[m]])
+                last = mean_std([r["last_mean_score"] for r in by[m]])
+                wall = np.median([float(r["wall_s"]) for r in by[m]])
+                out.append(f"| {m} | {seeds} | {final} | {last} | {wall:.0f} |")
+        out.append("")
+        if THEIRS not in by:
+            continue
+        out += [
+            "Our code minus the authors' code: difference of the means over seeds "
+            "and its 95% bootstrap interval (10 000 resamples of the seeds of each "
+            "code); an interval that holds 0 is a difference within seed noise.",
+            "",
+            "| ours | final score | mean of last 5 evaluations |",
+            "|---|---:|---:|",
+        ]
+        verdicts = []
+        for m in PARITY[:2]:
+            if m not in by:
+                continue
+            cells = []
+            for metric in ("final_score", "last_mean_score"):
+                ours = [float(r[metric]) for r in by[m]]
+                theirs = [float(r[metric]) for r in by[THEIRS]]
+                diff, low, high = bootstrap_diff(ours, theirs)
+                cells.append(f"{diff:+.1f} [{low:+.1f}, {high:+.1f}]")
+                verdicts.append((m, metric, low <= 0 <= high, high - low))
+            out.append(f"| {m} | " + " | ".join(cells) + " |")
+        out.append("")
+        within = [v for v in verdicts if v[2]]
+        width = max(v[3] for v in verdicts)
+        if len(within) == len(verdicts):
+            out.append(
+                f"**{d}: our MISA is within seed noise of the authors' code**: every "
+                "interval holds 0. At these numbers of seeds the intervals are up to "
+                f"{width:.0f} points wide; smaller differences could not be seen."
+            )
+        else:
+            off = ", ".join(
+                f"{m} ({metric})" for m, metric, ok, _ in verdicts if not ok
+            )
+            out.append(
+                f"**{d}: outside seed noise** for {off}: the 95% interval of the "
+                "difference excludes 0."
+            )
+        out.append("")
+    return out
+
+
+def parity_report(scale: str) -> Path:
+    """Writes ``parity_<scale>.md`` and ``.png``: ours and the authors' code, side by side."""
+    theirs_csv = RESULTS / f"parity_{scale}.csv"
+    ours_csv = RESULTS / f"learning_{scale}.csv"
+    if not theirs_csv.exists():
+        raise SystemExit(
+            f"{theirs_csv} not found: run benchmarks/parity/train_authors.py first "
+            "(see benchmarks/parity/README.md)."
+        )
+    theirs = read_rows(theirs_csv)
+    datasets = {r["dataset"] for r in theirs}
+    ours = read_rows(ours_csv) if ours_csv.exists() else []
+    rows = [r for r in ours if r["method"] in PARITY[:2] and r["dataset"] in datasets]
+    rows += theirs
+    out = [
+        f"# MISA parity with the authors' code ({scale})",
+        "",
+        "Our MISA (`misa`; `misa-authors-sampler`: with `loss.sampler_mode=authors`) "
+        "and the authors' JAX code (`misa-authors-code`, github.com/sail-sg/MISA, "
+        "trained by `benchmarks/parity/train_authors.py` on the same transitions, "
+        "settings and evaluation) at the same seeds. Normalised score of the "
+        "deterministic policy, mean ± std over seeds. How the runs were made, and "
+        "what differs between the two codes: `benchmarks/parity/README.md`.",
+        "",
+        settings_line(rows),
+        "",
+        *parity_lines(rows),
+    ]
+    png = RESULTS / f"parity_{scale}.png"
+    if plot_curves(rows, PARITY, png, "parity"):
+        out += [
+            f"![parity]({png.name})",
+            "",
+            "Curves: runs whose folder (summary.json) is on this machine.",
+            "",
+        ]
+    speeds = defaultdict(list)
+    for r in rows:
+        speed = run_speed(REPO / r["run_dir"])
+        if speed is not None:
+            speeds[r["method"]].append(speed)
+    if speeds:
+        out += [
+            "Median logged updates/s (one thread each, on a CPU shared with other "
+            "jobs: rough):",
+            "",
+            "| code | updates/s |",
+            "|---|---:|",
+            *[f"| {m} | {np.median(v):.1f} |" for m, v in sorted(speeds.items())],
+            "",
+        ]
+    dst = RESULTS / f"parity_{scale}.md"
+    dst.write_text("\n".join(out))
+    print("\n".join(out))
+    print(f"wrote {dst}")
+    return dst
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="small")
+    parser.add_argument(
+        "--parity", action="store_true", help="ours next to the authors' code"
+    )
     args = parser.parse_args(argv)
+    if args.parity:
+        parity_report(args.scale)
+        return
     src = RESULTS / f"learning_{args.scale}.csv"
     if not src.exists():
         raise SystemExit(

@@ -1,6 +1,7 @@
 """The learning benchmark's harness: a method runs on a tiny file and gets its csv row."""
 
 import csv
+import json
 import importlib.util
 import sys
 from pathlib import Path
@@ -72,6 +73,10 @@ def test_job_overrides_select_method_and_ablation():
     names = [j.name for j in learning.jobs_for("small")]
     # small: 3 seeds x 5 methods x 2 datasets, ablations on the shipped one only
     assert len(names) == len(set(names)) == 3 * 5 * 2 + 3 * len(learning.ABLATIONS)
+    # --seeds adds seeds to a scale: the same jobs at those seeds only
+    extra = learning.jobs_for("small", [3, 4])
+    assert {j.seed for j in extra} == {3, 4}
+    assert len(extra) == 2 * 5 * 2 + 2 * len(learning.ABLATIONS)
     cheetah = learning.Job("small", learning.CHEETAH_MR, "iql", 1).overrides()
     assert "eval.max_steps=1000" in cheetah and "algorithm=iql" in cheetah
     # the dataset's own budget comes after (and so overrides) the scale's
@@ -100,3 +105,297 @@ def test_missing_dataset_names_its_generator_command(tmp_path, monkeypatch, caps
         ["--scale", "tiny", "--datasets", "other", "--dry-run", "--out", str(out)]
     )
     assert capsys.readouterr().out.startswith("0 jobs to run")
+
+
+# ---------------------------------------------------------------- parity harness
+# benchmarks/parity/ trains the authors' JAX MISA with our data and evaluation,
+# rewritten in numpy; these tests hold that copy to the package and the script.
+def _load_parity(name):
+    path = REPO / "benchmarks" / "parity" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"parity_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "name, processing, normalize",
+    [
+        ("pendulum-x-v0.hdf5", "auto", False),  # rewards untouched
+        ("antmaze-umaze-v2.hdf5", "auto", True),  # 4 r - 2, by its name
+        ("pen-human-v1.hdf5", "auto", False),  # min-max to [-1, 1]
+        ("pendulum-y-v0.hdf5", "minmax", True),
+    ],
+)
+def test_parity_transitions_are_the_buffers(
+    tmp_path, tiny_d4rl_file, name, processing, normalize
+):
+    from torchrl_misa.data import make_offline_replay_buffer
+
+    protocol = _load_parity("protocol")
+    path = tiny_d4rl_file(tmp_path / name, 3, 2, "Pendulum-v1", n=200)
+    rb = make_offline_replay_buffer(
+        str(path),
+        8,
+        reward_processing=processing,
+        normalize_observations=normalize,
+        root=tmp_path / "cache",
+    )
+    ours = rb.transform(rb.storage._storage[:].clone())  # what sampling returns
+    data, norm = protocol.read_transitions(
+        path, reward_processing=processing, normalize_observations=normalize
+    )
+    assert len(data["rewards"]) == len(rb) == 200  # the last transition is kept
+    np.testing.assert_allclose(data["observations"], ours["observation"], atol=1e-6)
+    np.testing.assert_array_equal(data["actions"], ours["action"])
+    assert np.abs(data["actions"]).max() == np.float32(0.999)
+    np.testing.assert_allclose(data["rewards"], ours["next", "reward"][:, 0], atol=1e-5)
+    terminal = ours["next", "terminated"][:, 0].numpy()
+    np.testing.assert_array_equal(data["dones"], terminal)
+    # terminal next states are zeroed by TorchRL and never bootstrapped from
+    np.testing.assert_allclose(
+        data["next_observations"][~terminal],
+        ours["next", "observation"][~terminal],
+        atol=1e-6,
+    )
+    if normalize:
+        np.testing.assert_allclose(norm[0], rb.obs_norm.loc, rtol=1e-6)
+        np.testing.assert_allclose(norm[1], rb.obs_norm.scale, rtol=1e-6)
+    else:
+        assert norm is None
+
+
+def test_parity_refuses_an_antmaze_file_it_cannot_name(tmp_path, tiny_d4rl_file):
+    protocol = _load_parity("protocol")
+    path = tiny_d4rl_file(tmp_path / "Ant_maze_big-maze.hdf5", 3, 2, "Pendulum-v1")
+    with pytest.raises(ValueError, match="env.reward_processing=antmaze"):
+        protocol.read_transitions(path)
+
+
+def _linear_tanh_policy(obs_dim, act_dim):
+    import torch
+    from tensordict.nn import TensorDictModule
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(obs_dim, act_dim)
+    module = TensorDictModule(
+        torch.nn.Sequential(linear, torch.nn.Tanh()), ["observation"], ["action"]
+    )
+    weight, bias = linear.weight.detach().numpy(), linear.bias.detach().numpy()
+    return module, lambda obs: np.tanh(obs @ weight.T + bias)
+
+
+def test_parity_evaluation_is_the_scripts(tmp_path, tiny_d4rl_file, misa_script):
+    """Same returns, copy by copy, for two evaluations; 250 steps cross Pendulum's 200-step limit."""
+    from omegaconf import OmegaConf
+
+    from torchrl_misa.data import make_offline_replay_buffer
+
+    protocol = _load_parity("protocol")
+    utils = misa_script.utils
+    path = tiny_d4rl_file(tmp_path / "pendulum.hdf5", 3, 1, "Pendulum-v1", n=200)
+    rb = make_offline_replay_buffer(
+        str(path), 8, normalize_observations=True, root=tmp_path / "cache"
+    )
+    cfg = OmegaConf.create(
+        {"env": {"eval_env": None, "dataset": str(path)}, "eval": {"episodes": 3}}
+    )
+    env = utils.make_environment(cfg, rb, "cpu")
+    policy, act = _linear_tanh_policy(3, 1)
+    _, norm = protocol.read_transitions(path, normalize_observations=True)
+    envs = protocol.EvalEnvs("Pendulum-v1", 3, norm)
+    for step in (500, 1000):
+        seed = utils.eval_seed(7, step)
+        assert protocol.eval_seed(7, step) == seed
+        ours = utils.evaluate(env, policy, 250, seed=seed)
+        theirs = envs.evaluate(act, 250, seed=seed)
+        np.testing.assert_allclose(theirs, ours, rtol=1e-4)
+    assert len(set(np.round(theirs, 3))) == 3  # the copies start apart
+
+
+def test_parity_evaluation_seeded_once_is_torchrls_chain(tmp_path):
+    """The scheme up to commit 45600be: the env seeded once with seed + 10_000, then rollouts."""
+    import functools
+
+    from torchrl.envs import ExplorationType, SerialEnv, set_exploration_type
+
+    from torchrl_misa.data import make_env
+
+    protocol = _load_parity("protocol")
+    env = SerialEnv(3, functools.partial(make_env, "Pendulum-v1"))
+    env.set_seed(4 + 10_000)
+    policy, act = _linear_tanh_policy(3, 1)
+    envs = protocol.EvalEnvs("Pendulum-v1", 3, seed=4 + protocol.EVAL_SEED_OFFSET)
+    for _ in range(2):  # the second rollout starts where the first left the envs
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            td = env.rollout(250, policy, break_when_any_done=False)
+        reward = td["next", "reward"][..., 0].numpy()
+        done = td["next", "done"][..., 0].numpy()
+        first_end = done.argmax(1)
+        ours = [reward[i, : first_end[i] + 1].sum() for i in range(3)]
+        np.testing.assert_allclose(envs.evaluate(act, 250), ours, rtol=1e-4)
+
+
+def test_parity_settings_are_hydras(misa_script):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    protocol = _load_parity("protocol")
+    overrides = [
+        "preset=demo",
+        "seed=3",
+        "optim.gradient_steps=4000",
+        "loss.step_size=2",
+    ]
+    with initialize_config_dir(str(protocol.CONFIG_DIR), version_base="1.2"):
+        cfg = compose("config", overrides=overrides)
+    ours = protocol.load_config(overrides)
+    for section in ("env", "optim", "network", "loss", "eval"):
+        assert ours[section] == OmegaConf.to_container(cfg[section], resolve=True)
+    assert ours["seed"] == cfg.seed == 3
+    assert ours["logger"]["log_interval"] == cfg.logger.log_interval
+    with pytest.raises(KeyError, match="optim.batch_sise"):
+        protocol.load_config(["optim.batch_sise=3"])
+
+
+def test_parity_scores_are_the_packages():
+    from torchrl_misa.data import (
+        dataset_average_normalized_score,
+        normalized_score,
+        reference_returns,
+    )
+
+    protocol = _load_parity("protocol")
+    path = protocol.DEMO_DATASET
+    low, high = protocol.reference_returns(path)
+    assert (low, high) == reference_returns(str(path))
+    returns = protocol.dataset_episode_returns(path)
+    assert len(returns) == 42  # the file's 42 time limits
+    ours = np.mean(protocol.normalized_score(returns, low, high))
+    assert ours == pytest.approx(dataset_average_normalized_score(str(path)), abs=1e-9)
+    np.testing.assert_allclose(
+        protocol.normalized_score([-1000.0, 0.0], low, high),
+        normalized_score(str(path), np.array([-1000.0, 0.0])),
+    )
+
+
+def test_authors_config_maps_our_settings():
+    train_authors = _load_parity("train_authors")
+    protocol = train_authors.protocol
+    config = train_authors.authors_config(protocol.load_config(["preset=demo"]), 1)
+    # the demo preset over config.yaml, in the authors' names
+    assert config == dict(
+        discount=0.99,
+        policy_lr=1e-4,
+        qf_lr=3e-4,
+        soft_target_update_rate=0.005,
+        n_actions=10,
+        min_q_weight=5.0,
+        bc_weight_misa=0.5,
+        unbiased_grad=True,
+        unbiased_weight=0.1,
+        mcmc_burnin_steps=5,
+        mcmc_num_leapfrog_steps=2,
+        mcmc_step_size=1,
+        backup_entropy=False,
+        lagrange=False,
+        target_action_gap=0.0,
+        target_entropy=-1.0,
+    )
+    for override, message in (
+        ("loss.mi_estimator=dv", "loss.mi_estimator='dv'"),
+        ("optim.alpha_lr=3e-4", "optim.alpha_lr=0.0003"),
+        ("loss.step_size=0.5", "loss.step_size=0.5"),
+    ):
+        cfg = protocol.load_config(["preset=demo", override])
+        with pytest.raises(SystemExit, match="cannot run these settings") as err:
+            train_authors.authors_config(cfg, 1)
+        assert message in str(err.value)
+
+
+def test_authors_code_missing_says_how_to_get_it(monkeypatch, tmp_path):
+    authors = _load_parity("authors")
+    monkeypatch.delenv(authors.ENV_VAR, raising=False)
+    with pytest.raises(SystemExit, match="git clone https://github.com/sail-sg/MISA"):
+        authors.import_authors(None)
+    with pytest.raises(SystemExit, match="has no algos/misa.py"):
+        authors.import_authors(tmp_path)
+
+
+def test_bootstrap_interval_is_the_exact_bootstraps():
+    """With 3 seeds a side, all 27 x 27 resamples can be listed: the percentiles agree."""
+    import itertools
+
+    report = _load("report")
+    a, b = np.array([10.0, 14.0, 30.0]), np.array([1.0, 5.0, 6.0])
+    diff, low, high = report.bootstrap_diff(a, b, n=40_000)
+    means_a = [np.mean(c) for c in itertools.product(a, repeat=3)]
+    means_b = [np.mean(c) for c in itertools.product(b, repeat=3)]
+    exact = np.subtract.outer(means_a, means_b).ravel()
+    assert diff == pytest.approx(a.mean() - b.mean())
+    # each end is the exact distribution's 2.5% / 97.5% quantile (an atom of it)
+    tol = 0.005
+    assert (exact < low).mean() <= 0.025 + tol <= (exact <= low).mean() + 2 * tol
+    assert (exact > high).mean() <= 0.025 + tol <= (exact >= high).mean() + 2 * tol
+
+
+def _parity_run(tmp_path, method, seed, scores):
+    run_dir = tmp_path / "runs" / f"pendulum__{method}__seed{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(
+        json.dumps({"scores": [[500 * (i + 1), s] for i, s in enumerate(scores)]})
+    )
+    return {
+        "scale": "tiny",
+        "dataset": "pendulum",
+        "method": method,
+        "seed": seed,
+        "steps": 500 * len(scores),
+        "final_score": scores[-1],
+        "best_score": max(scores),
+        "last_mean_score": np.mean(scores[-5:]),
+        "dataset_score": 3.9,
+        "wall_s": 1.0,
+        "run_dir": str(run_dir),
+    }
+
+
+def _write_rows(path, rows):
+    learning = _load("learning")
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=learning.FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.parametrize(
+    "offset, verdict", [(0.0, "within seed noise"), (60.0, "outside")]
+)
+def test_parity_report_tables_ours_and_theirs(tmp_path, monkeypatch, offset, verdict):
+    report = _load("report")
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    finals = {0: 20.0, 1: 35.0, 2: 5.0}
+    ours = [_parity_run(tmp_path, "misa", s, [1.0, f]) for s, f in finals.items()]
+    ours.append(_parity_run(tmp_path, "bc", 0, [1.0, 2.0]))  # not a parity row
+    theirs = [
+        _parity_run(tmp_path, "misa-authors-code", s, [1.0, f + offset])
+        for s, f in [(0, 15.0), (1, 30.0), (2, 10.0)]
+    ]
+    _write_rows(tmp_path / "learning_tiny.csv", ours)
+    _write_rows(tmp_path / "parity_tiny.csv", theirs)
+    report.main(["--scale", "tiny", "--parity"])
+    md = (tmp_path / "parity_tiny.md").read_text()
+    # mean ± sample std over the seeds, written out
+    assert "| misa | 0,1,2 | 20.0 ± 15.0 (n=3) |" in md
+    assert "| bc |" not in md
+    assert verdict in md
+    diff = np.mean(list(finals.values())) - np.mean([15.0, 30.0, 10.0]) - offset
+    assert f"| misa | {diff:+.1f} [" in md
+    assert (tmp_path / "parity_tiny.png").exists()
+
+
+def test_parity_report_without_the_authors_runs_says_how(tmp_path, monkeypatch):
+    report = _load("report")
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    with pytest.raises(SystemExit, match="train_authors.py"):
+        report.main(["--scale", "tiny", "--parity"])
