@@ -96,7 +96,12 @@ def make_data(
 
 
 def build(seed=0, **kwargs):
-    """A loss on tiny networks, with target critics made different from the critics."""
+    """A loss on tiny networks, with target critics made different from the critics.
+
+    ``alpha`` starts away from 1 so that ``loss_alpha`` (``-log alpha * ...``) is
+    not zero whatever its other factor.
+    """
+    kwargs.setdefault("alpha_init", 0.7)
     torch.manual_seed(seed)
     actor, actor_net = make_actor()
     loss = MISALoss(actor, make_critic(), num_mcmc_samples=K, num_burnin=1, **kwargs)

@@ -344,6 +344,26 @@ class TestMISA:
             targets = loss_fn.target_qvalue_network_params
         assert not any(p.requires_grad for p in targets.values(True, True))
 
+    @pytest.mark.parametrize(
+        "flag_dtype", [torch.bool, torch.int64, torch.uint8, torch.float32]
+    )
+    def test_misa_input_unchanged(self, flag_dtype):
+        """Every input entry keeps its values and dtype; only the priority is added."""
+        torch.manual_seed(self.seed)
+        td = self._create_mock_data_misa()
+        td["next", "terminated"][::3] = True
+        for key in (("next", "done"), ("next", "terminated")):
+            td[key] = td[key].to(flag_dtype)
+        before = td.clone()
+        loss_fn = self._create_loss()
+        SoftUpdate(loss_fn, eps=0.5)
+        loss_fn(td)
+        added = set(td.keys(True, True)) - set(before.keys(True, True))
+        assert added == {loss_fn.tensor_keys.priority}
+        for key, value in before.items(True, True):
+            assert td[key].dtype == value.dtype, key
+            assert torch.equal(td[key], value), key
+
     def test_misa_target_updater_warning(self):
         if not rl_warnings():
             pytest.skip("RL_WARNINGS is off")
@@ -470,6 +490,33 @@ class TestMISA:
         for name, p in loss_fn.named_parameters():
             if not name.startswith("target_"):
                 assert p.grad is not None and p.grad.norm() > 0.0, name
+
+    @pytest.mark.parametrize("n", [1, 3])
+    def test_misa_multistep_target(self, n):
+        """The critic target is MultiStep's ``R_n + gamma^steps (1 - terminated) V``."""
+        torch.manual_seed(self.seed)
+        td = self._create_seq_mock_data_misa()
+        for key in (("next", "done"), ("next", "terminated")):
+            td[key][1, 2] = True  # an episode ends inside the window
+        loss_fn = self._create_loss()
+        loss_fn.make_value_estimator(gamma=0.9)
+        SoftUpdate(loss_fn, eps=0.5)
+        # critics Q = 0 and targets Q' = 10 everywhere: td_error = y^2
+        with torch.no_grad():
+            for params, bias in (
+                (loss_fn.qvalue_network_params, 0.0),
+                (loss_fn.target_qvalue_network_params, 10.0),
+            ):
+                for key, p in params.items(True, True):
+                    p.fill_(bias if key[-1] == "bias" else 0.0)
+        ms_td = MultiStep(gamma=0.9, n_steps=n)(td.clone())
+        loss_fn(ms_td)
+        reward = ms_td["next", "reward"].squeeze(-1)
+        steps = ms_td["steps_to_next_obs"].reshape(td.shape)
+        not_terminated = (~ms_td["next", "terminated"]).squeeze(-1).float()
+        y = reward + 0.9**steps * not_terminated * 10.0
+        assert (steps > 1).any() if n > 1 else (steps == 1).all()
+        torch.testing.assert_close(ms_td["td_error"], y**2)
 
     @pytest.mark.parametrize("mi_estimator", ["misa", "dv"])
     def test_misa_mask(self, mi_estimator):
@@ -601,6 +648,10 @@ class TestMISA:
         assert len(loss_val) == len(loss.out_keys)
         for key, value in zip(loss.out_keys, loss_val):
             torch.testing.assert_close(loss_val_td.get(key), value)
+        # SACLoss's order first, then MISA's diagnostics
+        first = ["loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy"]
+        for position, key in enumerate(first + ["mi_bound", "q_gap"]):
+            torch.testing.assert_close(loss_val_td.get(key), loss_val[position])
 
         loss.select_out_keys("loss_actor", "loss_alpha")
         torch.manual_seed(self.seed)
