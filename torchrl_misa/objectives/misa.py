@@ -897,7 +897,8 @@ class MISALoss(LossModule):
         keys = self.tensor_keys
         with torch.no_grad():
             next_obs = tensordict.get("next").select(*self._obs_keys)
-            next_dist = self._policy_dist(next_obs, self.actor_network_params.data)
+            # detach(), not .data: the same values, and allowed under torch.vmap
+            next_dist = self._policy_dist(next_obs, self.actor_network_params.detach())
             a_next, log_prob_next = next_dist.sample_and_log_prob()
             q_next = self._q_values(next_obs, a_next, self.target_qvalue_network_params)
             v_next = q_next.min(0).values
