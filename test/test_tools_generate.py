@@ -422,3 +422,12 @@ def test_tool_runs_as_a_script(tmp_path):
     )
     assert proc.returncode == 2
     assert "error: --train-steps must be a positive integer" in proc.stderr
+
+
+def test_old_module_without_the_tool(monkeypatch, tmp_path):
+    import torchrl_misa.data.generate as old_module
+
+    monkeypatch.setattr(old_module, "TOOL", tmp_path / "tools" / "generate_dataset.py")
+    with pytest.warns(DeprecationWarning), pytest.raises(SystemExit) as err:
+        old_module.main(["--help"])
+    assert "source tree" in str(err.value) and "generate_dataset.py" in str(err.value)
