@@ -23,9 +23,9 @@ from tensordict.utils import NestedKey, unravel_key
 from torchrl.data.tensor_specs import Composite
 from torchrl.modules.distributions import TanhNormal
 
+from torchrl_misa.mcmc import check_counts, SAMPLER_MODES
 from torchrl_misa.objectives._misa_bounds import MI_ESTIMATORS
 
-SAMPLER_MODES = ("whitened", "pretanh", "authors")
 REDUCTIONS = ("none", "mean", "sum")
 SCALAR_OUTPUT_MODES = (None, "exclude", "non_tensor")
 
@@ -126,23 +126,20 @@ def check_options(
                 "lagrange_tau tunes the critics' MI regulariser, which 'ba' and "
                 "MISA-T (mi_critic) do not have; set lagrange_tau=None."
             )
-    for name, value, low in (
-        ("num_qvalue_nets", num_qvalue_nets, 1),
-        ("num_mcmc_samples", num_mcmc_samples, 1),
-        ("num_chains", num_chains, 1),
-        ("num_burnin", num_burnin, 0),
-        ("num_leapfrog", num_leapfrog, 1),
-    ):
-        _integer(name, value, low)
-    if num_mcmc_samples % num_chains:
-        raise ValueError(
-            f"num_mcmc_samples ({num_mcmc_samples}) counts the samples of all chains "
-            f"together and must be divisible by num_chains ({num_chains})."
-        )
+    _integer("num_qvalue_nets", num_qvalue_nets, 1)
     if num_policy_samples is not None:
         _integer("num_policy_samples", num_policy_samples, 1)
-    if num_adaptation_steps is not None:
-        _integer("num_adaptation_steps", num_adaptation_steps, 0)
+    # The sampler's counts, with the sampler's own rules (one check for both).
+    try:
+        check_counts(
+            num_samples=num_mcmc_samples,
+            num_burnin=num_burnin,
+            num_leapfrog=num_leapfrog,
+            num_chains=num_chains,
+            num_adaptation_steps=num_adaptation_steps,
+        )
+    except ValueError as err:
+        raise ValueError(str(err).replace("num_samples", "num_mcmc_samples")) from None
     # Negative weights would turn a penalty into a reward (and the MCMC
     # correction into an ascent on the tilted likelihood).
     for name, value in (
