@@ -143,7 +143,7 @@ def make_environment(cfg: DictConfig, replay_buffer, device: torch.device):
 
 # ------------------------------------------------------------------- networks
 class _ActorHead(nn.Module):
-    """Mean and std of the policy as in the authors' code (MISA_SPEC §4).
+    """Mean and std of the policy as in the authors' code (github.com/sail-sg/MISA).
 
     ``log_std = raw - 1.0`` clipped to ``[-5, 2]``; the mean clipped to ``[-9, 9]``.
     """
