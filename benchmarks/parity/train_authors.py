@@ -332,8 +332,8 @@ def main(argv=None) -> None:
         cfg, authors, run_dir, args.ref_returns, args.env_id, args.eval_seeding
     )
     wall = time.perf_counter() - start
-    try:
-        rel_dir = str(run_dir.resolve().relative_to(REPO))
+    try:  # as learning.py: relative to the repository (not resolved: runs/ may be a link)
+        rel_dir = str(run_dir.absolute().relative_to(REPO))
     except ValueError:
         rel_dir = str(run_dir)
     row = {
