@@ -339,6 +339,19 @@ def test_bootstrap_interval_is_the_exact_bootstraps():
     assert (exact > high).mean() <= 0.025 + tol <= (exact >= high).mean() + 2 * tol
 
 
+def test_welch_interval_is_the_textbook_formula():
+    from scipy.stats import t
+
+    report = _load("report")
+    a, b = np.array([10.0, 14.0, 30.0, 22.0]), np.array([1.0, 5.0, 6.0])
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    # Welch-Satterthwaite degrees of freedom
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = t.ppf(0.975, df) * np.sqrt(va + vb)
+    diff = a.mean() - b.mean()
+    np.testing.assert_allclose(report.welch_interval(a, b), [diff - half, diff + half])
+
+
 def _parity_run(tmp_path, method, seed, scores):
     run_dir = tmp_path / "runs" / f"pendulum__{method}__seed{seed}"
     run_dir.mkdir(parents=True)
