@@ -32,7 +32,7 @@ class StepSizeAdaptation(NamedTuple):
 def simple_step_size_adaptation(
     target_accept: float = 0.75, adaptation_rate: float = 0.1
 ) -> StepSizeAdaptation:
-    """TFP's ``SimpleStepSizeAdaptation`` as ``init``/``update``/``final``.
+    """Step-size adaptation by TFP's ``SimpleStepSizeAdaptation`` rule, as ``init``/``update``/``final``.
 
     Its state is the current step size: a 0-d tensor shared by all chains
     (adapted on their mean acceptance) or one per chain, ``[*batch, 1]``.

@@ -65,11 +65,22 @@ def sample_tilted_tanh_normal(
         init_action: ``[*batch, d]`` in ``[-1, 1]``.
 
     Keyword Args:
+        num_samples: samples kept per state, all chains together. Default 50.
+        num_burnin: transitions discarded first. Default 5.
+        num_leapfrog: leapfrog steps per transition. Default 2.
+        step_size: initial step size. Default 1.0.
+        num_adaptation_steps: burn-in transitions that adapt the step size;
+            ``None``: ``num_burnin - 1``.
+        target_accept: acceptance aimed at by the adaptation. Default 0.75.
+        adaptation_rate: the adaptation's multiplicative rate. Default 0.1.
+        num_chains: chains per state. Default 1.
+        generator: the random generator of the momenta and uniforms.
+        compile: run the kernel's compiled transition. Default ``False``.
+        mode: ``"whitened"``, ``"pretanh"`` or ``"authors"`` (see above).
         validate: check that ``loc``, ``scale`` and ``init_action`` are finite,
             ``scale > 0`` and ``init_action`` lies in ``[-1, 1]`` (host syncs),
             and the sampler's own value checks. Shapes are always checked.
             Default ``True``.
-        others: see :func:`~torchrl_misa.mcmc.hmc_sample`.
 
     Returns:
         actions ``[num_samples, *batch, d]`` strictly inside ``(-1, 1)`` (detached)
@@ -97,18 +108,19 @@ def sample_tilted_tanh_normal(
     )
     loc, scale, init_action = _check_inputs(loc, scale, init_action, validate)
     init_action = init_action.clamp(-1 + _EDGE, 1 - _EDGE)
-    common = dict(
-        num_samples=num_samples,
-        num_burnin=num_burnin,
-        num_leapfrog=num_leapfrog,
-        step_size=step_size,
-        num_adaptation_steps=num_adaptation_steps,
-        target_accept=target_accept,
-        num_chains=num_chains,
-        generator=generator,
-        compile=compile,
-        validate=validate,
-    )
+    common = {
+        "num_samples": num_samples,
+        "num_burnin": num_burnin,
+        "num_leapfrog": num_leapfrog,
+        "step_size": step_size,
+        "num_adaptation_steps": num_adaptation_steps,
+        "target_accept": target_accept,
+        "num_chains": num_chains,
+        "generator": generator,
+        "compile": compile,
+        "validate": validate,
+    }
+
     if mode == "authors":
         samples, info = hmc_sample(
             _ActionSpaceTarget(log_weight_fn, loc, scale),
