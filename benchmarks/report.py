@@ -10,10 +10,12 @@ update-step throughput benchmark) when present. Writes
 ``benchmarks/results/learning_<scale>.md`` and ``learning_<scale>_*.png``.
 
 ``--parity`` puts our MISA (``misa``, ``misa-authors-sampler`` from
-``learning_<scale>.csv``) next to the authors' code (``misa-authors-code``, in
-``parity_<scale>.csv``, written by ``benchmarks/parity/train_authors.py``) on
-the datasets the latter ran on, with bootstrap intervals of the differences;
-it writes ``parity_<scale>.md`` and ``parity_<scale>.png``.
+``learning_<scale>.csv``; ``misa-authors-init`` from ``parity_<scale>.csv``,
+written by ``benchmarks/parity/probe_init.py``) next to the authors' code
+(``misa-authors-code``, in ``parity_<scale>.csv``, written by
+``benchmarks/parity/train_authors.py``) on the datasets the latter ran on,
+with bootstrap and Welch intervals of the differences; it writes
+``parity_<scale>.md`` and ``parity_<scale>.png``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 MAIN = ("misa", "bc", "cql", "iql", "td3bc")
-# our code, our code with the authors' sampler, the authors' code
-PARITY = ("misa", "misa-authors-sampler", "misa-authors-code")
+# our code, with the authors' sampler, with their initialisation (probe_init.py), theirs
+PARITY = ("misa", "misa-authors-sampler", "misa-authors-init", "misa-authors-code")
 THEIRS = "misa-authors-code"
+OURS = tuple(m for m in PARITY if m != THEIRS)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -252,7 +255,7 @@ def parity_lines(rows: list[dict]) -> list[str]:
             "|---|---:|---:|",
         ]
         verdicts = []
-        for m in PARITY[:2]:
+        for m in OURS:
             if m not in by:
                 continue
             cells = []
@@ -267,7 +270,7 @@ def parity_lines(rows: list[dict]) -> list[str]:
                 verdicts.append((m, metric, low <= 0 <= high, w_low <= 0 <= w_high))
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
-        for m in PARITY[:2]:
+        for m in OURS:
             mine = [v for v in verdicts if v[0] == m]
             if not mine:
                 continue
@@ -301,15 +304,17 @@ def parity_report(scale: str) -> Path:
     theirs = read_rows(theirs_csv)
     datasets = {r["dataset"] for r in theirs}
     ours = read_rows(ours_csv) if ours_csv.exists() else []
-    rows = [r for r in ours if r["method"] in PARITY[:2] and r["dataset"] in datasets]
+    rows = [r for r in ours if r["method"] in OURS and r["dataset"] in datasets]
     rows += theirs
     out = [
         f"# MISA parity with the authors' code ({scale})",
         "",
-        "Our MISA (`misa`; `misa-authors-sampler`: with `loss.sampler_mode=authors`) "
-        "and the authors' JAX code (`misa-authors-code`, github.com/sail-sg/MISA, "
-        "trained by `benchmarks/parity/train_authors.py` on the same transitions, "
-        "settings and evaluation) at the same seeds. Normalised score of the "
+        "Our MISA (`misa`; `misa-authors-sampler`: with `loss.sampler_mode=authors`; "
+        "`misa-authors-init`: with the authors' network initialisation and trainable "
+        "log-std scalars, `benchmarks/parity/probe_init.py`) and the authors' JAX code "
+        "(`misa-authors-code`, github.com/sail-sg/MISA, trained by "
+        "`benchmarks/parity/train_authors.py` on the same transitions, settings and "
+        "evaluation) at the same seeds. Normalised score of the "
         "deterministic policy, mean ± std over seeds. How the runs were made, and "
         "what differs between the two codes: `benchmarks/parity/README.md`.",
         "",
