@@ -39,7 +39,7 @@ def tiny_d4rl_file():
 
 def _check_storage_matches_file(rb, arrays) -> None:
     """Every stored transition equals the file's row, flags and boundaries included."""
-    data = rb.storage._storage
+    data = rb.storage[:]
     n = len(arrays["rewards"])
     assert len(rb) == n
     term = arrays["terminals"].astype(bool)

@@ -180,18 +180,18 @@ SCALE = torch.tensor([[0.5, 2.0], [1.0, 0.7], [1.5, 1.0]], dtype=torch.float64)
 
 
 def settings(shared, num_chains, thin, step_size):
-    return dict(
-        num_samples=6,
-        num_burnin=5,
-        num_leapfrog=3,
-        step_size=step_size,
-        num_adaptation_steps=4,
-        target_accept=0.75,
-        adaptation_rate=0.1,
-        shared_step_size=shared,
-        num_chains=num_chains,
-        thin=thin,
-    )
+    return {
+        "num_samples": 6,
+        "num_burnin": 5,
+        "num_leapfrog": 3,
+        "step_size": step_size,
+        "num_adaptation_steps": 4,
+        "target_accept": 0.75,
+        "adaptation_rate": 0.1,
+        "shared_step_size": shared,
+        "num_chains": num_chains,
+        "thin": thin,
+    }
 
 
 def run_reference(shared, num_chains, thin, use_scale, step_size, threshold):
@@ -235,7 +235,7 @@ def run_both(shared, num_chains, thin, use_scale, step_size, threshold, compile)
 def test_thinning_keeps_every_thin_th_state():
     """Same seed and transitions: thin=3 keeps states 3, 6, ... of thin=1."""
     init = torch.zeros(B, D, dtype=torch.float64)
-    common = dict(num_burnin=4, step_size=0.5)
+    common = {"num_burnin": 4, "step_size": 0.5}
     full, _ = hmc_sample(
         log_prob,
         init,

@@ -115,7 +115,12 @@ def test_stuck_chains_are_counted():
 
 def test_warns_when_no_chain_moves():
     # A step of 1000 on a unit Gaussian: every proposal is rejected.
-    kwargs = dict(num_samples=5, num_burnin=2, num_adaptation_steps=0, step_size=1e3)
+    kwargs = {
+        "num_samples": 5,
+        "num_burnin": 2,
+        "num_adaptation_steps": 0,
+        "step_size": 1e3,
+    }
     with pytest.warns(RuntimeWarning, match="no chain moved in the 5 transitions"):
         _, info = hmc_sample(
             lambda x: -0.5 * x.pow(2).sum(-1), torch.zeros(50, 2), **kwargs

@@ -93,11 +93,11 @@ def test_adaptation_init_update_final():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(target_accept=0.0), "target_accept must lie in"),
-        (dict(target_accept=1.0), "target_accept must lie in"),
-        (dict(adaptation_rate=0.0), "adaptation_rate must lie in"),
-        (dict(adaptation_rate=1.5), "adaptation_rate must lie in"),
-        (dict(adaptation_rate=float("nan")), "adaptation_rate must lie in"),
+        ({"target_accept": 0.0}, "target_accept must lie in"),
+        ({"target_accept": 1.0}, "target_accept must lie in"),
+        ({"adaptation_rate": 0.0}, "adaptation_rate must lie in"),
+        ({"adaptation_rate": 1.5}, "adaptation_rate must lie in"),
+        ({"adaptation_rate": float("nan")}, "adaptation_rate must lie in"),
     ],
 )
 def test_adaptation_settings_checked(kwargs, match):

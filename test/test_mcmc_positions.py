@@ -30,7 +30,7 @@ def td_init():
 
 @pytest.mark.parametrize("use_scale", [False, True])
 def test_tensordict_position_matches_the_flat_tensor(use_scale):
-    kwargs = dict(num_samples=6, num_chains=2, num_burnin=10)
+    kwargs = {"num_samples": 6, "num_chains": 2, "num_burnin": 10}
     td_scale = TensorDict({"a": torch.ones(2), "b": {"c": torch.full((3, 1), 2.0)}})
     samples, info = hmc_sample(
         td_log_prob,

@@ -101,9 +101,11 @@ def test_shapes_checked_without_validation():
     ],
 )
 def test_values_checked_when_validating(name, bad, match):
-    args = dict(
-        loc=torch.zeros(3, 2), scale=torch.ones(3, 2), init_action=torch.zeros(3, 2)
-    )
+    args = {
+        "loc": torch.zeros(3, 2),
+        "scale": torch.ones(3, 2),
+        "init_action": torch.zeros(3, 2),
+    }
     args[name][1, 0] = bad
     with pytest.raises(ValueError, match=match):
         sample_tilted_tanh_normal(lambda a: a.sum(-1), num_samples=2, **args)

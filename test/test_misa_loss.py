@@ -112,6 +112,10 @@ def build(seed=0, **kwargs):
 
 
 # ------------------------------------------------------ injected randomness
+# The default sample shape of torch.distributions, built once as torch does.
+EMPTY_SHAPE = torch.Size()
+
+
 def eps_for(shape, offset=0):
     """Fixed standard-normal noise depending only on the number of elements."""
     n = math.prod(shape)
@@ -123,11 +127,11 @@ def eps_for(shape, offset=0):
 def fixed_noise_fixture(monkeypatch):
     """Replace the Gaussian draws by ``eps_for`` and MCMC by a recording fake."""
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=EMPTY_SHAPE):
         shape = self._extended_shape(sample_shape)
         return self.loc + eps_for(shape).to(self.loc.dtype) * self.scale
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=EMPTY_SHAPE):
         with torch.no_grad():
             return rsample(self, sample_shape)
 
@@ -562,7 +566,7 @@ def test_flag_dtypes_give_the_same_target(fixed_noise, value_estimator):
             batch.set(key, batch.get(key).to(dtype))
         outs[dtype] = (loss(batch), batch["td_error"])
     ref_out, ref_td = outs[torch.bool]
-    for dtype, (out, td_error) in outs.items():
+    for out, td_error in outs.values():
         torch.testing.assert_close(td_error, ref_td, rtol=0, atol=0)
         for key in LOSS_KEYS:
             torch.testing.assert_close(out[key], ref_out[key], rtol=0, atol=0)

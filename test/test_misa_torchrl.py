@@ -527,7 +527,7 @@ class TestMISA:
         td = self._create_seq_mock_data_misa(mask=mask)
         # no burn-in: the sampler's step size is not adapted on the batch, so
         # the chains of the valid states do not depend on the padded ones
-        kwargs = dict(mi_estimator=mi_estimator, num_mcmc_samples=4, num_burnin=0)
+        kwargs = {"mi_estimator": mi_estimator, "num_mcmc_samples": 4, "num_burnin": 0}
         loss_fn = self._create_loss(**kwargs)
         loss_none = self._create_loss(
             **kwargs, reduction="none", scalar_output_mode="exclude"
@@ -543,7 +543,9 @@ class TestMISA:
         for key in _loss_keys(out) + ["entropy", "mi_bound", "q_gap"]:
             assert (per_item[key][~mask] == 0).all(), key
             torch.testing.assert_close(
-                out[key], per_item[key][mask].mean(), msg=lambda m: f"{key}: {m}"
+                out[key],
+                per_item[key][mask].mean(),
+                msg=lambda m, key=key: f"{key}: {m}",
             )
 
         padded = td.clone()
