@@ -1,12 +1,22 @@
 """Learning benchmark: MISA, its ablations and BC/CQL/IQL/TD3+BC on the same data.
 
-Every job is one run of the reference script (``misa_offline.py``) with
-``algorithm=<method>``: same loop, networks, data, step budget and seeds for
-every method. Results are appended to ``benchmarks/results/learning_<scale>.csv``
-(one row per job); jobs already there are skipped, so an interrupted benchmark
-resumes where it stopped. ``--shard i/n`` runs every n-th job for a cluster.
+Every job is one run of the reference script's loop: ``misa_offline.py`` for
+MISA and its ablations, ``baselines.py +algorithm=<method>`` for the
+baselines; same networks, data, step budget, evaluation and seeds for every
+method. Results are appended to ``benchmarks/results/learning_<scale>.csv``
+(one row per seed); jobs already there are skipped, so an interrupted
+benchmark resumes where it stopped. ``--shard i/n`` runs every n-th job for a
+cluster.
+
+With ``--agents`` a method's seeds on a dataset are one job: one process
+trains them side by side (``num_agents=<number of seeds>``, seeds
+``s, s + 1, ...``), each agent with its own initialisation, batches and random
+draws, and writes one row per seed (``wall_s``: the job's time divided by its
+agents). IQL, which TorchRL's ``IQLLoss`` keeps out of :func:`torch.vmap`,
+runs one process per seed either way.
 
     python benchmarks/learning.py --scale small            # 2-core CPU
+    python benchmarks/learning.py --scale small --agents   # each method's seeds in one process
     python benchmarks/learning.py --scale long --methods misa cql
     python benchmarks/learning.py --scale paper --shard 0/8
     python benchmarks/learning.py --scale small --methods misa --seeds 3 4   # more seeds
@@ -28,6 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "sota-implementations" / "misa" / "misa_offline.py"
+BASELINE_SCRIPT = REPO / "benchmarks" / "baselines.py"
 RESULTS = REPO / "benchmarks" / "results"
 FIELDS = [
     "scale",
@@ -44,6 +55,8 @@ FIELDS = [
 ]
 
 BASELINES = ("bc", "cql", "iql", "td3bc")
+# TorchRL's IQLLoss does not run under torch.vmap: one process per seed
+SINGLE_AGENT = ("iql",)
 # Table 1's ablations as overrides of the script's `loss` options.
 ABLATIONS = {
     "misa-ba": ["loss.mi_estimator=ba"],
@@ -60,7 +73,7 @@ CHEETAH_MR = "datasets/extra/halfcheetah-medium-replay-v0.hdf5"
 
 # How each generated dataset is made (datasets/extra/ is not in the repo).
 GENERATE = {
-    CHEETAH_MR: "python -m torchrl_misa.data.generate --env HalfCheetah-v5 "
+    CHEETAH_MR: "python tools/generate_dataset.py --env HalfCheetah-v5 "
     "--recipes medium-replay --train-steps 60000 --init-random-steps 5000 "
     "--frames-per-batch 1000 --eval-every 2500 --checkpoint-every 10000 "
     "--final-eval-episodes 10 --random-episodes 20 --out datasets/extra --threads 1",
@@ -71,9 +84,9 @@ GENERATE = {
 # near-zero actions on this mostly random set (all scored 6.9).
 DATASET_OVERRIDES = {
     CHEETAH_MR: [
-        "eval.max_steps=1000",
+        "logger.eval_steps=1000",
         "optim.gradient_steps=15000",
-        "eval.interval=1500",
+        "logger.eval_iter=1500",
     ]
 }
 
@@ -86,7 +99,7 @@ SCALES = {
         overrides=[
             "preset=demo",
             "optim.gradient_steps=4000",
-            "eval.interval=500",
+            "logger.eval_iter=500",
         ],
     ),
     # The small scale's shipped dataset with four times the step budget: are
@@ -98,7 +111,7 @@ SCALES = {
         overrides=[
             "preset=demo",
             "optim.gradient_steps=16000",
-            "eval.interval=1000",
+            "logger.eval_iter=1000",
         ],
     ),
     "paper": dict(
@@ -124,33 +137,77 @@ def generate_command(dataset: str) -> str:
     recipe = stem.rsplit("-v", 1)[0].split("-", 1)[1]
     env = dataset_env_id(stem)
     return (
-        f"python -m torchrl_misa.data.generate --env {env} --recipes {recipe} "
+        f"python tools/generate_dataset.py --env {env} --recipes {recipe} "
         f"--train-steps 300000 --out {Path(dataset).parent}"
     )
 
 
 @dataclass(frozen=True)
 class Job:
+    """One process: ``method`` on ``dataset`` at seeds ``seed, ..., seed + num_agents - 1``."""
+
     scale: str
     dataset: str
     method: str
     seed: int
+    num_agents: int = 1
 
     @property
     def name(self) -> str:
-        return f"{Path(self.dataset).stem}__{self.method}__seed{self.seed}"
+        seeds = f"seed{self.seed}"
+        if self.num_agents > 1:
+            seeds = f"seeds{self.seed}-{self.seed + self.num_agents - 1}"
+        return f"{Path(self.dataset).stem}__{self.method}__{seeds}"
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.num_agents))
+
+    @property
+    def script(self) -> Path:
+        return BASELINE_SCRIPT if self.method in BASELINES else SCRIPT
 
     def overrides(self) -> list[str]:
         base = SCALES[self.scale]["overrides"]
-        algo = self.method if self.method in BASELINES else "misa"
+        algo = [f"+algorithm={self.method}"] if self.method in BASELINES else []
         return [
             *base,
-            f"env.dataset={self.dataset}",
-            f"algorithm={algo}",
-            f"seed={self.seed}",
+            f"replay_buffer.dataset={self.dataset}",
+            *algo,
+            f"env.seed={self.seed}",
+            f"num_agents={self.num_agents}",
             *DATASET_OVERRIDES.get(self.dataset, []),
             *ABLATIONS.get(self.method, []),
         ]
+
+
+def group_jobs(jobs: list[Job]) -> list[Job]:
+    """Jobs of one method and dataset at consecutive seeds merged into one group job.
+
+    Methods in :data:`SINGLE_AGENT` stay one job per seed.
+    """
+    out, runs = [], {}
+    for job in jobs:
+        if job.method in SINGLE_AGENT:
+            out.append(job)
+            continue
+        key = (job.scale, job.dataset, job.method)
+        if key not in runs:
+            runs[key] = []
+            out.append(key)
+        runs[key].append(job.seed)
+    grouped = []
+    for item in out:
+        if isinstance(item, Job):
+            grouped.append(item)
+            continue
+        seeds = sorted(set(runs[item]))
+        start = seeds[0]
+        for prev, seed in zip(seeds, seeds[1:] + [None]):
+            if seed != prev + 1:  # a gap in the seeds ends a group
+                grouped.append(Job(*item, start, prev - start + 1))
+                start = seed
+    return grouped
 
 
 def jobs_for(scale: str, seeds: list[int] | None = None) -> list[Job]:
@@ -176,10 +233,16 @@ def jobs_for(scale: str, seeds: list[int] | None = None) -> list[Job]:
 
 
 def done_jobs(path: Path) -> set[str]:
+    """Names of the finished jobs (single seeds ``<dataset>__<method>__seed<s>``, too,
+    for each seed a finished group job covered)."""
     if not path.exists():
         return set()
+    done = set()
     with path.open() as f:
-        return {Path(row["run_dir"]).name for row in csv.DictReader(f)}
+        for row in csv.DictReader(f):
+            done.add(Path(row["run_dir"]).name)
+            done.add(f"{row['dataset']}__{row['method']}__seed{row['seed']}")
+    return done
 
 
 def _relative(path: Path) -> str:
@@ -189,11 +252,12 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def run_job(job: Job, out_csv: Path, threads: int) -> dict:
+def run_job(job: Job, out_csv: Path, threads: int) -> list[dict]:
+    """Runs ``job``; appends and returns one row per seed."""
     run_dir = RESULTS / "runs" / job.scale / job.name
     cmd = [
         sys.executable,
-        str(SCRIPT),
+        str(job.script),
         *job.overrides(),
         f"hydra.run.dir={run_dir}",
         "logger.progress_bar=false",
@@ -207,27 +271,35 @@ def run_job(job: Job, out_csv: Path, threads: int) -> dict:
             f"{job.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
         )
     summary = json.loads((run_dir / "summary.json").read_text())
-    row = {
-        "scale": job.scale,
-        "dataset": Path(job.dataset).stem,
-        "method": job.method,
-        "seed": job.seed,
-        "steps": summary["steps"],
-        "final_score": round(summary["final_score"], 3),
-        "best_score": round(summary["best_score"], 3),
-        "last_mean_score": round(summary["last_mean_score"], 3),
-        "dataset_score": round(summary["dataset_score"], 3),
-        "wall_s": round(wall, 1),
-        "run_dir": _relative(run_dir),
-    }
+    rows = [
+        {
+            "scale": job.scale,
+            "dataset": Path(job.dataset).stem,
+            "method": job.method,
+            "seed": agent["seed"],
+            "steps": summary["steps"],
+            "final_score": round(agent["final_score"], 3),
+            "best_score": round(agent["best_score"], 3),
+            "last_mean_score": round(agent["last_mean_score"], 3),
+            "dataset_score": round(summary["dataset_score"], 3),
+            "wall_s": round(wall / job.num_agents, 1),
+            "run_dir": _relative(run_dir),
+        }
+        for agent in summary["agents"]
+    ]
+    if [row["seed"] for row in rows] != job.seeds:
+        raise RuntimeError(
+            f"{job.name}: the run reported seeds {rows}, not {job.seeds}"
+        )
     with _CSV_LOCK:  # jobs run side by side append to one file
         new = not out_csv.exists()
         with out_csv.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)
             if new:
                 writer.writeheader()
-            writer.writerow(row)
-    return row
+            writer.writerows(rows)  # one write: a kill leaves whole rows or none
+            f.flush()
+    return rows
 
 
 def main(argv=None) -> None:
@@ -242,6 +314,11 @@ def main(argv=None) -> None:
     )
     parser.add_argument(
         "--datasets", nargs="*", help="only these datasets (file stems or paths)"
+    )
+    parser.add_argument(
+        "--agents",
+        action="store_true",
+        help="train each method's seeds on a dataset in one process (num_agents)",
     )
     parser.add_argument("--dry-run", action="store_true", help="list the jobs")
     parser.add_argument("--out", type=Path, help="results csv")
@@ -263,6 +340,8 @@ def main(argv=None) -> None:
             or Path(j.dataset).stem in args.datasets
         )
     ]
+    if args.agents:
+        todo = group_jobs(todo)
     missing = sorted({j.dataset for j in todo if not (REPO / j.dataset).exists()})
     if missing:
         raise SystemExit(
@@ -280,13 +359,13 @@ def main(argv=None) -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_job, j, out_csv, args.threads) for j in todo]
         for k, fut in enumerate(futures, 1):
-            row = fut.result()
-            print(
-                f"[{k}/{len(todo)}] {row['dataset']} {row['method']} seed {row['seed']}: "
-                f"final {row['final_score']:.1f}, best {row['best_score']:.1f} "
-                f"({row['wall_s']:.0f} s)",
-                flush=True,
-            )
+            for row in fut.result():
+                print(
+                    f"[{k}/{len(todo)}] {row['dataset']} {row['method']} seed "
+                    f"{row['seed']}: final {row['final_score']:.1f}, best "
+                    f"{row['best_score']:.1f} ({row['wall_s']:.0f} s)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file
         overrides=[
             "preset=demo",
             "optim.gradient_steps=10",
-            "eval.interval=5",
-            "eval.episodes=2",
-            "eval.max_steps=10",
-            "optim.batch_size=16",
+            "logger.eval_iter=5",
+            "logger.eval_envs=2",
+            "logger.eval_steps=10",
+            "replay_buffer.batch_size=16",
             "loss.num_mcmc_samples=2",
         ],
     )
@@ -68,8 +68,11 @@ def test_job_overrides_select_method_and_ablation():
     learning = _load("learning")
     job = learning.Job("small", "datasets/x.hdf5", "misa-dv", 2)
     ov = job.overrides()
-    assert "algorithm=misa" in ov and "loss.mi_estimator=dv" in ov and "seed=2" in ov
-    assert "algorithm=cql" in learning.Job("small", "d.hdf5", "cql", 0).overrides()
+    assert "loss.mi_estimator=dv" in ov and "env.seed=2" in ov and "num_agents=1" in ov
+    assert not any("algorithm" in o for o in ov) and job.script == learning.SCRIPT
+    cql = learning.Job("small", "d.hdf5", "cql", 0)
+    assert "+algorithm=cql" in cql.overrides()
+    assert cql.script == learning.BASELINE_SCRIPT
     names = [j.name for j in learning.jobs_for("small")]
     # small: 3 seeds x 5 methods x 2 datasets, ablations on the shipped one only
     assert len(names) == len(set(names)) == 3 * 5 * 2 + 3 * len(learning.ABLATIONS)
@@ -78,11 +81,69 @@ def test_job_overrides_select_method_and_ablation():
     assert {j.seed for j in extra} == {3, 4}
     assert len(extra) == 2 * 5 * 2 + 2 * len(learning.ABLATIONS)
     cheetah = learning.Job("small", learning.CHEETAH_MR, "iql", 1).overrides()
-    assert "eval.max_steps=1000" in cheetah and "algorithm=iql" in cheetah
+    assert "logger.eval_steps=1000" in cheetah and "+algorithm=iql" in cheetah
     # the dataset's own budget comes after (and so overrides) the scale's
     assert cheetah.index("optim.gradient_steps=15000") > cheetah.index(
         "optim.gradient_steps=4000"
     )
+
+
+def test_agents_group_a_methods_consecutive_seeds():
+    learning = _load("learning")
+    jobs = [
+        learning.Job("small", "d.hdf5", method, seed)
+        for method in ("misa", "iql")
+        for seed in (0, 1, 2, 4)
+    ]
+    grouped = learning.group_jobs(jobs)
+    assert [(j.method, j.seeds) for j in grouped] == [
+        ("misa", [0, 1, 2]),
+        ("misa", [4]),  # a gap in the seeds starts another job
+        ("iql", [0]),  # IQL: one process per seed
+        ("iql", [1]),
+        ("iql", [2]),
+        ("iql", [4]),
+    ]
+    group = grouped[0]
+    assert group.name == "d__misa__seeds0-2"
+    assert "num_agents=3" in group.overrides() and "env.seed=0" in group.overrides()
+
+
+def test_harness_runs_a_methods_seeds_as_one_job(tmp_path, monkeypatch, tiny_d4rl_file):
+    learning = _load("learning")
+    dataset = tiny_d4rl_file(tmp_path / "tiny.hdf5", 3, 1, "Pendulum-v1", n=200)
+    tiny = dict(
+        datasets=[str(dataset)],
+        ablation_datasets=[],
+        seeds=[0, 1],
+        overrides=[
+            "preset=demo",
+            "optim.gradient_steps=6",
+            "logger.eval_iter=3",
+            "logger.eval_envs=2",
+            "logger.eval_steps=10",
+            "replay_buffer.batch_size=16",
+            "network.actor_hidden_sizes=[8]",
+            "network.critic_hidden_sizes=[8]",
+        ],
+    )
+    monkeypatch.setitem(learning.SCALES, "tiny", tiny)
+    monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
+    out = tmp_path / "results" / "learning_tiny.csv"
+    args = ["--scale", "tiny", "--methods", "td3bc", "--out", str(out)]
+    learning.main([*args, "--agents"])
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["method"], r["seed"]) for r in rows] == [("td3bc", "0"), ("td3bc", "1")]
+    assert {Path(r["run_dir"]).name for r in rows} == {"tiny__td3bc__seeds0-1"}
+    summary = json.loads((Path(rows[0]["run_dir"]) / "summary.json").read_text())
+    for row, agent in zip(rows, summary["agents"]):
+        assert float(row["final_score"]) == round(agent["final_score"], 3)
+        assert float(row["final_score"]) == round(
+            summary["scores"][-1][1][agent["seed"]], 3
+        )
+    # the group's seeds count as done for single-seed runs too
+    learning.main(args)
+    assert len(list(csv.DictReader(out.open()))) == 2
 
 
 def test_missing_dataset_names_its_generator_command(tmp_path, monkeypatch, capsys):
@@ -97,7 +158,7 @@ def test_missing_dataset_names_its_generator_command(tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit, match="Missing datasets") as err:
         learning.main(["--scale", "tiny", "--out", str(out)])
     assert (
-        f"{absent}: python -m torchrl_misa.data.generate --env Walker2d-v5 "
+        f"{absent}: python tools/generate_dataset.py --env Walker2d-v5 "
         "--recipes medium-expert" in str(err.value)
     )
     # Leaving the dataset out runs nothing and needs no file.
@@ -141,7 +202,7 @@ def test_parity_transitions_are_the_buffers(
         normalize_observations=normalize,
         root=tmp_path / "cache",
     )
-    ours = rb.transform(rb.storage._storage[:].clone())  # what sampling returns
+    ours = rb[:]  # every stored transition, transformed as a sample is
     data, norm = protocol.read_transitions(
         path, reward_processing=processing, normalize_observations=normalize
     )
@@ -168,7 +229,7 @@ def test_parity_transitions_are_the_buffers(
 def test_parity_refuses_an_antmaze_file_it_cannot_name(tmp_path, tiny_d4rl_file):
     protocol = _load_parity("protocol")
     path = tiny_d4rl_file(tmp_path / "Ant_maze_big-maze.hdf5", 3, 2, "Pendulum-v1")
-    with pytest.raises(ValueError, match="env.reward_processing=antmaze"):
+    with pytest.raises(ValueError, match="replay_buffer.reward_processing=antmaze"):
         protocol.read_transitions(path)
 
 
@@ -189,18 +250,18 @@ def test_parity_evaluation_is_the_scripts(tmp_path, tiny_d4rl_file, misa_script)
     """Same returns, copy by copy, for two evaluations; 250 steps cross Pendulum's 200-step limit."""
     from omegaconf import OmegaConf
 
-    from torchrl_misa.data import make_offline_replay_buffer
+    from torchrl_misa.data import load_offline_data
 
     protocol = _load_parity("protocol")
     utils = misa_script.utils
     path = tiny_d4rl_file(tmp_path / "pendulum.hdf5", 3, 1, "Pendulum-v1", n=200)
-    rb = make_offline_replay_buffer(
+    data = load_offline_data(
         str(path), 8, normalize_observations=True, root=tmp_path / "cache"
     )
     cfg = OmegaConf.create(
-        {"env": {"eval_env": None, "dataset": str(path)}, "eval": {"episodes": 3}}
+        {"env": {"name": None}, "num_agents": 1, "logger": {"eval_envs": 3}}
     )
-    env = utils.make_environment(cfg, rb, "cpu")
+    env = utils.make_environment(cfg, data, "cpu")
     policy, act = _linear_tanh_policy(3, 1)
     _, norm = protocol.read_transitions(path, normalize_observations=True)
     envs = protocol.EvalEnvs("Pendulum-v1", 3, norm)
@@ -243,19 +304,20 @@ def test_parity_settings_are_hydras(misa_script):
     protocol = _load_parity("protocol")
     overrides = [
         "preset=demo",
-        "seed=3",
+        "env.seed=3",
         "optim.gradient_steps=4000",
         "loss.step_size=2",
     ]
     with initialize_config_dir(str(protocol.CONFIG_DIR), version_base="1.2"):
         cfg = compose("config", overrides=overrides)
     ours = protocol.load_config(overrides)
-    for section in ("env", "optim", "network", "loss", "eval"):
+    for section in ("env", "replay_buffer", "optim", "network", "loss"):
         assert ours[section] == OmegaConf.to_container(cfg[section], resolve=True)
-    assert ours["seed"] == cfg.seed == 3
-    assert ours["logger"]["log_interval"] == cfg.logger.log_interval
-    with pytest.raises(KeyError, match="optim.batch_sise"):
-        protocol.load_config(["optim.batch_sise=3"])
+    assert ours["env"]["seed"] == cfg.env.seed == 3
+    for key in ("log_interval", "eval_iter", "eval_envs", "eval_steps", "eval_last"):
+        assert ours["logger"][key] == cfg.logger[key]
+    with pytest.raises(KeyError, match="replay_buffer.batch_sise"):
+        protocol.load_config(["replay_buffer.batch_sise=3"])
 
 
 def test_parity_scores_are_the_packages():

@@ -18,21 +18,21 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "sota-implementations" / "misa" / "misa_offline.py"
 TINY = [
-    "optim.batch_size=32",
+    "replay_buffer.batch_size=32",
     "network.actor_hidden_sizes=[16,16]",
     "network.critic_hidden_sizes=[16,16]",
     "loss.num_mcmc_samples=4",
     "loss.num_burnin=2",
-    "eval.episodes=2",
-    "eval.max_steps=20",
+    "logger.eval_envs=2",
+    "logger.eval_steps=20",
     "logger.progress_bar=false",
     "logger.log_interval=10",
 ]
 
 
-def run(args, tmp_path, name, timeout=240, env=None):
+def run(args, tmp_path, name, timeout=240, env=None, script=SCRIPT):
     run_dir = tmp_path / name
-    cmd = [sys.executable, str(SCRIPT), *args, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, str(script), *args, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(
         cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env
@@ -55,9 +55,9 @@ def pendulum_file(tmp_path_factory, tiny_d4rl_file):
         # The antmaze / adroit / kitchen tasks need gymnasium-robotics: their
         # wiring (reward processing, critic depth, Lagrange budget) runs on a
         # Pendulum-shaped file, evaluated on Pendulum.
-        ("antmaze", ["env.eval_env=Pendulum-v1"]),
-        ("adroit", ["env.eval_env=Pendulum-v1"]),
-        ("kitchen", ["env.eval_env=Pendulum-v1"]),
+        ("antmaze", ["env.name=Pendulum-v1"]),
+        ("adroit", ["env.name=Pendulum-v1"]),
+        ("kitchen", ["env.name=Pendulum-v1"]),
     ],
 )
 def test_presets_run(
@@ -68,9 +68,9 @@ def test_presets_run(
         dataset = tiny_d4rl_file(tmp_path / "cheetah.hdf5", 17, 6, "HalfCheetah-v5")
     args = [
         f"preset={preset}",
-        f"env.dataset={dataset}",
+        f"replay_buffer.dataset={dataset}",
         "optim.gradient_steps=30",
-        "eval.interval=15",
+        "logger.eval_iter=15",
         # The presets' own critic sizes (3 hidden layers for antmaze) stay.
         *[a for a in TINY if not a.startswith("network.critic")],
         *extra,
@@ -101,19 +101,34 @@ def test_presets_run(
         assert len(weights) == 4, weights
 
 
+BASELINES = REPO / "benchmarks" / "baselines.py"
+
+
 @pytest.mark.parametrize("algorithm", ["bc", "cql", "iql", "td3bc"])
 def test_baselines_share_the_loop(algorithm, pendulum_file, tmp_path):
     args = [
         "preset=demo",
-        f"env.dataset={pendulum_file}",
-        f"algorithm={algorithm}",
+        f"replay_buffer.dataset={pendulum_file}",
+        f"+algorithm={algorithm}",
         "optim.gradient_steps=10",
-        "eval.interval=10",
+        "logger.eval_iter=10",
         *TINY,
     ]
-    proc, run_dir = run(args, tmp_path, algorithm)
+    proc, run_dir = run(args, tmp_path, algorithm, script=BASELINES)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["algorithm"] == algorithm
+
+
+def test_baselines_need_an_algorithm_and_iql_runs_one_seed_per_process(tmp_path):
+    proc, _ = run(["preset=demo"], tmp_path, "none", script=BASELINES)
+    assert proc.returncode != 0 and "+algorithm=<bc|cql|iql|td3bc>" in proc.stderr
+    proc, _ = run(["preset=demo", "+algorithm=sac"], tmp_path, "sac", script=BASELINES)
+    assert "algorithm=sac: unknown, choose one of bc, cql, iql, td3bc" in proc.stderr
+    args = ["preset=demo", "+algorithm=iql", "num_agents=2"]
+    proc, _ = run(args, tmp_path, "iql", script=BASELINES)
+    assert proc.returncode != 0
+    assert "IQLLoss does not run under torch.vmap" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def _assert_same(a, b, path=""):
@@ -127,13 +142,18 @@ def _assert_same(a, b, path=""):
         assert a == b, path
 
 
-def test_rerun_in_its_folder_continues_exactly(pendulum_file, tmp_path, misa_script):
+@pytest.mark.parametrize("num_agents", [1, 2])
+def test_rerun_in_its_folder_continues_exactly(
+    pendulum_file, tmp_path, misa_script, num_agents
+):
     load = misa_script.checkpoint.load_checkpoint
     base = [
         "preset=demo",
-        f"env.dataset={pendulum_file}",
-        "eval.interval=20",
+        f"replay_buffer.dataset={pendulum_file}",
+        "logger.eval_iter=20",
         "checkpoint.interval=20",
+        f"num_agents={num_agents}",
+        "env.seed=3",
         *TINY,
     ]
     # Uninterrupted: 40 steps.
@@ -154,20 +174,62 @@ def test_rerun_in_its_folder_continues_exactly(pendulum_file, tmp_path, misa_scr
     # Same parameters, optimiser moments and step counts: no step lost or repeated.
     _assert_same(full["recipe"], resumed["recipe"])
     # Same evaluations, the one after the resume included.
-    scores = [
-        json.loads((d / "summary.json").read_text())["scores"]
-        for d in (full_dir, resumed_dir)
+    summaries = [
+        json.loads((d / "summary.json").read_text()) for d in (full_dir, resumed_dir)
     ]
-    assert len(scores[0]) == 2 and scores[0] == scores[1]
+    assert len(summaries[0]["scores"]) == 2
+    assert summaries[0]["scores"] == summaries[1]["scores"]
+    # One summary per agent, with its seed and its own scores.
+    agents = summaries[1]["agents"]
+    assert [a["seed"] for a in agents] == [3 + i for i in range(num_agents)]
+    for i, agent in enumerate(agents):
+        own = [s if num_agents == 1 else s[i] for _, s in summaries[1]["scores"]]
+        assert agent["final_score"] == own[-1] and agent["best_score"] == max(own)
+    if num_agents > 1:  # the agents are different policies
+        assert len({round(a["final_score"], 6) for a in agents}) == num_agents
+        for i in range(num_agents):
+            assert f"seed {3 + i}: final normalised score" in proc.stdout
+
+
+def test_group_agent_starts_as_the_single_run_of_its_seed(
+    pendulum_file, misa_script, tmp_path
+):
+    """Agent i of a group is built from seed + i: its first parameters are a single run's."""
+    from hydra import compose, initialize_config_dir
+
+    utils = misa_script.utils
+    cpu = torch.device("cpu")
+
+    def recipe(*overrides):
+        with initialize_config_dir(config_dir=str(SCRIPT.parent), version_base="1.2"):
+            cfg = compose(
+                "config",
+                overrides=[
+                    "preset=demo",
+                    f"replay_buffer.dataset={pendulum_file}",
+                    f"replay_buffer.root={tmp_path}",
+                    *TINY,
+                    *overrides,
+                ],
+            )
+        data = utils.make_offline_data(cfg, cpu)
+        return utils.make_misa_update(cfg, data, 1, cpu)
+
+    group = recipe("num_agents=3", "env.seed=5").loss_module
+    for i in range(3):
+        single = recipe("env.seed=" + str(5 + i)).loss_module
+        for key, value in single.state_dict().items():
+            stacked = group.params.get(tuple(key.split(".")))
+            torch.testing.assert_close(stacked[i], value, rtol=0, atol=0, msg=key)
 
 
 def test_resume_after_kill(pendulum_file, tmp_path, misa_script):
     load = misa_script.checkpoint.load_checkpoint
     args = [
         "preset=demo",
-        f"env.dataset={pendulum_file}",
+        f"replay_buffer.dataset={pendulum_file}",
         "optim.gradient_steps=100000",
-        "eval.interval=100000",
+        "logger.eval_iter=100000",
         "checkpoint.interval=10",
         *TINY,
     ]
@@ -204,7 +266,7 @@ def test_resume_after_kill(pendulum_file, tmp_path, misa_script):
 def test_no_network_no_cache_stops_with_alternatives(tmp_path):
     start = time.time()
     proc, _ = run(
-        ["preset=locomotion", "env.root=" + str(tmp_path / "empty_cache")],
+        ["preset=locomotion", "replay_buffer.root=" + str(tmp_path / "empty_cache")],
         tmp_path,
         "offline",
         timeout=120,
@@ -212,16 +274,19 @@ def test_no_network_no_cache_stops_with_alternatives(tmp_path):
     )
     assert proc.returncode != 0
     err = proc.stderr + proc.stdout
-    assert "env.dataset=/path/to/file.hdf5" in err and "preset=demo" in err
+    assert "replay_buffer.dataset=/path/to/file.hdf5" in err and "preset=demo" in err
     assert time.time() - start < 60
 
 
 def test_invalid_settings_stop_the_script_before_loading_data(tmp_path):
     # The dataset does not exist: loading it first would fail differently.
-    args = [f"env.dataset={tmp_path / 'missing.hdf5'}", "optim.batch_size=0"]
-    proc, _ = run([*args, "eval.interval=-5"], tmp_path, "invalid", timeout=120)
+    args = [
+        f"replay_buffer.dataset={tmp_path / 'missing.hdf5'}",
+        "replay_buffer.batch_size=0",
+    ]
+    proc, _ = run([*args, "logger.eval_iter=-5"], tmp_path, "invalid", timeout=120)
     assert proc.returncode != 0
     assert "Invalid configuration:" in proc.stderr
-    assert "optim.batch_size=0: must be a positive integer" in proc.stderr
-    assert "eval.interval=-5: must be a positive integer" in proc.stderr
+    assert "replay_buffer.batch_size=0: must be a positive integer" in proc.stderr
+    assert "logger.eval_iter=-5: must be a positive integer" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -6,11 +6,13 @@ does not depend on the algorithm: most runs here train BC, the cheapest update.
 """
 
 import doctest
+import importlib
 import errno
 import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +24,18 @@ from hydra import compose, initialize_config_dir
 SCRIPT_DIR = Path(__file__).resolve().parents[1] / "sota-implementations" / "misa"
 TINY = [
     "preset=demo",
-    "optim.batch_size=16",
+    "replay_buffer.batch_size=16",
     "network.actor_hidden_sizes=[16,16]",
     "network.critic_hidden_sizes=[16,16]",
     "loss.num_mcmc_samples=4",
     "loss.num_burnin=2",
-    "eval.episodes=2",
-    "eval.max_steps=20",
+    "logger.eval_envs=2",
+    "logger.eval_steps=20",
     "logger.backend=",
     "logger.progress_bar=false",
     "logger.log_interval=10",
 ]
-BC = "algorithm=bc"
+BC = "+algorithm=bc"
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +51,26 @@ def make_cfg(dataset, *overrides, log_dir="unused"):
             "config",
             overrides=[
                 *TINY,
-                f"env.dataset={dataset}",
+                f"replay_buffer.dataset={dataset}",
                 f"logger.log_dir={log_dir}",
                 *overrides,
             ],
         )
 
 
+def baselines():
+    """The learning benchmark's baselines, trained by the script's loop."""
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module("baselines")
+
+
 def train(script, out_dir: Path, dataset, *overrides) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = make_cfg(dataset, *overrides, log_dir=out_dir)
+    if "algorithm" in cfg:  # a baseline: the same loop and checkpoints, cheaper updates
+        return baselines().train(cfg, out_dir)
     return script.misa_offline.train(cfg, out_dir)
 
 
@@ -236,7 +248,7 @@ def test_full_disk_stops_the_run_at_its_last_checkpoint(
     misa_script, pendulum_file, tmp_path, monkeypatch
 ):
     ckpt = misa_script.checkpoint
-    args = [BC, "optim.gradient_steps=6", "checkpoint.interval=2", "eval.interval=6"]
+    args = [BC, "optim.gradient_steps=6", "checkpoint.interval=2", "logger.eval_iter=6"]
     real_save = torch.save
 
     def save(obj, f, *rest, **kwargs):
@@ -312,11 +324,11 @@ def test_incompatible_rerun_is_refused_and_the_checkpoint_kept(
     misa_script, pendulum_file, tmp_path
 ):
     ckpt = misa_script.checkpoint
-    base = [BC, "optim.gradient_steps=4", "eval.interval=4", "checkpoint.interval=4"]
+    base = [BC, "optim.gradient_steps=4", "logger.eval_iter=4", "checkpoint.interval=4"]
     train(misa_script, tmp_path, pendulum_file, *base)
     path = tmp_path / "checkpoints" / "last.pt"
     saved = path.read_bytes()
-    changed = ["seed=1", "network.critic_hidden_sizes=[32,32]"]
+    changed = ["env.seed=1", "network.critic_hidden_sizes=[32,32]"]
     with pytest.raises(ckpt.CheckpointError) as err:
         train(
             misa_script,
@@ -327,7 +339,7 @@ def test_incompatible_rerun_is_refused_and_the_checkpoint_kept(
             "optim.gradient_steps=2",
         )
     message = str(err.value)
-    assert "seed: checkpoint 0 vs now 1" in message
+    assert "env.seed: checkpoint 0 vs now 1" in message
     assert "network.critic_hidden_sizes: checkpoint [16,16] vs now [32,32]" in message
     assert "optim.gradient_steps: checkpoint step 4 vs now 2" in message
     assert "hydra.run.dir=<new folder>" in message
@@ -335,7 +347,7 @@ def test_incompatible_rerun_is_refused_and_the_checkpoint_kept(
     # The suggested overrides make the run continue the checkpoint.
     overrides = _overrides_in(message)
     assert sorted(overrides) == sorted(
-        ["seed=0", "network.critic_hidden_sizes=[16,16]", "optim.gradient_steps=4"]
+        ["env.seed=0", "network.critic_hidden_sizes=[16,16]", "optim.gradient_steps=4"]
     )
     train(misa_script, tmp_path, pendulum_file, *base, *changed, *overrides)
     # A damaged checkpoint in the run's folder is refused, never overwritten.
@@ -349,7 +361,7 @@ def test_resume_next_to_the_run_folders_own_checkpoint(
     misa_script, pendulum_file, tmp_path, caplog
 ):
     ckpt = misa_script.checkpoint
-    base = [BC, "eval.interval=2", "checkpoint.interval=2"]
+    base = [BC, "logger.eval_iter=2", "checkpoint.interval=2"]
     run, own = tmp_path / "run", tmp_path / "run" / "checkpoints" / "last.pt"
     train(misa_script, run, pendulum_file, *base, "optim.gradient_steps=2")
     backup = tmp_path / "backup.pt"
@@ -374,10 +386,14 @@ def test_resume_next_to_the_run_folders_own_checkpoint(
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("seed=1", "seed: checkpoint 0 vs now 1"),
-        ("algorithm=cql", "algorithm: checkpoint misa vs now cql"),
-        ("env.dataset=other.hdf5", "env.dataset: checkpoint {dataset} vs now other"),
-        ("env.reward_processing=minmax", "checkpoint none vs now minmax"),
+        ("env.seed=1", "env.seed: checkpoint 0 vs now 1"),
+        ("num_agents=2", "num_agents: checkpoint 1 vs now 2"),
+        ("+algorithm=cql", "algorithm: checkpoint <absent> vs now cql"),
+        (
+            "replay_buffer.dataset=other.hdf5",
+            "replay_buffer.dataset: checkpoint {dataset} vs now other",
+        ),
+        ("replay_buffer.reward_processing=minmax", "checkpoint none vs now minmax"),
         ("network.actor_hidden_sizes=[8]", "checkpoint [16,16] vs now [8]"),
         ("network.critic_activation=relu", "checkpoint elu vs now relu"),
         ("loss.num_qvalue_nets=3", "loss.num_qvalue_nets: checkpoint 2 vs now 3"),
@@ -387,7 +403,7 @@ def test_resume_next_to_the_run_folders_own_checkpoint(
         # Settings a resumed run may change.
         ("optim.gradient_steps=10", None),
         ("optim.actor_lr=0.001", None),
-        ("eval.interval=7", None),
+        ("logger.eval_iter=7", None),
         ("loss.min_q_weight=1.0", None),
         ("logger.backend=csv", None),
     ],
@@ -410,6 +426,8 @@ def test_config_differences(misa_script, pendulum_file, override, expected):
 
 # Another valid value of every MISALoss option of config.yaml.
 ALTERNATIVES = {
+    "gamma": 0.9,
+    "tau": 0.01,
     "num_qvalue_nets": 3,
     "min_q_weight": 1.0,
     "bc_weight": 0.1,
@@ -445,10 +463,10 @@ def test_loss_options_that_change_the_state_are_checked_on_resume(
     utils, ckpt = misa_script.utils, misa_script.checkpoint
     base_cfg = make_cfg(pendulum_file)
     assert set(ALTERNATIVES) == set(base_cfg.loss), "classify the new loss options"
-    replay_buffer = utils.make_replay_buffer(base_cfg, torch.device("cpu"))
+    data = utils.make_offline_data(base_cfg, torch.device("cpu"))
 
     def layout(cfg):
-        recipe = utils.make_update(cfg, replay_buffer, 1, torch.device("cpu"))
+        recipe = utils.make_misa_update(cfg, data, 1, torch.device("cpu"))
         state = recipe.loss_module.state_dict()
         return {k: tuple(v.shape) for k, v in state.items()}, sorted(recipe.optimizers)
 
@@ -473,15 +491,15 @@ def test_loss_options_that_change_the_state_are_checked_on_resume(
 # ------------------------------------------------------------ evaluation
 def test_evaluation_depends_on_its_seed_only(misa_script, pendulum_file):
     utils = misa_script.utils
-    cfg = make_cfg(pendulum_file, "eval.max_steps=30")
+    cfg = make_cfg(pendulum_file, "logger.eval_steps=30")
     cpu = torch.device("cpu")
-    replay_buffer = utils.make_replay_buffer(cfg, cpu)
+    data = utils.make_offline_data(cfg, cpu)
     torch.manual_seed(0)
     policy = utils.make_actor(cfg, 1)
-    utils.initialize_lazy([policy], replay_buffer)
-    fresh = utils.make_environment(cfg, replay_buffer, cpu)
+    utils.initialize_lazy([policy], data.replay_buffer)
+    fresh = utils.make_environment(cfg, data, cpu)
     expected = utils.evaluate(fresh, policy, 30, seed=5)
-    used = utils.make_environment(cfg, replay_buffer, cpu)
+    used = utils.make_environment(cfg, data, cpu)
     other = utils.evaluate(used, policy, 30, seed=6)  # an earlier evaluation
     np.testing.assert_array_equal(utils.evaluate(used, policy, 30, seed=5), expected)
     assert not np.array_equal(other, expected)  # the seed does matter
@@ -493,19 +511,25 @@ def test_evaluation_depends_on_its_seed_only(misa_script, pendulum_file):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("optim.batch_size=0", "optim.batch_size=0: must be a positive integer"),
-        ("optim.batch_size=-4", "optim.batch_size=-4: must be a positive integer"),
+        (
+            "replay_buffer.batch_size=0",
+            "replay_buffer.batch_size=0: must be a positive integer",
+        ),
+        (
+            "replay_buffer.batch_size=-4",
+            "replay_buffer.batch_size=-4: must be a positive integer",
+        ),
         ("optim.gradient_steps=0", "optim.gradient_steps=0: must be a positive"),
         ("checkpoint.interval=0", "checkpoint.interval=0: must be a positive"),
-        ("eval.interval=-1", "eval.interval=-1: must be a positive integer"),
-        ("eval.interval=2.5", "eval.interval=2.5: must be a positive integer"),
+        ("logger.eval_iter=-1", "logger.eval_iter=-1: must be a positive integer"),
+        ("logger.eval_iter=2.5", "logger.eval_iter=2.5: must be a positive integer"),
         ("logger.log_interval=0", "logger.log_interval=0: must be a positive"),
-        ("eval.episodes=0", "eval.episodes=0: must be a positive integer"),
+        ("logger.eval_envs=0", "logger.eval_envs=0: must be a positive integer"),
         ("loss.alpha_init=0", "loss.alpha_init=0: the temperature must start above 0"),
         ("loss.alpha_init=-1.0", "loss.alpha_init=-1.0: the temperature must start"),
         ("loss.target_entropy=null", "loss.target_entropy=null: pass loss.target_"),
         ("loss.target_entropy=high", "loss.target_entropy=high: pass"),
-        ("algorithm=sac", "algorithm=sac: unknown, choose one of misa, bc, cql"),
+        ("num_agents=0", "num_agents=0: must be a positive integer"),
     ],
 )
 def test_invalid_settings_are_named(misa_script, override, expected):

@@ -61,10 +61,10 @@ IMPORT_REWRITES = [
 
 SOTA_COMMAND = '''    "misa_offline": """python sota-implementations/misa/misa_offline.py \\
   optim.gradient_steps=55 \\
-  optim.batch_size=16 \\
+  replay_buffer.batch_size=16 \\
   loss.num_mcmc_samples=4 \\
-  eval.interval=50 \\
-  eval.episodes=2 \\
+  logger.eval_iter=50 \\
+  logger.eval_envs=2 \\
   logger.backend=
 """,
 '''

@@ -54,17 +54,17 @@ def load_config(overrides: list[str] = ()) -> dict:
     """The reference script's config (``config.yaml``, its preset, ``overrides``) as a dict.
 
     ``overrides`` are hydra-style ``key=value`` strings with the script's names,
-    e.g. ``["preset=demo", "seed=3", "network.actor_hidden_sizes=[64,64]"]``;
+    e.g. ``["preset=demo", "env.seed=3", "network.actor_hidden_sizes=[64,64]"]``;
     values are parsed as YAML. ``${demo_dataset:}`` is the shipped dataset.
 
     Examples:
-        >>> cfg = load_config(["preset=demo", "seed=3", "loss.num_mcmc_samples=7"])
-        >>> cfg["seed"], cfg["loss"]["num_mcmc_samples"], cfg["network"]["actor_hidden_sizes"]
+        >>> cfg = load_config(["preset=demo", "env.seed=3", "loss.num_mcmc_samples=7"])
+        >>> cfg["env"]["seed"], cfg["loss"]["num_mcmc_samples"], cfg["network"]["actor_hidden_sizes"]
         (3, 7, [64, 64])
-        >>> load_config(["optim.batch_sise=3"])
+        >>> load_config(["replay_buffer.batch_sise=3"])
         Traceback (most recent call last):
         ...
-        KeyError: "Unknown setting 'optim.batch_sise': the script's config has no such key."
+        KeyError: "Unknown setting 'replay_buffer.batch_sise': the script's config has no such key."
     """
     cfg = _yaml((CONFIG_DIR / "config.yaml").read_text())
     defaults = cfg.pop("defaults", [])
@@ -97,8 +97,8 @@ def load_config(overrides: list[str] = ()) -> dict:
                 f"Unknown setting {key!r}: the script's config has no such key."
             )
         node[leaf] = value
-    if cfg["env"]["dataset"] == "${demo_dataset:}":
-        cfg["env"]["dataset"] = str(DEMO_DATASET)
+    if cfg["replay_buffer"]["dataset"] == "${demo_dataset:}":
+        cfg["replay_buffer"]["dataset"] = str(DEMO_DATASET)
     return cfg
 
 
@@ -195,7 +195,7 @@ def reward_rule(path: str | Path, reward_processing: str | None, meta=None) -> s
         if family in (None, "ant") and "maze" in Path(path).name.lower():
             raise ValueError(
                 f"{path}: cannot tell whether this is an antmaze file from its name; "
-                "pass env.reward_processing=antmaze (or none) explicitly."
+                "pass replay_buffer.reward_processing=antmaze (or none) explicitly."
             )
         if family == "antmaze":
             return "antmaze"

@@ -12,14 +12,14 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
 JAX_PY=${JAX_PYTHON:?set JAX_PYTHON to the JAX environment python (see benchmarks/parity/README.md)}
 export OMP_NUM_THREADS=1
-SMALL=(preset=demo optim.gradient_steps=4000 eval.interval=500)  # learning.py's small scale
+SMALL=(preset=demo optim.gradient_steps=4000 logger.eval_iter=500)  # learning.py's small scale
 ours() {  # method seed
   "$PY" benchmarks/learning.py --scale small --methods "$1" \
     --datasets pendulum-medium-replay-v0 --seeds "$2"
 }
 theirs() {  # seed
   "$JAX_PY" benchmarks/parity/train_authors.py --scale small \
-    --eval-seeding "${EVAL_SEEDING:-per-evaluation}" "${SMALL[@]}" seed="$1"
+    --eval-seeding "${EVAL_SEEDING:-per-evaluation}" "${SMALL[@]}" env.seed="$1"
 }
 for seed in 3 4 0 1 2; do
   theirs "$seed"

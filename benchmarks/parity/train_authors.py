@@ -8,7 +8,7 @@ What surrounds it is ours: the transitions and the evaluation protocol of
 script's own names as ``key=value`` overrides of its ``config.yaml``::
 
     /work/jaxenv/bin/python benchmarks/parity/train_authors.py --authors-dir ../MISA \\
-        preset=demo optim.gradient_steps=4000 eval.interval=500 seed=0
+        preset=demo optim.gradient_steps=4000 logger.eval_iter=500 env.seed=0
 
 A run writes, like ``benchmarks/learning.py`` for ours, one row (columns
 ``FIELDS``, method ``misa-authors-code``) to
@@ -81,10 +81,10 @@ def authors_config(cfg: dict, action_dim: int) -> dict:
     target_entropy = loss["target_entropy"]
     unbiased = loss["unbiased_correction"]
     return dict(
-        discount=float(optim["gamma"]),
+        discount=float(loss["gamma"]),
         policy_lr=float(optim["actor_lr"]),
         qf_lr=float(optim["critic_lr"]),
-        soft_target_update_rate=float(optim["tau"]),
+        soft_target_update_rate=float(loss["tau"]),
         n_actions=int(loss["num_mcmc_samples"]),
         min_q_weight=float(loss["min_q_weight"]),
         bc_weight_misa=float(loss["bc_weight"]),
@@ -146,15 +146,15 @@ def train(
     import jax.numpy as jnp
     import numpy as np
 
-    dataset = cfg["env"]["dataset"]
+    dataset = cfg["replay_buffer"]["dataset"]
     data, obs_norm = protocol.read_transitions(
         dataset,
-        clip_actions=cfg["env"]["clip_actions"],
-        reward_processing=cfg["env"]["reward_processing"],
-        normalize_observations=cfg["env"]["normalize_observations"],
+        clip_actions=cfg["replay_buffer"]["clip_actions"],
+        reward_processing=cfg["replay_buffer"]["reward_processing"],
+        normalize_observations=cfg["replay_buffer"]["normalize_observations"],
     )
     meta = protocol.read_metadata(dataset)
-    env_id = env_id or cfg["env"]["eval_env"] or meta.get("env_id")
+    env_id = env_id or cfg["env"]["name"] or meta.get("env_id")
     if not env_id:
         raise SystemExit(
             f"{dataset} names no env (metadata/env_id): pass --env-id, e.g. HalfCheetah-v5."
@@ -171,7 +171,7 @@ def train(
     config = authors_config(cfg, action_dim)
 
     # Seeding as the authors' main: numpy (batches), random, their JAX key chain.
-    seed = int(cfg["seed"])
+    seed = int(cfg["env"]["seed"])
     np.random.seed(seed)
     import random
 
@@ -202,7 +202,7 @@ def train(
     once = eval_seeding == "once"
     envs = protocol.EvalEnvs(
         env_id,
-        int(cfg["eval"]["episodes"]),
+        int(cfg["logger"]["eval_envs"]),
         obs_norm,
         seed=seed + protocol.EVAL_SEED_OFFSET if once else None,
     )
@@ -220,8 +220,10 @@ def train(
         )
     )
     log = _ScalarLog(run_dir / METHOD)
-    n, batch_size = len(data["rewards"]), int(cfg["optim"]["batch_size"])
-    total, interval = int(cfg["optim"]["gradient_steps"]), int(cfg["eval"]["interval"])
+    n, batch_size = len(data["rewards"]), int(cfg["replay_buffer"]["batch_size"])
+    total, interval = int(cfg["optim"]["gradient_steps"]), int(
+        cfg["logger"]["eval_iter"]
+    )
     log_interval = int(cfg["logger"]["log_interval"])
     scores, t_last, since = [], time.perf_counter(), 0
     for step in range(total):
@@ -248,7 +250,7 @@ def train(
             params = agent.train_params["policy"]
             returns = envs.evaluate(
                 lambda obs: np.asarray(act_fn(params, obs)),
-                int(cfg["eval"]["max_steps"]),
+                int(cfg["logger"]["eval_steps"]),
                 seed=None if once else protocol.eval_seed(seed, step + 1),
             )
             score = float(np.mean(protocol.normalized_score(returns, low, high)))
@@ -317,10 +319,10 @@ def main(argv=None) -> None:
         )
     authors = import_authors(args.authors_dir)
     cfg = protocol.load_config(args.overrides)
-    dataset = Path(cfg["env"]["dataset"])
+    dataset = Path(cfg["replay_buffer"]["dataset"])
     if not dataset.is_absolute():
         dataset = REPO / dataset
-    cfg["env"]["dataset"] = str(dataset)
+    cfg["replay_buffer"]["dataset"] = str(dataset)
     name = f"{dataset.stem}__{METHOD}__seed{cfg['seed']}"
     out_csv = args.out or RESULTS / f"parity_{args.scale}.csv"
     if name in done_runs(out_csv):
@@ -340,7 +342,7 @@ def main(argv=None) -> None:
         "scale": args.scale,
         "dataset": dataset.stem,
         "method": METHOD,
-        "seed": cfg["seed"],
+        "seed": cfg["env"]["seed"],
         "steps": summary["steps"],
         "final_score": round(summary["final_score"], 3),
         "best_score": round(summary["best_score"], 3),

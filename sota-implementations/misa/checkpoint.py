@@ -33,17 +33,18 @@ _HEADER_LEN = len(_HEADER.format(version=0, size=0, sha256="0" * 64))
 # Config entries a resumed run must share with its checkpoint: they decide the
 # data the networks see, the parameters' shapes and the random streams.
 RESUME_KEYS = (
-    "algorithm",
-    "seed",
-    "env.dataset",
-    "env.reward_processing",
-    "env.normalize_observations",
+    "algorithm",  # absent for MISA; the learning benchmark's baselines set it
+    "num_agents",
+    "env.seed",
+    "replay_buffer.dataset",
+    "replay_buffer.reward_processing",
+    "replay_buffer.normalize_observations",
     "network.actor_hidden_sizes",
     "network.actor_activation",
     "network.critic_hidden_sizes",
     "network.critic_activation",
 )
-# MISALoss options that add or reshape parameters (checked for algorithm=misa).
+# MISALoss options that add or reshape parameters (checked for MISA runs).
 RESUME_LOSS_KEYS = ("loss.num_qvalue_nets", "loss.mi_critic", "loss.lagrange_tau")
 
 log = logging.getLogger(__name__)
@@ -297,22 +298,28 @@ def config_differences(saved: dict, now: dict, step: int) -> list[tuple[str, str
         for each difference; empty when the run can continue.
 
     Examples:
-        >>> saved = {"seed": 0, "algorithm": "misa", "optim": {"gradient_steps": 40}}
-        >>> now = {"seed": 1, "algorithm": "misa", "optim": {"gradient_steps": 10}}
+        >>> saved = {"env": {"seed": 0}, "optim": {"gradient_steps": 40}}
+        >>> now = {"env": {"seed": 1}, "optim": {"gradient_steps": 10}}
         >>> for line, override in config_differences(saved, now, step=20):
         ...     print(line, "|", override)
-        seed: checkpoint 0 vs now 1 | seed=0
+        env.seed: checkpoint 0 vs now 1 | env.seed=0
         optim.gradient_steps: checkpoint step 20 vs now 10 (the budget must be at least the checkpoint's step) | optim.gradient_steps=40
     """
     keys = RESUME_KEYS
-    if _get(now, "algorithm") == "misa":
+    if _get(now, "algorithm") in (_ABSENT, "misa"):
         keys = keys + RESUME_LOSS_KEYS
     found = []
     for key in keys:
         old, new = _get(saved, key), _get(now, key)
         if old != new:
             line = f"{key}: checkpoint {_as_override(old)} vs now {_as_override(new)}"
-            found.append((line, f"{key}={_as_override(old)}"))
+            if old is _ABSENT:  # hydra's syntax to drop a key, and to add one
+                override = f"~{key}"
+            elif new is _ABSENT:
+                override = f"+{key}={_as_override(old)}"
+            else:
+                override = f"{key}={_as_override(old)}"
+            found.append((line, override))
     budget = _get(now, "optim.gradient_steps")
     if budget < step:
         found.append(

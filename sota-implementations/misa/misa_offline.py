@@ -1,13 +1,14 @@
-"""MISA: Mutual Information Regularized Offline RL, trained on an offline dataset.
+"""MISA: Mutual Information Regularized Offline RL (https://arxiv.org/abs/2210.07484).
 
     python sota-implementations/misa/misa_offline.py                 # halfcheetah-medium-v2
     python sota-implementations/misa/misa_offline.py preset=demo     # shipped dataset, CPU, minutes
     python sota-implementations/misa/misa_offline.py loss.mi_estimator=dv   # an ablation
+    python sota-implementations/misa/misa_offline.py preset=demo num_agents=5  # seeds 0-4, one process
 
-Every option is in ``config.yaml``; presets per task family in ``preset/``.
-The same loop trains the baselines (``algorithm=bc|cql|iql|td3bc``). A run
-whose checkpoint folder already holds a checkpoint continues it: rerunning a
-command with a fixed ``hydra.run.dir`` (a requeued job) loses no progress.
+Every option is in ``config.yaml``; presets per task family in ``preset/``. A
+run whose checkpoint folder already holds a checkpoint continues it: rerunning
+a command with a fixed ``hydra.run.dir`` (a requeued job) loses no progress.
+The makers are in ``utils.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from checkpoint import (
 )
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from torchrl._utils import timeit
+from torchrl._utils import logger as torchrl_logger, timeit
 from utils import (
     ConfigError,
     eval_seed,
@@ -41,8 +42,8 @@ from utils import (
     log_metrics,
     make_environment,
     make_logger,
-    make_replay_buffer,
-    make_update,
+    make_misa_update,
+    make_offline_data,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -61,13 +62,17 @@ def main(cfg: DictConfig) -> dict:
         raise SystemExit(str(err)) from None
 
 
-def train(cfg: DictConfig, out_dir: Path) -> dict:
-    """Trains ``cfg.algorithm``; writes checkpoints and ``out_dir/summary.json``.
+def train(
+    cfg: DictConfig, out_dir: Path, make_update=make_misa_update, name: str = "misa"
+) -> dict:
+    """Trains ``cfg.num_agents`` agents; writes checkpoints and ``out_dir/summary.json``.
 
-    A run whose checkpoint folder already holds a checkpoint continues it (a
-    requeued job finds its progress); ``resume=<file or folder>`` continues
-    another run's. A checkpoint that cannot be saved stops the run with the
-    previous one intact.
+    ``make_update(cfg, data, action_dim, device)`` builds the update
+    (:func:`utils.make_misa_update` here; the learning benchmark passes its
+    baselines'). A run whose checkpoint folder already holds a checkpoint
+    continues it (a requeued job finds its progress); ``resume=<file or
+    folder>`` continues another run's. A checkpoint that cannot be saved stops
+    the run with the previous one intact.
     """
     validate_config(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -75,14 +80,18 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     check_folder_writable(ckpt_path.parent)
     resumed = resume_state(cfg.resume, ckpt_path, config)
     device = torch.device(
-        cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        cfg.optim.device or ("cuda" if torch.cuda.is_available() else "cpu")
     )
-    seed_everything(cfg.seed)
+    seed_everything(cfg.env.seed)
+    num_agents = cfg.num_agents
 
-    # Data, networks and the update of the chosen algorithm
-    replay_buffer = make_replay_buffer(cfg, device)
+    # Create replay buffer
+    data = make_offline_data(cfg, device)
+    replay_buffer = data.replay_buffer
     action_dim = replay_buffer.sample()["action"].shape[-1]
-    recipe = make_update(cfg, replay_buffer, action_dim, device)
+
+    # Create agents: networks, loss, optimisers, target-network updates
+    recipe = make_update(cfg, data, action_dim, device)
     start, scores, run_id = 0, [], uuid.uuid4().hex
     if resumed is not None:
         recipe.load_state_dict(resumed["recipe"])
@@ -94,28 +103,35 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     size = checkpoint_nbytes(bulk) + recipe.pending_optimizer_nbytes()
     check_space(ckpt_path.parent, 2 * size)
 
-    eval_env = make_environment(cfg, replay_buffer, device)
-    logger, exp_name = make_logger(cfg, resumed and resumed["exp_name"])
-    dataset_score = dataset_average_normalized_score(cfg.env.dataset)
+    # Create env and logger
+    eval_env = make_environment(cfg, data, device)
+    logger, exp_name = make_logger(cfg, name.upper(), resumed and resumed["exp_name"])
+    dataset_score = dataset_average_normalized_score(cfg.replay_buffer.dataset)
+
+    def update(batch, active):
+        return update_step(recipe, batch, active)
+
     if cfg.compile.compile:
-        recipe.loss_module = torch.compile(recipe.loss_module, mode=cfg.compile.mode)
+        update = torch.compile(update, mode=cfg.compile.compile_mode)
     if cfg.compile.cudagraphs:
-        warnings.warn("cudagraphs: capture the MISA update on CUDA only.")
         if device.type != "cuda":
             raise SystemExit("compile.cudagraphs=true needs a CUDA device.")
+        warnings.warn("cudagraphs: capture the MISA loss on CUDA only.")
         from tensordict.nn import CudaGraphModule
 
         recipe.loss_module = CudaGraphModule(recipe.loss_module, warmup=10)
 
     total, saved_step = cfg.optim.gradient_steps, start
+    eval_envs = cfg.logger.eval_envs
     pbar = tqdm.tqdm(total=total, initial=start, disable=not cfg.logger.progress_bar)
     t_last, steps_since = time.perf_counter(), 0
     try:
         for step in range(start, total):
             with timeit("sample"):
-                batch = replay_buffer.sample()
+                batch = recipe.sample(replay_buffer)
             with timeit("update"):
-                loss_td = update_step(recipe, batch, step)
+                torch.compiler.cudagraph_mark_step_begin()
+                loss_td = update(batch, recipe.active_groups(step))
             pbar.update(1)
             steps_since += 1
             done = step + 1 == total
@@ -123,28 +139,32 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             if (step + 1) % cfg.logger.log_interval == 0 or done:
                 speed = steps_since / (time.perf_counter() - t_last)
                 t_last, steps_since = time.perf_counter(), 0
-                metrics = {f"train/{k}": v.mean().item() for k, v in loss_td.items()}
-                metrics["train/updates_per_s"] = speed
+                metrics = _loss_metrics(loss_td, num_agents)
+                metrics.update(timeit.todict(prefix="time"))
+                metrics["time/updates_per_s"] = speed
                 log_metrics(logger, metrics, step + 1)
                 pbar.set_postfix(updates_s=f"{speed:.1f}", refresh=False)
 
-            if (step + 1) % cfg.eval.interval == 0 or done:
+            if (step + 1) % cfg.logger.eval_iter == 0 or done:
                 with timeit("eval"):
                     returns = evaluate(
                         eval_env,
                         recipe.policy,
-                        cfg.eval.max_steps,
-                        seed=eval_seed(cfg.seed, step + 1),
-                    )
-                score = float(np.mean(normalized_score(cfg.env.dataset, returns)))
-                scores.append((step + 1, score))
-                log_metrics(
-                    logger,
-                    {"eval/return": returns.mean(), "eval/normalized_score": score},
-                    step + 1,
+                        cfg.logger.eval_steps,
+                        seed=eval_seed(cfg.env.seed, step + 1),
+                    ).reshape(num_agents, eval_envs)
+                agent_scores = [
+                    float(np.mean(normalized_score(cfg.replay_buffer.dataset, r)))
+                    for r in returns
+                ]
+                scores.append(
+                    (step + 1, agent_scores[0] if num_agents == 1 else agent_scores)
                 )
+                log_metrics(logger, _eval_metrics(returns, agent_scores), step + 1)
                 pbar.write(
-                    f"step {step + 1}: return {returns.mean():.1f}, normalised score {score:.1f}"
+                    f"step {step + 1}: return {returns.mean():.1f}, normalised score "
+                    f"{np.mean(agent_scores):.1f}"
+                    + (_per_agent(agent_scores) if num_agents > 1 else "")
                 )
 
             if (step + 1) % cfg.checkpoint.interval == 0 or done:
@@ -169,17 +189,77 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         pbar.close()
         eval_env.close(raise_if_closed=False)  # a batched env never stepped is "closed"
 
-    summary = summarize(scores, cfg.logger.eval_last, dataset_score)
-    log_metrics(logger, {f"summary/{k}": v for k, v in summary.items()}, total)
-    print(
-        f"final normalised score: {summary['final_score']:.1f} "
-        f"(best {summary['best_score']:.1f}, mean of last {cfg.logger.eval_last} evaluations "
-        f"{summary['last_mean_score']:.1f}; dataset average: {dataset_score:.1f})"
-    )
+    seeds = [cfg.env.seed + i for i in range(num_agents)]
+    agents = [
+        {"seed": seed, **summarize(_agent_scores(scores, i, num_agents), cfg)}
+        for i, seed in enumerate(seeds)
+    ]
+    for agent in agents:
+        log_metrics(
+            logger,
+            {
+                f"{_prefix(agent['seed'] - cfg.env.seed, num_agents)}summary/{k}": v
+                for k, v in agent.items()
+                if k != "seed"
+            },
+            total,
+        )
+        who = f"seed {agent['seed']}: " if num_agents > 1 else ""
+        torchrl_logger.info(
+            f"{who}final normalised score: {agent['final_score']:.1f} "
+            f"(best {agent['best_score']:.1f}, mean of last {cfg.logger.eval_last} "
+            f"evaluations {agent['last_mean_score']:.1f}; dataset average: "
+            f"{dataset_score:.1f})"
+        )
     # A machine-readable record of the run, read by benchmarks/learning.py.
-    record = {**summary, "scores": scores, "steps": total, "algorithm": cfg.algorithm}
+    record = {
+        **(agents[0] if num_agents == 1 else {}),
+        "dataset_score": dataset_score,
+        "scores": scores,
+        "steps": total,
+        "algorithm": name,
+        "agents": agents,
+    }
     (out_dir / "summary.json").write_text(json.dumps(record, indent=1))
-    return summary
+    return record
+
+
+def _prefix(agent: int, num_agents: int) -> str:
+    return f"agent{agent}/" if num_agents > 1 else ""
+
+
+def _loss_metrics(loss_td, num_agents: int) -> dict:
+    """``train/<key>`` (mean over agents) and, for a group, ``agent<i>/train/<key>``."""
+    metrics = {f"train/{k}": v.float().mean().item() for k, v in loss_td.items()}
+    if num_agents > 1:
+        for k, v in loss_td.items():
+            per_agent = v.float().reshape(num_agents, -1).mean(-1).tolist()
+            for i, value in enumerate(per_agent):
+                metrics[f"agent{i}/train/{k}"] = value
+    return metrics
+
+
+def _eval_metrics(returns: np.ndarray, agent_scores: list) -> dict:
+    metrics = {
+        "eval/return": returns.mean(),
+        "eval/normalized_score": float(np.mean(agent_scores)),
+    }
+    if len(agent_scores) > 1:
+        for i, (ret, score) in enumerate(zip(returns, agent_scores)):
+            metrics[f"agent{i}/eval/return"] = ret.mean()
+            metrics[f"agent{i}/eval/normalized_score"] = score
+    return metrics
+
+
+def _per_agent(agent_scores: list) -> str:
+    return " (agents: " + ", ".join(f"{s:.1f}" for s in agent_scores) + ")"
+
+
+def _agent_scores(scores: list, agent: int, num_agents: int) -> list:
+    """Agent ``agent``'s ``(step, score)`` pairs out of the run's evaluations."""
+    if num_agents == 1:
+        return scores
+    return [(step, values[agent]) for step, values in scores]
 
 
 def _how_to_continue(ckpt_path: Path, saved_step: int) -> str:
@@ -191,14 +271,13 @@ def _how_to_continue(ckpt_path: Path, saved_step: int) -> str:
     )
 
 
-def summarize(scores: list, last: int, dataset_score: float) -> dict:
-    """Final, best and mean-of-last-``last`` normalised scores."""
+def summarize(scores: list, cfg: DictConfig) -> dict:
+    """Final, best and mean-of-last-``logger.eval_last`` normalised scores."""
     values = [s for _, s in scores] or [float("nan")]
     return {
         "final_score": values[-1],
         "best_score": max(values),
-        "last_mean_score": float(np.mean(values[-last:])),
-        "dataset_score": dataset_score,
+        "last_mean_score": float(np.mean(values[-cfg.logger.eval_last :])),
     }
 
 

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from torchrl._utils import logger as torchrl_logger
 
 from torchrl_misa.data import dataset_average_normalized_score
 
@@ -61,7 +62,7 @@ def main(argv=None) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.output, dpi=100)
-    print(f"wrote {args.output}")
+    torchrl_logger.info(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

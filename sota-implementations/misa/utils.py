@@ -1,23 +1,25 @@
-"""Makers for the MISA offline script: data, env, networks, losses, optimisers, logger.
+"""Makers for the MISA offline script: data, env, networks, loss, optimisers, logger.
 
-The training loop in ``misa_offline.py`` does not know which algorithm it
-trains: :func:`make_update` returns an :class:`UpdateRecipe` (a loss module, one
-optimiser per group of loss entries, how often each group steps, a target-network
-updater). MISA is one recipe; the baselines (BC, TorchRL's ``CQLLoss``,
-``IQLLoss``, ``TD3BCLoss``) are others, built from the same networks and data,
-so every method runs through the same loop. To add a method, add a branch to
-:func:`make_update` that returns its recipe.
+``misa_offline.py`` calls them top to bottom. The update is an
+:class:`UpdateRecipe` (a loss module, one optimiser per group of loss entries, a
+target-network updater, the policy to evaluate), so the same loop trains one
+agent or a group of ``num_agents`` independent agents in one
+:func:`torch.vmap` (:class:`~torchrl_misa.agents.AgentGroup`). The learning
+benchmark builds TorchRL's baselines as recipes of their own
+(``benchmarks/baselines.py``) and runs them through the same loop.
 """
 
 from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.data import Bounded
@@ -29,20 +31,20 @@ from torchrl.modules import (
     TanhNormal,
     ValueOperator,
 )
-from torchrl.objectives import CQLLoss, IQLLoss, LossModule, SoftUpdate, TD3BCLoss
-from torchrl.objectives.bc import BCLoss
+from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.record.loggers import generate_exp_name, get_logger
 
 from torchrl_misa import MISALoss
+from torchrl_misa.agents import AgentGroup
 from torchrl_misa.data import (
     dataset_env_id,
     DatasetUnavailableError,
     DEMO_DATASET_PATH,
+    load_offline_data,
     make_env,
-    make_offline_replay_buffer,
+    OfflineData,
 )
 
-ALGORITHMS = ("misa", "bc", "cql", "iql", "td3bc")
 # `${demo_dataset:}` in the configs: the shipped dataset, wherever the run starts.
 OmegaConf.register_new_resolver(
     "demo_dataset", lambda: str(DEMO_DATASET_PATH), replace=True
@@ -51,11 +53,12 @@ OmegaConf.register_new_resolver(
 
 # --------------------------------------------------------------------- config
 _POSITIVE_INTS = (
+    "num_agents",
     "optim.gradient_steps",
-    "optim.batch_size",
-    "eval.interval",
-    "eval.episodes",
-    "eval.max_steps",
+    "replay_buffer.batch_size",
+    "logger.eval_iter",
+    "logger.eval_envs",
+    "logger.eval_steps",
     "logger.log_interval",
     "logger.eval_last",
     "checkpoint.interval",
@@ -80,10 +83,6 @@ def validate_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not (isinstance(value, int) and _is_number(value) and value > 0):
             problems.append(f"{key}={_show(value)}: must be a positive integer")
-    if cfg.algorithm not in ALGORITHMS:
-        problems.append(
-            f"algorithm={_show(cfg.algorithm)}: unknown, choose one of {', '.join(ALGORITHMS)}"
-        )
     alpha = cfg.loss.alpha_init
     if not (_is_number(alpha) and alpha > 0):
         problems.append(
@@ -106,38 +105,44 @@ def _show(value) -> str:
 
 
 # ----------------------------------------------------------------------- data
-def make_replay_buffer(cfg: DictConfig, device: torch.device):
-    """The dataset's replay buffer, or a clear stop when it cannot be had."""
+def make_offline_data(cfg: DictConfig, device: torch.device) -> OfflineData:
+    """The dataset's replay buffer and what goes with it, or a clear stop when it cannot be had.
+
+    A sample holds ``replay_buffer.batch_size`` transitions per agent.
+    """
+    rb_cfg = cfg.replay_buffer
     try:
-        return make_offline_replay_buffer(
-            cfg.env.dataset,
-            cfg.optim.batch_size,
-            clip_actions=cfg.env.clip_actions,
-            reward_processing=cfg.env.reward_processing,
-            normalize_observations=cfg.env.normalize_observations,
+        return load_offline_data(
+            rb_cfg.dataset,
+            rb_cfg.batch_size * cfg.num_agents,
+            clip_actions=rb_cfg.clip_actions,
+            reward_processing=rb_cfg.reward_processing,
+            normalize_observations=rb_cfg.normalize_observations,
             device=device,
-            root=cfg.env.root,
+            root=rb_cfg.root,
         )
     except DatasetUnavailableError as err:
         raise SystemExit(
             f"{err}\n\nTo train without a download: pass a local D4RL-format file, "
-            "`env.dataset=/path/to/file.hdf5`, or run the demo on the dataset "
-            "shipped in the repo: `python sota-implementations/misa/misa_offline.py "
-            "preset=demo`."
+            "`replay_buffer.dataset=/path/to/file.hdf5`, or run the demo on the "
+            "dataset shipped in the repo: `python "
+            "sota-implementations/misa/misa_offline.py preset=demo`."
         ) from None
 
 
-def make_environment(cfg: DictConfig, replay_buffer, device: torch.device):
-    """The evaluation env: ``cfg.eval.episodes`` copies of the dataset's task, batched.
+def make_environment(cfg: DictConfig, data: OfflineData, device: torch.device):
+    """The evaluation env: ``logger.eval_envs`` copies of the task per agent, batched.
 
-    A :class:`~torchrl.envs.SerialEnv` steps the copies in this process (worker
+    Copies ``[i * eval_envs, (i + 1) * eval_envs)`` run agent ``i``'s policy. A
+    :class:`~torchrl.envs.SerialEnv` steps them in this process (worker
     processes cost more than they save for small tasks on a few cores). The
     dataset's observation normaliser (if any) is appended, so the policy sees
     observations as in training.
     """
-    env_id = cfg.env.eval_env or dataset_env_id(cfg.env.dataset)
-    make = functools.partial(make_env, env_id, obs_norm=replay_buffer.obs_norm)
-    env = SerialEnv(cfg.eval.episodes, make) if cfg.eval.episodes > 1 else make()
+    env_id = cfg.env.name or dataset_env_id(data)
+    make = functools.partial(make_env, env_id, obs_norm=data.obs_norm)
+    copies = cfg.logger.eval_envs * cfg.num_agents
+    env = SerialEnv(copies, make) if copies > 1 else make()
     return env.to(device)  # seeded by each evaluation (see `evaluate`)
 
 
@@ -204,8 +209,13 @@ def make_critic(cfg: DictConfig, in_keys=("observation", "action")) -> ValueOper
 
 
 def initialize_lazy(modules, replay_buffer) -> None:
-    """Runs each module once on a batch so that lazy layers get their shapes."""
-    batch = replay_buffer.sample()[:2]
+    """Runs each module once on two transitions so that lazy layers get their shapes.
+
+    The first two stored transitions, not a sample: building a network draws
+    the same random numbers whatever the batch size (a group's agent ``i``
+    starts as the single run seeded ``seed + i``).
+    """
+    batch = replay_buffer[:2]
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         for module in modules:
             module(batch.clone())
@@ -214,23 +224,28 @@ def initialize_lazy(modules, replay_buffer) -> None:
 # --------------------------------------------------------------- update step
 @dataclass
 class UpdateRecipe:
-    """What one gradient step of an algorithm needs, for the algorithm-agnostic loop.
+    """What one gradient step needs: the loss, its optimisers, targets, the policy.
 
     Attributes:
-        loss_module: returns a TensorDict with the ``loss_*`` entries below.
+        loss_module: returns a TensorDict with the ``loss_*`` entries below; an
+            :class:`~torchrl_misa.agents.AgentGroup` returns them per agent.
         optimizers: ``name -> (loss keys, optimiser)``: the optimiser steps on the
             sum of those entries' gradients.
+        policy: the module evaluated in the environment (for a group: every
+            agent's policy, on its own slice of the batched env).
+        target_updater: has ``step()``: Polyak averaging of the target
+            networks, or ``None``.
         every: ``name -> n``: that group steps every ``n`` updates (default 1),
             e.g. TD3+BC's delayed actor.
-        target_updater: Polyak averaging of the target networks, or ``None``.
-        policy: the module evaluated in the environment.
+        num_agents: agents trained by this recipe.
     """
 
-    loss_module: LossModule
+    loss_module: nn.Module
     optimizers: dict
     policy: nn.Module
-    target_updater: SoftUpdate | None = None
+    target_updater: object | None = None
     every: dict = field(default_factory=dict)
+    num_agents: int = 1
 
     def state_dict(self) -> dict:
         return {
@@ -257,16 +272,33 @@ class UpdateRecipe:
             if p not in opt.state
         )
 
+    def active_groups(self, step: int) -> tuple[str, ...]:
+        """The optimiser groups that step at update ``step``."""
+        return tuple(
+            name for name in self.optimizers if step % self.every.get(name, 1) == 0
+        )
 
-def update_step(recipe: UpdateRecipe, batch, step: int):
-    """One gradient step; returns the loss module's output, detached."""
+    def sample(self, replay_buffer) -> TensorDictBase:
+        """One batch: ``[B]``, or ``[num_agents, B / num_agents]`` for a group.
+
+        A group's agents get independent draws: agent ``i`` the rows
+        ``[i * B / num_agents, (i + 1) * B / num_agents)`` of one sample.
+        """
+        batch = replay_buffer.sample()
+        if self.num_agents == 1:
+            return batch
+        return batch.reshape(self.num_agents, -1)
+
+
+def update_step(recipe: UpdateRecipe, batch, active: tuple[str, ...]):
+    """One gradient step of the ``active`` optimiser groups; the losses, detached.
+
+    A group's losses have one entry per agent: their sum trains every agent,
+    each on its own loss (no gradient crosses agents).
+    """
     loss_td = recipe.loss_module(batch)
-    groups = [
-        (keys, opt)
-        for name, (keys, opt) in recipe.optimizers.items()
-        if step % recipe.every.get(name, 1) == 0
-    ]
-    total = sum(loss_td[k] for keys, _ in groups for k in keys)
+    groups = [recipe.optimizers[name] for name in active]
+    total = sum(loss_td[k].sum() for keys, _ in groups for k in keys)
     total.backward()
     for _, opt in groups:
         opt.step()
@@ -278,100 +310,152 @@ def update_step(recipe: UpdateRecipe, batch, step: int):
     return loss_td.detach()
 
 
-def _adam(params, lr: float) -> torch.optim.Adam:
-    return torch.optim.Adam(list(params), lr=lr)
+class _GroupTargets:
+    """``SoftUpdate.step()`` for every agent of a group."""
+
+    def __init__(self, group: AgentGroup, tau: float) -> None:
+        self.group, self.tau = group, tau
+
+    def step(self) -> None:
+        self.group.update_targets(self.tau)
 
 
-def _group(loss: LossModule, keys: list, params: str, lr: float) -> tuple:
-    """An optimiser group: ``keys`` of the loss output train ``loss.<params>``."""
-    return keys, _adam(getattr(loss, params).values(True, True), lr)
+class GroupPolicy(nn.Module):
+    """The policies of a group's agents on one batched env, in one vmapped call.
+
+    Args:
+        actor: one agent's actor module (its own parameters are not used).
+        params: the actors' parameters stacked along a leading agent dimension
+            (the group's ``actor_network_params``: trained in place).
+        num_agents: agents; the env's batch is split into that many equal
+            slices, slice ``i`` acted on by agent ``i``.
+    """
+
+    def __init__(self, actor: nn.Module, params: TensorDictBase, num_agents: int):
+        super().__init__()
+        self.__dict__["actor"] = actor  # a template, not a submodule
+        self.__dict__["params"] = params
+        self.num_agents = num_agents
+        self._vmapped = torch.vmap(self._one, (0, 0), randomness="different")
+
+    def _one(self, params: TensorDictBase, td: TensorDictBase) -> TensorDictBase:
+        with params.to_module(self.actor):
+            return self.actor(td)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        shape = tensordict.batch_size
+        per_agent = tensordict.reshape(self.num_agents, -1)
+        return self._vmapped(self.params, per_agent).reshape(shape)
 
 
-def make_update(
-    cfg: DictConfig, replay_buffer, action_dim: int, device
+def _entries(loss: LossModule, names) -> list:
+    """The tensors of ``loss.<name>`` for each name (a parameter or a TensorDict of them)."""
+    out = []
+    for name in names:
+        entry = getattr(loss, name)
+        out += (
+            list(entry.values(True, True))
+            if isinstance(entry, TensorDictBase)
+            else [entry]
+        )
+    return out
+
+
+def build_recipe(
+    make_loss: Callable[[], tuple[LossModule, nn.Module]],
+    groups: dict,
+    *,
+    num_agents: int,
+    seed: int,
+    tau: float | None,
+    every: dict | None = None,
 ) -> UpdateRecipe:
-    """The :class:`UpdateRecipe` of ``cfg.algorithm`` on the script's networks."""
-    algo = cfg.algorithm
-    if algo not in ALGORITHMS:
-        raise ValueError(f"Unknown algorithm {algo!r}; choose one of {ALGORITHMS}.")
-    o = cfg.optim
-    actor = make_actor(cfg, action_dim, deterministic=algo == "td3bc").to(device)
-    critic = make_critic(cfg).to(device)
-    modules = [actor, critic]
-    if algo == "misa":
-        mi_critic = make_critic(cfg).to(device) if cfg.loss.mi_critic else None
-        modules += [mi_critic] if mi_critic is not None else []
-        initialize_lazy(modules, replay_buffer)
-        kwargs = OmegaConf.to_container(cfg.loss, resolve=True)
-        kwargs.pop("mi_critic")
-        loss = MISALoss(actor, critic, mi_critic=mi_critic, **kwargs)
-        loss.make_value_estimator(gamma=o.gamma)
+    """One agent, or a group of ``num_agents``, of the loss ``make_loss`` builds.
+
+    Args:
+        make_loss: returns a fresh ``(loss, policy)``; agent ``i`` of a group is
+            built after ``torch.manual_seed(seed + i)``, so it starts where a
+            single run seeded ``seed + i`` starts.
+        groups: ``name -> (loss keys, loss entries trained, learning rate)``,
+            e.g. ``"critic": (["loss_qvalue"], ["qvalue_network_params"], 3e-4)``.
+        num_agents: 1 for a plain loss module.
+        seed: the run's seed.
+        tau: Polyak rate of the target networks, ``None`` when there are none.
+        every: ``name -> n``: that optimiser steps every ``n`` updates.
+    """
+    if num_agents == 1:
+        torch.manual_seed(seed)  # where agent 0 of a group starts
+        loss, policy = make_loss()
         optimizers = {
-            "actor": _group(loss, ["loss_actor"], "actor_network_params", o.actor_lr),
-            "critic": _group(
-                loss, ["loss_qvalue"], "qvalue_network_params", o.critic_lr
-            ),
-            "alpha": (["loss_alpha"], _adam([loss.log_alpha], o.alpha_lr)),
+            name: (keys, torch.optim.Adam(_entries(loss, entries), lr=lr))
+            for name, (keys, entries, lr) in groups.items()
         }
-        if cfg.loss.lagrange_tau is not None:
-            optimizers["alpha_prime"] = (
-                ["loss_alpha_prime"],
-                _adam([loss.log_alpha_prime], o.alpha_prime_lr),
-            )
-        if mi_critic is not None:
-            optimizers["mi_critic"] = _group(
-                loss, ["loss_mi_critic"], "mi_critic_network_params", o.critic_lr
-            )
-        return UpdateRecipe(loss, optimizers, actor, SoftUpdate(loss, tau=o.tau))
-    if algo == "bc":
-        initialize_lazy([actor], replay_buffer)
-        loss = BCLoss(actor)
-        return UpdateRecipe(
-            loss, {"actor": (["loss_bc"], _adam(actor.parameters(), o.actor_lr))}, actor
-        )
-    if algo == "cql":
-        initialize_lazy(modules, replay_buffer)
-        # Kumar et al.'s locomotion settings: min_q_weight 5, 10 random actions,
-        # no Lagrange, deterministic backup.
-        loss = CQLLoss(
-            actor, critic, loss_function="l2", min_q_weight=5.0, num_random=10
-        )
-        loss.make_value_estimator(gamma=o.gamma)
-        optimizers = {
-            "actor": _group(loss, ["loss_actor"], "actor_network_params", o.actor_lr),
-            "critic": _group(
-                loss, ["loss_qvalue", "loss_cql"], "qvalue_network_params", o.critic_lr
-            ),
-            "alpha": (["loss_alpha"], _adam([loss.log_alpha], o.alpha_lr)),
-        }
-        return UpdateRecipe(loss, optimizers, actor, SoftUpdate(loss, tau=o.tau))
-    if algo == "iql":
-        value = make_critic(cfg, in_keys=("observation",)).to(device)
-        initialize_lazy(modules + [value], replay_buffer)
-        # Kostrikov et al.'s locomotion settings: expectile 0.7, temperature 3.
-        loss = IQLLoss(
-            actor, critic, value, loss_function="l2", expectile=0.7, temperature=3.0
-        )
-        loss.make_value_estimator(gamma=o.gamma)
-        optimizers = {
-            "actor": _group(loss, ["loss_actor"], "actor_network_params", o.critic_lr),
-            "critic": _group(
-                loss, ["loss_qvalue"], "qvalue_network_params", o.critic_lr
-            ),
-            "value": _group(loss, ["loss_value"], "value_network_params", o.critic_lr),
-        }
-        return UpdateRecipe(loss, optimizers, actor, SoftUpdate(loss, tau=o.tau))
-    # td3bc: Fujimoto & Gu's settings: alpha 2.5, policy noise 0.2 clipped at 0.5,
-    # actor and targets updated every 2 critic steps.
-    initialize_lazy(modules, replay_buffer)
-    loss = TD3BCLoss(actor, critic, bounds=(-1.0, 1.0), loss_function="l2", alpha=2.5)
-    loss.make_value_estimator(gamma=o.gamma)
+        targets = SoftUpdate(loss, tau=tau) if tau is not None else None
+        return UpdateRecipe(loss, optimizers, policy, targets, dict(every or {}))
+    losses, policies = [], []
+    for i in range(num_agents):
+        torch.manual_seed(seed + i)
+        loss, policy = make_loss()
+        losses.append(loss)
+        policies.append(policy)
+    group = AgentGroup(losses)
     optimizers = {
-        "actor": _group(loss, ["loss_actor"], "actor_network_params", o.critic_lr),
-        "critic": _group(loss, ["loss_qvalue"], "qvalue_network_params", o.critic_lr),
+        name: (keys, torch.optim.Adam(group.parameters_of(*entries), lr=lr))
+        for name, (keys, entries, lr) in groups.items()
     }
+    policy = GroupPolicy(
+        policies[0], group.params.get("actor_network_params"), num_agents
+    )
+    targets = _GroupTargets(group, tau) if tau is not None else None
     return UpdateRecipe(
-        loss, optimizers, actor, SoftUpdate(loss, tau=o.tau), every={"actor": 2}
+        group, optimizers, policy, targets, dict(every or {}), num_agents
+    )
+
+
+def make_misa_update(
+    cfg: DictConfig, data: OfflineData, action_dim: int, device
+) -> UpdateRecipe:
+    """MISA's :class:`UpdateRecipe`: ``cfg.num_agents`` agents seeded ``env.seed + i``."""
+    o, loss_cfg = cfg.optim, cfg.loss
+    kwargs = OmegaConf.to_container(loss_cfg, resolve=True)
+    for key in ("gamma", "tau", "mi_critic"):
+        kwargs.pop(key)
+
+    def make_loss():
+        actor = make_actor(cfg, action_dim).to(device)
+        critic = make_critic(cfg).to(device)
+        mi_critic = make_critic(cfg).to(device) if loss_cfg.mi_critic else None
+        initialize_lazy(
+            [m for m in (actor, critic, mi_critic) if m is not None],
+            data.replay_buffer,
+        )
+        loss = MISALoss(actor, critic, mi_critic=mi_critic, **kwargs)
+        loss.make_value_estimator(gamma=loss_cfg.gamma)
+        return loss, actor
+
+    groups = {
+        "actor": (["loss_actor"], ["actor_network_params"], o.actor_lr),
+        "critic": (["loss_qvalue"], ["qvalue_network_params"], o.critic_lr),
+        "alpha": (["loss_alpha"], ["log_alpha"], o.alpha_lr),
+    }
+    if loss_cfg.lagrange_tau is not None:
+        groups["alpha_prime"] = (
+            ["loss_alpha_prime"],
+            ["log_alpha_prime"],
+            o.alpha_prime_lr,
+        )
+    if loss_cfg.mi_critic:
+        groups["mi_critic"] = (
+            ["loss_mi_critic"],
+            ["mi_critic_network_params"],
+            o.critic_lr,
+        )
+    return build_recipe(
+        make_loss,
+        groups,
+        num_agents=cfg.num_agents,
+        seed=cfg.env.seed,
+        tau=loss_cfg.tau,
     )
 
 
@@ -403,23 +487,21 @@ def evaluate(env, policy, max_steps: int, seed: int) -> np.ndarray:
 
 
 # --------------------------------------------------------- logging, seeding
-def make_logger(cfg: DictConfig, exp_name: str | None = None):
+def make_logger(cfg: DictConfig, name: str, exp_name: str | None = None):
+    """TorchRL's logger of ``cfg.logger.backend`` (``None`` for ``""``) and its experiment name."""
     if not cfg.logger.backend:
         return None, exp_name or "none"
-    exp_name = exp_name or generate_exp_name(
-        "MISA" if cfg.algorithm == "misa" else cfg.algorithm.upper(),
-        cfg.logger.exp_name,
-    )
+    exp_name = exp_name or generate_exp_name(name, cfg.logger.exp_name)
     kwargs = {}
     if cfg.logger.backend == "wandb":
-        kwargs = dict(
-            config=OmegaConf.to_container(cfg, resolve=True),
-            project=cfg.logger.project_name,
-            group=cfg.logger.group_name,
-            mode=cfg.logger.mode,
-            id=exp_name,
-            resume="allow",
-        )
+        kwargs = {
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "project": cfg.logger.project_name,
+            "group": cfg.logger.group_name,
+            "mode": cfg.logger.mode,
+            "id": exp_name,
+            "resume": "allow",
+        }
     logger = get_logger(
         cfg.logger.backend,
         logger_name=cfg.logger.log_dir,
