@@ -177,7 +177,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             "(MISA itself: sota-implementations/misa/misa_offline.py)"
         )
     if cfg.num_agents > 1 and algorithm not in GROUPED:
-        make_baseline_update(algorithm)(cfg, None, 0, None)  # its error, before any data
+        make_baseline_update(algorithm)(
+            cfg, None, 0, None
+        )  # its error, before any data
     return misa_offline.train(
         cfg, out_dir, make_update=make_baseline_update(algorithm), name=algorithm
     )

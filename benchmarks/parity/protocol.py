@@ -247,7 +247,7 @@ def read_transitions(
         if missing:
             raise ValueError(
                 f"{path}: no {missing} in the file; this harness needs a D4RL-layout "
-                "file with next_observations (make one with `python -m torchrl_misa.data.generate`)."
+                "file with next_observations (make one with `python tools/generate_dataset.py`)."
             )
         obs = f["observations"][:].astype(np.float32)
         next_obs = f["next_observations"][:].astype(np.float32)

@@ -35,7 +35,6 @@ from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.record.loggers import generate_exp_name, get_logger
 
 from torchrl_misa import MISALoss
-from torchrl_misa.agents import AgentGroup
 from torchrl_misa.data import (
     dataset_env_id,
     DatasetUnavailableError,
@@ -313,7 +312,7 @@ def update_step(recipe: UpdateRecipe, batch, active: tuple[str, ...]):
 class _GroupTargets:
     """``SoftUpdate.step()`` for every agent of a group."""
 
-    def __init__(self, group: AgentGroup, tau: float) -> None:
+    def __init__(self, group, tau: float) -> None:
         self.group, self.tau = group, tau
 
     def step(self) -> None:
@@ -392,6 +391,9 @@ def build_recipe(
         }
         targets = SoftUpdate(loss, tau=tau) if tau is not None else None
         return UpdateRecipe(loss, optimizers, policy, targets, dict(every or {}))
+    # agent groups are optional: a single run needs nothing beyond TorchRL
+    from torchrl_misa.agents import AgentGroup
+
     losses, policies = [], []
     for i in range(num_agents):
         torch.manual_seed(seed + i)
