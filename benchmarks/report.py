@@ -10,8 +10,9 @@ update-step throughput benchmark) when present. Writes
 ``benchmarks/results/learning_<scale>.md`` and ``learning_<scale>_*.png``.
 
 ``--parity`` puts our MISA (``misa``, ``misa-authors-sampler`` from
-``learning_<scale>.csv``; ``misa-authors-init`` from ``parity_<scale>.csv``,
-written by ``benchmarks/parity/probe_init.py``) next to the authors' code
+``learning_<scale>.csv``; the probes ``misa-authors-init``, ``misa-rerun``, ...
+from ``parity_<scale>.csv``, written by ``benchmarks/parity/probe_init.py``;
+``PARITY_ROWS`` says what each changes) next to the authors' code
 (``misa-authors-code``, in ``parity_<scale>.csv``, written by
 ``benchmarks/parity/train_authors.py``) on the datasets the latter ran on,
 with bootstrap and Welch intervals of the differences; it writes
@@ -31,10 +32,24 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 MAIN = ("misa", "bc", "cql", "iql", "td3bc")
-# our code, with the authors' sampler, with their initialisation (probe_init.py), theirs
-PARITY = ("misa", "misa-authors-sampler", "misa-authors-init", "misa-authors-code")
 THEIRS = "misa-authors-code"
-OURS = tuple(m for m in PARITY if m != THEIRS)
+# The parity report's rows of our code, in order: what each changes in our recipe
+# (the text before the first " (" is the verdicts' short form). Rows of other
+# names in parity_<scale>.csv are tabled after these.
+PARITY_ROWS = {
+    "misa": "nothing: our recipe as is (rows of `learning_<scale>.csv`; seeds 0-2 "
+    "made with the package of commit de31edf and its evaluation seeding, once per "
+    "run; seeds 3-4 with the code of commits 34727e6 and e4ce224)",
+    "misa-authors-sampler": "`loss.sampler_mode=authors`: the authors' HMC for "
+    "the correction (action space, one adapted step size per batch)",
+    "misa-rerun": "nothing: our recipe as is, rerun with the code the probes ran "
+    "on (`benchmarks/parity/probe_init.py --variant none`)",
+    "misa-authors-init": "the authors' initialisation and trainable log-std "
+    "multiplier and offset (flax's default on hidden layers, variance scaling 1e-2 "
+    "on the last ones, zero biases; `benchmarks/parity/probe_init.py`)",
+}
+PARITY = (*PARITY_ROWS, THEIRS)
+OURS = tuple(PARITY_ROWS)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -89,11 +104,20 @@ def settings_line(rows: list[dict]) -> str:
             cfg = json.loads(other.read_text())["ours"]
         else:
             continue
-        net, optim, ev = cfg["network"], cfg["optim"], cfg["eval"]
+        net, optim = cfg["network"], cfg["optim"]
+        if "eval" in cfg:  # runs made before the config took TorchRL's key names
+            batch, every = optim["batch_size"], cfg["eval"]["interval"]
+            episodes = cfg["eval"]["episodes"]
+        else:
+            batch, every = (
+                cfg["replay_buffer"]["batch_size"],
+                cfg["logger"]["eval_iter"],
+            )
+            episodes = cfg["logger"]["eval_envs"]
         seen[r["dataset"]].add(
             f"actor {net['actor_hidden_sizes']}, critic {net['critic_hidden_sizes']}, "
-            f"batch {optim['batch_size']}, {optim['gradient_steps']} gradient steps, "
-            f"evaluation every {ev['interval']} steps ({ev['episodes']} episodes)"
+            f"batch {batch}, {optim['gradient_steps']} gradient steps, "
+            f"evaluation every {every} steps ({episodes} episodes)"
         )
         if r["method"] == "misa":
             loss = cfg["loss"]
@@ -220,9 +244,17 @@ def welch_interval(a, b) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def parity_methods(rows: list[dict]) -> list[str]:
+    """The parity rows' methods: ``PARITY``'s order, then any other of ours by name."""
+    seen = {r["method"] for r in rows}
+    return [m for m in PARITY if m in seen] + sorted(seen - set(PARITY))
+
+
 def parity_lines(rows: list[dict]) -> list[str]:
     """Markdown: the parity rows per dataset, and ours minus theirs with intervals."""
     out = []
+    methods = parity_methods(rows)
+    ours_methods = [m for m in methods if m != THEIRS]
     for d in sorted({r["dataset"] for r in rows}):
         by = defaultdict(list)
         for r in sorted(rows, key=lambda r: int(r["seed"])):
@@ -234,7 +266,7 @@ def parity_lines(rows: list[dict]) -> list[str]:
             "| code | seeds | final score | mean of last 5 evaluations | wall s (median) |",
             "|---|---|---:|---:|---:|",
         ]
-        for m in PARITY:
+        for m in methods:
             if m in by:
                 seeds = ",".join(r["seed"] for r in by[m])
                 final = mean_std([r["final_score"] for r in by[m]])
@@ -255,7 +287,7 @@ def parity_lines(rows: list[dict]) -> list[str]:
             "|---|---:|---:|",
         ]
         verdicts = []
-        for m in OURS:
+        for m in ours_methods:
             if m not in by:
                 continue
             cells = []
@@ -270,7 +302,7 @@ def parity_lines(rows: list[dict]) -> list[str]:
                 verdicts.append((m, metric, low <= 0 <= high, w_low <= 0 <= w_high))
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
-        for m in OURS:
+        for m in ours_methods:
             mine = [v for v in verdicts if v[0] == m]
             if not mine:
                 continue
@@ -287,7 +319,8 @@ def parity_lines(rows: list[dict]) -> list[str]:
                     if boot
                     else f"borderline: Welch's interval excludes 0 on {', '.join(welch)}"
                 )
-            out.append(f"- **{d}, {m}**: {text}.")
+            change = PARITY_ROWS.get(m, "see `benchmarks/parity/`").split(" (")[0]
+            out.append(f"- **{d}, {m}** (changed: {change}): {text}.")
         out.append("")
     return out
 
@@ -306,24 +339,32 @@ def parity_report(scale: str) -> Path:
     ours = read_rows(ours_csv) if ours_csv.exists() else []
     rows = [r for r in ours if r["method"] in OURS and r["dataset"] in datasets]
     rows += theirs
+    methods = parity_methods(rows)
     out = [
         f"# MISA parity with the authors' code ({scale})",
         "",
-        "Our MISA (`misa`; `misa-authors-sampler`: with `loss.sampler_mode=authors`; "
-        "`misa-authors-init`: with the authors' network initialisation and trainable "
-        "log-std scalars, `benchmarks/parity/probe_init.py`) and the authors' JAX code "
-        "(`misa-authors-code`, github.com/sail-sg/MISA, trained by "
+        "Our MISA, as is and with one change at a time, and the authors' JAX code "
+        f"(`{THEIRS}`, github.com/sail-sg/MISA, trained by "
         "`benchmarks/parity/train_authors.py` on the same transitions, settings and "
         "evaluation) at the same seeds. Normalised score of the "
         "deterministic policy, mean ± std over seeds. How the runs were made, and "
         "what differs between the two codes: `benchmarks/parity/README.md`.",
+        "",
+        "| code | what it changes in our recipe |",
+        "|---|---|",
+        *[
+            f"| {m} | {PARITY_ROWS.get(m, 'see `benchmarks/parity/`')} |"
+            for m in methods
+            if m != THEIRS
+        ],
+        f"| {THEIRS} | the authors' code |",
         "",
         settings_line(rows),
         "",
         *parity_lines(rows),
     ]
     png = RESULTS / f"parity_{scale}.png"
-    if plot_curves(rows, PARITY, png, "parity"):
+    if plot_curves(rows, methods, png, "parity"):
         out += [
             f"![parity]({png.name})",
             "",
