@@ -20,6 +20,19 @@ patched into its makers, for the seeds given, and appends rows (method
 ``misa-authors-init``) to ``benchmarks/results/parity_<scale>.csv``::
 
     python benchmarks/parity/probe_init.py --seeds 0 1 2 3 4
+
+``--variant`` picks another probe, each its own method name (``VARIANTS``):
+
+* ``authors-init`` (the default): the three changes above, ``misa-authors-init``;
+* ``none``: the script as it is, ``misa-rerun``. The ``misa`` rows of
+  ``learning_<scale>.csv`` were made over a day of changes to the package
+  (data loading, the loss, the evaluation's seeding); this control runs the
+  same code as the other probes, so that a probe's difference is its change.
+
+Batches need no probe: ours, like the authors' (``np.random.randint``), are
+drawn uniformly with replacement (TorchRL's ``RandomSampler``); nor does the
+temperature: both start at ``alpha = 1`` and train ``log alpha`` with Adam at
+the actor's rate (1e-4 here).
 """
 
 from __future__ import annotations
@@ -37,7 +50,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
 SCRIPT_DIR = REPO / "sota-implementations" / "misa"
-METHOD = "misa-authors-init"
+#: ``--variant`` -> (method name of its rows, what it changes in our recipe)
+VARIANTS = {
+    "authors-init": (
+        "misa-authors-init",
+        "flax's initialisation of actor and critics, trainable log-std scalars",
+    ),
+    "none": ("misa-rerun", "nothing: our recipe as is, rerun with the probes' code"),
+}
 # flax's lecun_normal: a normal truncated at 2 std, rescaled to variance 1/fan_in
 _TRUNC_STD = 0.87962566103423978
 
@@ -80,6 +100,17 @@ def _authors_init(module) -> None:
             nn.init.zeros_(layer.bias)
 
 
+def run_script(overrides: list[str]) -> None:
+    """One run of ``misa_offline.py`` with ``overrides``, in this process."""
+    import runpy
+
+    if str(SCRIPT_DIR) not in sys.path:  # the script imports its siblings
+        sys.path.insert(0, str(SCRIPT_DIR))
+    script = str(SCRIPT_DIR / "misa_offline.py")
+    sys.argv = [script, *overrides]
+    runpy.run_path(script, run_name="__main__")  # hydra finds config.yaml by its path
+
+
 def run_patched(overrides: list[str]) -> None:
     """One run of ``misa_offline.py`` with the authors' init and log-std head."""
     sys.path.insert(0, str(SCRIPT_DIR))
@@ -115,11 +146,15 @@ def run_patched(overrides: list[str]) -> None:
         return loss
 
     utils.initialize_lazy, utils.MISALoss = initialize_lazy, misa_loss
-    script = str(SCRIPT_DIR / "misa_offline.py")
-    sys.argv = [script, *overrides]
-    import runpy
+    run_script(overrides)
 
-    runpy.run_path(script, run_name="__main__")  # hydra finds config.yaml by its path
+
+def run_variant(variant: str, overrides: list[str]) -> None:
+    """One run of the script with ``variant``'s change (see ``VARIANTS``)."""
+    if variant == "none":
+        run_script(overrides)
+    else:
+        run_patched(overrides)
 
 
 def main(argv=None) -> None:
@@ -127,23 +162,31 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--scale", default="small")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        default="authors-init",
+        help="the probe: what it changes in our recipe (see the module's docstring)",
+    )
     parser.add_argument("--run", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run is not None:
-        run_patched(args.run)
+        run_variant(args.variant, args.run)
         return
+    method = VARIANTS[args.variant][0]
     sys.path.insert(0, str(REPO / "benchmarks"))
     import learning
 
     out_csv = args.out or learning.RESULTS / f"parity_{args.scale}.csv"
     for seed in args.seeds:
         job = learning.Job(args.scale, learning.DEMO, "misa", seed)
-        name = job.name.replace("__misa__", f"__{METHOD}__")
+        name = job.name.replace("__misa__", f"__{method}__")
         if out_csv.exists() and name in learning.done_jobs(out_csv):
             print(f"{name} is already in {out_csv}: skipped.")
             continue
         run_dir = learning.RESULTS / "runs" / args.scale / name
-        cmd = [sys.executable, str(HERE), "--run", *job.overrides()]
+        cmd = [sys.executable, str(HERE), "--variant", args.variant]
+        cmd += ["--run", *job.overrides()]
         cmd += [f"hydra.run.dir={run_dir}", "logger.progress_bar=false"]
         start = time.perf_counter()
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -154,7 +197,7 @@ def main(argv=None) -> None:
         row = {
             "scale": args.scale,
             "dataset": Path(job.dataset).stem,
-            "method": METHOD,
+            "method": method,
             "seed": seed,
             "steps": summary["steps"],
             "final_score": round(summary["final_score"], 3),
