@@ -44,6 +44,9 @@ PARITY_ROWS = {
     "the correction (action space, one adapted step size per batch)",
     "misa-rerun": "nothing: our recipe as is, rerun with the code the probes ran "
     "on (`benchmarks/parity/probe_init.py --variant none`)",
+    "misa-authors-actor-init": "the authors' initialisation of the actor only and "
+    "trainable log-std multiplier and offset (critics as ours; "
+    "`benchmarks/parity/probe_init.py --variant authors-actor-init`)",
     "misa-authors-init": "the authors' initialisation and trainable log-std "
     "multiplier and offset (flax's default on hidden layers, variance scaling 1e-2 "
     "on the last ones, zero biases; `benchmarks/parity/probe_init.py`)",

@@ -24,6 +24,8 @@ patched into its makers, for the seeds given, and appends rows (method
 ``--variant`` picks another probe, each its own method name (``VARIANTS``):
 
 * ``authors-init`` (the default): the three changes above, ``misa-authors-init``;
+* ``authors-actor-init``: the actor's changes only (flax's init, the log-std
+  scalars), the critics as ours, ``misa-authors-actor-init``;
 * ``none``: the script as it is, ``misa-rerun``. The ``misa`` rows of
   ``learning_<scale>.csv`` were made over a day of changes to the package
   (data loading, the loss, the evaluation's seeding); this control runs the
@@ -55,6 +57,10 @@ VARIANTS = {
     "authors-init": (
         "misa-authors-init",
         "flax's initialisation of actor and critics, trainable log-std scalars",
+    ),
+    "authors-actor-init": (
+        "misa-authors-actor-init",
+        "flax's initialisation of the actor only, trainable log-std scalars",
     ),
     "none": ("misa-rerun", "nothing: our recipe as is, rerun with the probes' code"),
 }
@@ -111,8 +117,11 @@ def run_script(overrides: list[str]) -> None:
     runpy.run_path(script, run_name="__main__")  # hydra finds config.yaml by its path
 
 
-def run_patched(overrides: list[str]) -> None:
-    """One run of ``misa_offline.py`` with the authors' init and log-std head."""
+def run_patched(overrides: list[str], critics: bool = True) -> None:
+    """One run of ``misa_offline.py`` with the authors' init and log-std head.
+
+    ``critics=False``: the critics keep our initialisation.
+    """
     sys.path.insert(0, str(SCRIPT_DIR))
     import copy
 
@@ -145,7 +154,9 @@ def run_patched(overrides: list[str]) -> None:
                     loss.target_qvalue_network_params.get(key).data[i].copy_(value)
         return loss
 
-    utils.initialize_lazy, utils.MISALoss = initialize_lazy, misa_loss
+    utils.initialize_lazy = initialize_lazy
+    if critics:
+        utils.MISALoss = misa_loss
     run_script(overrides)
 
 
@@ -154,7 +165,7 @@ def run_variant(variant: str, overrides: list[str]) -> None:
     if variant == "none":
         run_script(overrides)
     else:
-        run_patched(overrides)
+        run_patched(overrides, critics=variant == "authors-init")
 
 
 def main(argv=None) -> None:
