@@ -68,7 +68,14 @@ def make_baseline_update(algorithm: str):
 
 
 def _networks(cfg, data, action_dim, device, deterministic=False, value=False):
-    actor = make_actor(cfg, action_dim, deterministic=deterministic).to(device)
+    """The script's networks with torch's initialisation and a fixed log-std offset.
+
+    ``network.init`` and ``network.trainable_log_std`` (the authors' MISA
+    code's choices) are MISA's; the baselines keep their own implementations'.
+    """
+    actor = make_actor(
+        cfg, action_dim, deterministic=deterministic, trainable_log_std=False
+    ).to(device)
     critic = make_critic(cfg).to(device)
     modules = [actor, critic]
     if value:

@@ -66,6 +66,8 @@ ABLATIONS = {
     "misa-no-ba": ["loss.bc_term=false"],
     "misa-k5": ["loss.num_mcmc_samples=5"],
     "misa-authors-sampler": ["loss.sampler_mode=authors"],
+    # the recipe's networks before they took the authors' initialisation
+    "misa-torch-init": ["network.init=torch", "network.trainable_log_std=false"],
 }
 _CSV_LOCK = threading.Lock()
 DEMO = "datasets/pendulum-medium-replay-v0.hdf5"

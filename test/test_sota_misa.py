@@ -290,3 +290,83 @@ def test_invalid_settings_stop_the_script_before_loading_data(tmp_path):
     assert "replay_buffer.batch_size=0: must be a positive integer" in proc.stderr
     assert "logger.eval_iter=-5: must be a positive integer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _linear_layers(params, prefix):
+    """``[(weight, bias)]`` of the linear layers under ``prefix``, in order."""
+    weights = sorted(
+        (k for k in params.keys(True, True) if k[0] == prefix and k[-1] == "weight"),
+        key=lambda k: [int(p) for p in k if p.isdigit()],
+    )
+    return [(params.get(k), params.get(k[:-1] + ("bias",))) for k in weights]
+
+
+@pytest.mark.parametrize("init", ["authors", "torch"])
+def test_network_initialisation_follows_its_formula(
+    init, pendulum_file, misa_script, tmp_path
+):
+    """Hidden weights: variance 1/fan_in (authors: lecun-normal truncated at 2 std)
+    or 1/(3 fan_in) (torch: uniform); authors' heads uniform at variance 1e-2/fan_in
+    and zero biases; every critic of the ensemble drawn on its own."""
+    from hydra import compose, initialize_config_dir
+
+    utils = misa_script.utils
+    with initialize_config_dir(config_dir=str(SCRIPT.parent), version_base="1.2"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "preset=demo",
+                f"replay_buffer.dataset={pendulum_file}",
+                f"replay_buffer.root={tmp_path}",
+                "network.actor_hidden_sizes=[256,256]",
+                "network.critic_hidden_sizes=[256,256]",
+                f"network.init={init}",
+                "num_agents=2",  # a group: no SoftUpdate syncs the targets
+            ],
+        )
+    data = utils.make_offline_data(cfg, torch.device("cpu"))
+    group = utils.make_misa_update(cfg, data, 1, torch.device("cpu")).loss_module
+    for agent in range(2):
+        _check_initialisation(group.params.data[agent], init)
+
+
+def _check_initialisation(params, init):
+    actor = _linear_layers(params, "actor_network_params")
+    critics = [
+        [(w[i], b[i]) for w, b in _linear_layers(params, "qvalue_network_params")]
+        for i in range(2)
+    ]
+    for layers in (actor, *critics):
+        (w_in, b_in), (w_hidden, b_hidden), (w_out, b_out) = layers
+        fan_in = w_hidden.shape[1]
+        if init == "authors":
+            # 65 536 weights: the std's relative standard error is about 0.3%
+            assert w_hidden.std().item() == pytest.approx(fan_in**-0.5, rel=0.02)
+            bound = 2 * fan_in**-0.5 / 0.87962566103423978
+            assert w_hidden.abs().max().item() <= bound + 1e-6
+            assert w_hidden.abs().max().item() > 0.95 * bound  # truncated, not clipped
+            std_out = (1e-2 / fan_in) ** 0.5
+            assert w_out.abs().max().item() <= 3**0.5 * std_out + 1e-7
+            for b in (b_in, b_hidden, b_out):
+                assert not b.any()
+        else:
+            assert w_hidden.std().item() == pytest.approx(
+                (3 * fan_in) ** -0.5, rel=0.02
+            )
+            assert b_hidden.any()
+    assert not torch.equal(critics[0][1][0], critics[1][1][0])
+    # the targets start equal to their critics
+    sources = _linear_layers(params, "qvalue_network_params")
+    targets = _linear_layers(params, "target_qvalue_network_params")
+    for (w, b), (w_target, b_target) in zip(sources, targets):
+        assert torch.equal(w, w_target) and torch.equal(b, b_target)
+    # the authors' log-std multiplier and offset, trained with the actor
+    log_std = {
+        k[-1]: v
+        for k, v in params.items(True, True)
+        if k[0] == "actor_network_params" and k[-1].startswith("log_std_")
+    }
+    assert {k: v.item() for k, v in log_std.items()} == {
+        "log_std_multiplier": 1.0,
+        "log_std_offset": -1.0,
+    }

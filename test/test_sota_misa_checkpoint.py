@@ -396,6 +396,8 @@ def test_resume_next_to_the_run_folders_own_checkpoint(
         ("replay_buffer.reward_processing=minmax", "checkpoint none vs now minmax"),
         ("network.actor_hidden_sizes=[8]", "checkpoint [16,16] vs now [8]"),
         ("network.critic_activation=relu", "checkpoint elu vs now relu"),
+        ("network.trainable_log_std=false", "checkpoint true vs now false"),
+        ("network.init=torch", None),  # parameters are loaded, not drawn
         ("loss.num_qvalue_nets=3", "loss.num_qvalue_nets: checkpoint 2 vs now 3"),
         ("loss.mi_critic=true", "loss.mi_critic: checkpoint false vs now true"),
         ("loss.lagrange_tau=3.0", "loss.lagrange_tau: checkpoint null vs now 3.0"),

@@ -43,6 +43,7 @@ RESUME_KEYS = (
     "network.actor_activation",
     "network.critic_hidden_sizes",
     "network.critic_activation",
+    "network.trainable_log_std",
 )
 # MISALoss options that add or reshape parameters (checked for MISA runs).
 RESUME_LOSS_KEYS = ("loss.num_qvalue_nets", "loss.mi_critic", "loss.lagrange_tau")

@@ -11,6 +11,7 @@ benchmark builds TorchRL's baselines as recipes of their own
 
 from __future__ import annotations
 
+import copy
 import functools
 import random
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.data import Bounded
@@ -149,12 +150,68 @@ def make_environment(cfg: DictConfig, data: OfflineData, device: torch.device):
 class _ActorHead(nn.Module):
     """Mean and std of the policy as in the authors' code (github.com/sail-sg/MISA).
 
-    ``log_std = raw - 1.0`` clipped to ``[-5, 2]``; the mean clipped to ``[-9, 9]``.
+    ``log_std = m * raw + b`` clipped to ``[-5, 2]``, the mean clipped to
+    ``[-9, 9]``. With ``trainable_log_std`` the multiplier ``m`` and offset
+    ``b`` are parameters starting at 1 and -1, as the authors'; otherwise they
+    stay 1 and -1.
     """
+
+    def __init__(self, trainable_log_std: bool = False) -> None:
+        super().__init__()
+        self.trainable_log_std = trainable_log_std
+        if trainable_log_std:
+            self.log_std_multiplier = nn.Parameter(torch.tensor(1.0))
+            self.log_std_offset = nn.Parameter(torch.tensor(-1.0))
 
     def forward(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = out.chunk(2, -1)
-        return loc.clamp(-9.0, 9.0), (raw - 1.0).clamp(-5.0, 2.0).exp()
+        if self.trainable_log_std:
+            log_std = self.log_std_multiplier * raw + self.log_std_offset
+        else:
+            log_std = raw - 1.0
+        return loc.clamp(-9.0, 9.0), log_std.clamp(-5.0, 2.0).exp()
+
+
+# flax's lecun_normal: a normal truncated at two standard deviations, divided by
+# the truncated normal's std so that the weights' variance is 1 / fan_in
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+@torch.no_grad()
+def authors_init_(module: nn.Module) -> nn.Module:
+    """The authors' initialisation of an MLP, in place: flax's defaults and small heads.
+
+    Hidden layers: lecun-normal weights (a normal truncated at two standard
+    deviations, variance ``1 / fan_in``; torch's default has ``1 / (3 fan_in)``),
+    zero biases. Last layer: variance scaling 1e-2 (uniform, fan-in), zero
+    bias. Lazy layers must have their shapes (see :func:`initialize_lazy`).
+    """
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    for i, layer in enumerate(linears):
+        fan_in = layer.in_features
+        if i == len(linears) - 1:
+            bound = float(np.sqrt(3 * 1e-2 / fan_in))
+            nn.init.uniform_(layer.weight, -bound, bound)
+        else:
+            std = float(np.sqrt(1.0 / fan_in)) / _TRUNCATED_NORMAL_STD
+            nn.init.trunc_normal_(layer.weight, 0.0, std, -2 * std, 2 * std)
+        nn.init.zeros_(layer.bias)
+    return module
+
+
+@torch.no_grad()
+def _authors_init_critics_(loss: MISALoss, critic: nn.Module) -> None:
+    """Each critic of the loss's ensemble, and its target, from :func:`authors_init_`.
+
+    TorchRL's ensemble of ``num_qvalue_nets`` critics redraws each copy
+    uniformly within the range of the module's parameters; this draws every
+    copy from the authors' initialisation instead.
+    """
+    for i in range(loss.num_qvalue_nets):
+        member = authors_init_(copy.deepcopy(critic))
+        for key, value in TensorDict.from_module(member).items(True, True):
+            loss.qvalue_network_params.get(key).data[i].copy_(value)
+            loss.target_qvalue_network_params.get(key).data[i].copy_(value)
 
 
 def _mlp(out_features: int, cells, activation: str) -> MLP:
@@ -162,8 +219,19 @@ def _mlp(out_features: int, cells, activation: str) -> MLP:
     return MLP(out_features=out_features, num_cells=list(cells), activation_class=act)
 
 
-def make_actor(cfg: DictConfig, action_dim: int, deterministic: bool = False):
-    """A SAC-style tanh-Gaussian actor (or a tanh-deterministic one for TD3+BC)."""
+def make_actor(
+    cfg: DictConfig,
+    action_dim: int,
+    deterministic: bool = False,
+    trainable_log_std: bool | None = None,
+):
+    """A SAC-style tanh-Gaussian actor (or a tanh-deterministic one for TD3+BC).
+
+    ``trainable_log_std``: see :class:`_ActorHead`; ``None`` reads
+    ``cfg.network.trainable_log_std`` (``False`` when absent).
+    """
+    if trainable_log_std is None:
+        trainable_log_std = bool(cfg.network.get("trainable_log_std", False))
     spec = Bounded(-1.0, 1.0, (action_dim,))
     if deterministic:
         net = _mlp(
@@ -182,7 +250,7 @@ def make_actor(cfg: DictConfig, action_dim: int, deterministic: bool = False):
         _mlp(
             2 * action_dim, cfg.network.actor_hidden_sizes, cfg.network.actor_activation
         ),
-        _ActorHead(),
+        _ActorHead(trainable_log_std),
     )
     module = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
     return ProbabilisticActor(
@@ -419,6 +487,12 @@ def make_misa_update(
 ) -> UpdateRecipe:
     """MISA's :class:`UpdateRecipe`: ``cfg.num_agents`` agents seeded ``env.seed + i``."""
     o, loss_cfg = cfg.optim, cfg.loss
+    if cfg.network.init not in ("authors", "torch"):
+        raise ConfigError(
+            f"network.init={cfg.network.init}: choose authors (flax's lecun-normal "
+            "layers, small heads, zero biases) or torch (torch's defaults)"
+        )
+    authors_init = cfg.network.init == "authors"
     kwargs = OmegaConf.to_container(loss_cfg, resolve=True)
     for key in ("gamma", "tau", "mi_critic"):
         kwargs.pop(key)
@@ -427,11 +501,14 @@ def make_misa_update(
         actor = make_actor(cfg, action_dim).to(device)
         critic = make_critic(cfg).to(device)
         mi_critic = make_critic(cfg).to(device) if loss_cfg.mi_critic else None
-        initialize_lazy(
-            [m for m in (actor, critic, mi_critic) if m is not None],
-            data.replay_buffer,
-        )
+        networks = [m for m in (actor, critic, mi_critic) if m is not None]
+        initialize_lazy(networks, data.replay_buffer)
+        if authors_init:
+            for network in networks:
+                authors_init_(network)
         loss = MISALoss(actor, critic, mi_critic=mi_critic, **kwargs)
+        if authors_init:
+            _authors_init_critics_(loss, critic)
         loss.make_value_estimator(gamma=loss_cfg.gamma)
         return loss, actor
 
