@@ -254,9 +254,19 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def run_dir_of(job: Job, out_csv: Path) -> Path:
+    """``runs/<scale>/<job>`` for the scale's own csv, ``runs/<csv stem>/<job>`` for another.
+
+    Two csvs never share a run folder: a folder holding another run's
+    checkpoint would be continued (or refused), not trained afresh.
+    """
+    own = out_csv.resolve() == (RESULTS / f"learning_{job.scale}.csv").resolve()
+    return RESULTS / "runs" / (job.scale if own else out_csv.stem) / job.name
+
+
 def run_job(job: Job, out_csv: Path, threads: int) -> list[dict]:
     """Runs ``job``; appends and returns one row per seed."""
-    run_dir = RESULTS / "runs" / job.scale / job.name
+    run_dir = run_dir_of(job, out_csv)
     cmd = [
         sys.executable,
         str(job.script),

@@ -106,6 +106,12 @@ def test_agents_group_a_methods_consecutive_seeds():
     ]
     group = grouped[0]
     assert group.name == "d__misa__seeds0-2"
+    # runs of two csvs never share a folder (a checkpoint there would be continued)
+    runs = learning.RESULTS / "runs"
+    own = learning.run_dir_of(group, learning.RESULTS / "learning_small.csv")
+    other = learning.run_dir_of(group, learning.RESULTS / "learning_small_agents.csv")
+    assert own == runs / "small" / group.name
+    assert other == runs / "learning_small_agents" / group.name
     assert "num_agents=3" in group.overrides() and "env.seed=0" in group.overrides()
 
 
