@@ -33,23 +33,28 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 MAIN = ("misa", "bc", "cql", "iql", "td3bc")
 THEIRS = "misa-authors-code"
-# The parity report's rows of our code, in order: what each changes in our recipe
-# (the text before the first " (" is the verdicts' short form). Rows of other
-# names in parity_<scale>.csv are tabled after these.
+# The parity report's rows of our code, in order, and what each runs (the text
+# before the first " (" is the verdicts' short form). Rows of other names in
+# parity_<scale>.csv are tabled after these.
 PARITY_ROWS = {
-    "misa": "nothing: our recipe as is (rows of `learning_<scale>.csv`; seeds 0-2 "
-    "made with the package of commit de31edf and its evaluation seeding, once per "
-    "run; seeds 3-4 with the code of commits 34727e6 and e4ce224)",
-    "misa-authors-sampler": "`loss.sampler_mode=authors`: the authors' HMC for "
-    "the correction (action space, one adapted step size per batch)",
-    "misa-rerun": "nothing: our recipe as is, rerun with the code the probes ran "
-    "on (`benchmarks/parity/probe_init.py --variant none`)",
-    "misa-authors-actor-init": "the authors' initialisation of the actor only and "
-    "trainable log-std multiplier and offset (critics as ours; "
+    "misa-torch-init": "torch's initialisation and a fixed log-std offset, the "
+    "recipe's default before commit f578c7b (rows of `learning_<scale>.csv`, the "
+    "`misa` rows before that commit: seeds 0-2 made at commit de31edf with the "
+    "evaluation seeded once per run, seeds 3-4 at commits 34727e6 and e4ce224)",
+    "misa-rerun": "the same recipe rerun at commit faa8e92, the code the probes "
+    "below patch (`benchmarks/parity/probe_init.py --variant none`)",
+    "misa-authors-sampler": "torch's initialisation with `loss.sampler_mode=authors`, "
+    "the authors' HMC for the correction (action space, one adapted step size per "
+    "batch; rows of `learning_<scale>.csv`)",
+    "misa-authors-actor-init": "commit faa8e92 with the authors' initialisation and "
+    "trainable log-std multiplier and offset on the actor only (critics as before; "
     "`benchmarks/parity/probe_init.py --variant authors-actor-init`)",
-    "misa-authors-init": "the authors' initialisation and trainable log-std "
-    "multiplier and offset (flax's default on hidden layers, variance scaling 1e-2 "
-    "on the last ones, zero biases; `benchmarks/parity/probe_init.py`)",
+    "misa-authors-init": "commit faa8e92 with the authors' initialisation of actor "
+    "and critics and trainable log-std multiplier and offset (flax's default on "
+    "hidden layers, variance scaling 1e-2 on the last ones, zero biases; "
+    "`benchmarks/parity/probe_init.py`): the recipe's default since commit f578c7b",
+    "misa": "our recipe as is (rows of `learning_<scale>.csv`; since commit "
+    "f578c7b it starts as the authors' code)",
 }
 PARITY = (*PARITY_ROWS, THEIRS)
 OURS = tuple(PARITY_ROWS)
@@ -93,8 +98,11 @@ def score_table(rows: list[dict], methods, metric: str) -> list[str]:
     return lines
 
 
-def settings_line(rows: list[dict]) -> str:
-    """The shared settings, read from the runs' own resolved hydra configs."""
+def settings_line(rows: list[dict], mcmc_methods=("misa",)) -> str:
+    """The shared settings, read from the runs' own resolved hydra configs.
+
+    The MCMC settings are those of the runs of ``mcmc_methods``.
+    """
     import yaml
 
     seen, mcmc = defaultdict(set), set()
@@ -122,7 +130,7 @@ def settings_line(rows: list[dict]) -> str:
             f"batch {batch}, {optim['gradient_steps']} gradient steps, "
             f"evaluation every {every} steps ({episodes} episodes)"
         )
-        if r["method"] == "misa":
+        if r["method"] in mcmc_methods:
             loss = cfg["loss"]
             mcmc.add(
                 f"k={loss['num_mcmc_samples']}, {loss['num_burnin']} burn-in, "
@@ -323,7 +331,7 @@ def parity_lines(rows: list[dict]) -> list[str]:
                     else f"borderline: Welch's interval excludes 0 on {', '.join(welch)}"
                 )
             change = PARITY_ROWS.get(m, "see `benchmarks/parity/`").split(" (")[0]
-            out.append(f"- **{d}, {m}** (changed: {change}): {text}.")
+            out.append(f"- **{d}, {m}** ({change}): {text}.")
         out.append("")
     return out
 
@@ -346,14 +354,14 @@ def parity_report(scale: str) -> Path:
     out = [
         f"# MISA parity with the authors' code ({scale})",
         "",
-        "Our MISA, as is and with one change at a time, and the authors' JAX code "
+        "Our MISA, as it was and with one change at a time, and the authors' JAX code "
         f"(`{THEIRS}`, github.com/sail-sg/MISA, trained by "
         "`benchmarks/parity/train_authors.py` on the same transitions, settings and "
         "evaluation) at the same seeds. Normalised score of the "
         "deterministic policy, mean ± std over seeds. How the runs were made, and "
         "what differs between the two codes: `benchmarks/parity/README.md`.",
         "",
-        "| code | what it changes in our recipe |",
+        "| code | what it runs |",
         "|---|---|",
         *[
             f"| {m} | {PARITY_ROWS.get(m, 'see `benchmarks/parity/`')} |"
@@ -362,7 +370,7 @@ def parity_report(scale: str) -> Path:
         ],
         f"| {THEIRS} | the authors' code |",
         "",
-        settings_line(rows),
+        settings_line(rows, OURS),
         "",
         *parity_lines(rows),
     ]
