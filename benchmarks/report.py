@@ -58,6 +58,9 @@ PARITY_ROWS = {
 }
 PARITY = (*PARITY_ROWS, THEIRS)
 OURS = tuple(PARITY_ROWS)
+# probe_init.py's rows: each probe's change against the same code without it
+CONTROL = "misa-rerun"
+PROBES = ("misa-authors-actor-init", "misa-authors-init")
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -333,6 +336,27 @@ def parity_lines(rows: list[dict]) -> list[str]:
             change = PARITY_ROWS.get(m, "see `benchmarks/parity/`").split(" (")[0]
             out.append(f"- **{d}, {m}** ({change}): {text}.")
         out.append("")
+        probes = [m for m in PROBES if m in by]
+        if CONTROL in by and probes:
+            out += [
+                f"Each probe minus the control `{CONTROL}` (the same code without "
+                "the probe's change), same intervals:",
+                "",
+                "| probe | final score | mean of last 5 evaluations |",
+                "|---|---:|---:|",
+            ]
+            for m in probes:
+                cells = []
+                for metric in ("final_score", "last_mean_score"):
+                    probe = [float(r[metric]) for r in by[m]]
+                    control = [float(r[metric]) for r in by[CONTROL]]
+                    diff, low, high = bootstrap_diff(probe, control)
+                    w_low, w_high = welch_interval(probe, control)
+                    cells.append(
+                        f"{diff:+.1f} [{low:+.1f}, {high:+.1f}] ({w_low:+.1f}, {w_high:+.1f})"
+                    )
+                out.append(f"| {m} | " + " | ".join(cells) + " |")
+            out.append("")
     return out
 
 
