@@ -11,6 +11,12 @@ learners is how the networks start and one detail of the policy:
 * log-std ``m * raw + b`` with trainable ``m``, ``b`` (from 1 and -1) instead
   of the fixed ``raw - 1``.
 
+These are the differences of the recipe up to commit f578c7b, since which it
+starts as the authors' code by default. The probes patch the makers of commit
+faa8e92's ``utils.py`` (``_ActorHead``, ``initialize_lazy``, ``MISALoss``) and
+its setting names: run them from a checkout of that commit (see
+``benchmarks/parity/README.md``).
+
 (TorchRL's ensemble of critics redraws each critic's parameters uniformly
 within the range of the module's; the critics are therefore initialised here
 after the loss is built, each with its own draw, targets equal to them.)
