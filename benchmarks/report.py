@@ -63,6 +63,16 @@ CONTROL = "misa-rerun"
 PROBES = ("misa-authors-actor-init", "misa-authors-init")
 
 
+def seed_curve(summary: dict, seed: int) -> np.ndarray:
+    """``[(step, score)]`` of ``seed`` in a run's summary (one agent or a group)."""
+    scores = summary["scores"]
+    agents = summary.get("agents", [])
+    if len(agents) <= 1:
+        return np.asarray(scores, float)
+    i = [a["seed"] for a in agents].index(seed)
+    return np.asarray([(step, values[i]) for step, values in scores], float)
+
+
 def read_rows(path: Path) -> list[dict]:
     with path.open() as f:
         return list(csv.DictReader(f))
@@ -172,8 +182,9 @@ def plot_curves(rows: list[dict], methods, path: Path, title: str) -> bool:
             continue
         summary = REPO / r["run_dir"] / "summary.json"
         if summary.exists():
-            scores = json.loads(summary.read_text())["scores"]
-            curves[r["dataset"], r["method"]].append(np.asarray(scores, float))
+            curves[r["dataset"], r["method"]].append(
+                seed_curve(json.loads(summary.read_text()), int(r["seed"]))
+            )
     datasets = sorted({d for d, _ in curves})
     if not datasets:
         return False
