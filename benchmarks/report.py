@@ -53,8 +53,9 @@ PARITY_ROWS = {
     "and critics and trainable log-std multiplier and offset (flax's default on "
     "hidden layers, variance scaling 1e-2 on the last ones, zero biases; "
     "`benchmarks/parity/probe_init.py`): the recipe's default since commit f578c7b",
-    "misa": "our recipe as is (rows of `learning_<scale>.csv`; since commit "
-    "f578c7b it starts as the authors' code)",
+    "misa": "our recipe as is, which since commit f578c7b starts as the authors' "
+    "code (rows of `learning_<scale>.csv`; seeds 0-4 made at commit cc37b50 as "
+    "one agent group)",
 }
 PARITY = (*PARITY_ROWS, THEIRS)
 OURS = tuple(PARITY_ROWS)
