@@ -480,3 +480,27 @@ def test_parity_report_without_the_authors_runs_says_how(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     with pytest.raises(SystemExit, match="train_authors.py"):
         report.main(["--scale", "tiny", "--parity"])
+
+
+@pytest.mark.parametrize(
+    "misa_offset, verdict", [(0.0, "tie"), (50.0, "win"), (-50.0, "lose")]
+)
+def test_misa_is_compared_with_the_best_baseline(misa_offset, verdict):
+    report = _load("report")
+
+    def rows(method, finals):
+        return [
+            {"dataset": "d", "method": method, "final_score": f, "last_mean_score": f}
+            for f in finals
+        ]
+
+    cql = [30.0, 34.0, 26.0, 31.0, 29.0]  # the best baseline: mean 30
+    misa = [f + misa_offset for f in (28.0, 35.0, 25.0, 33.0, 29.0)]  # mean 30
+    table = report.versus_best_baseline(
+        rows("misa", misa) + rows("cql", cql) + rows("bc", [1.0, 2.0, 3.0])
+        + rows("iql", [50.0])  # one seed: no interval, not a candidate
+    )
+    final = next(line for line in table if "| final |" in line)
+    assert "| cql (n=5) |" in final
+    assert f"| {np.mean(misa) - np.mean(cql):+.1f} [" in final
+    assert final.endswith(f"| {verdict} |")

@@ -323,7 +323,7 @@ def main(argv=None) -> None:
     if not dataset.is_absolute():
         dataset = REPO / dataset
     cfg["replay_buffer"]["dataset"] = str(dataset)
-    name = f"{dataset.stem}__{METHOD}__seed{cfg['seed']}"
+    name = f"{dataset.stem}__{METHOD}__seed{cfg['env']['seed']}"
     out_csv = args.out or RESULTS / f"parity_{args.scale}.csv"
     if name in done_runs(out_csv):
         print(f"{name} is already in {out_csv}: skipped.")
