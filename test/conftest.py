@@ -64,6 +64,45 @@ def storage_matches_file():
     return _check_storage_matches_file
 
 
+@pytest.fixture
+def toy_minari(monkeypatch):
+    """``toy_minari(folder, name=..., flags=bool, flag_value=1.0)`` writes a toy Minari dataset.
+
+    Two episodes, 5 steps ending terminal and 7 cut by a time limit, in the
+    Minari folder ``folder`` (MINARI_DATASETS_PATH from then on); an episode's
+    end flag is ``flag_value`` stored as ``flags``. Returns the episodes.
+    """
+
+    def make(folder, name="toy/pendulum/random-v0", flags=bool, flag_value=1.0):
+        import minari
+        from minari.data_collector.episode_buffer import EpisodeBuffer
+
+        monkeypatch.setenv("MINARI_DATASETS_PATH", str(folder))
+        rng = np.random.default_rng(0)
+        episodes = []
+        for ep, (steps, terminal) in enumerate([(5, True), (7, False)]):
+            end = (np.eye(steps)[-1] * flag_value).astype(flags)
+            never = np.zeros(steps, end.dtype)
+            episodes.append(
+                EpisodeBuffer(
+                    id=ep,
+                    observations=rng.normal(size=(steps + 1, 3)).astype("f4"),
+                    actions=rng.uniform(-1, 1, (steps, 1)).astype("f4"),
+                    rewards=rng.normal(size=steps),
+                    terminations=end if terminal else never,
+                    truncations=never if terminal else end,
+                    infos={},
+                )
+            )
+        with pytest.warns(UserWarning):  # minari asks for an author, a code link...
+            minari.create_dataset_from_buffers(
+                name, episodes, env="Pendulum-v1", description="toy"
+            )
+        return episodes
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def misa_script():
     """The training script's modules: ``misa_script.misa_offline``, ``.utils``, ``.checkpoint``."""

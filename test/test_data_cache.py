@@ -270,35 +270,6 @@ needs_minari = pytest.mark.skipif(
 )
 
 
-def make_minari(tmp_path, monkeypatch, name="toy/pendulum/random-v0", flags=bool):
-    """Two episodes (5 steps ending terminal, 7 cut) in a local Minari folder."""
-    import minari
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    rng = np.random.default_rng(0)
-    episodes = []
-    for ep, (steps, terminal) in enumerate([(5, True), (7, False)]):
-        end = np.eye(steps)[-1].astype(flags)
-        never = np.zeros(steps, flags)
-        episodes.append(
-            EpisodeBuffer(
-                id=ep,
-                observations=rng.normal(size=(steps + 1, 3)).astype("f4"),
-                actions=rng.uniform(-1, 1, (steps, 1)).astype("f4"),
-                rewards=rng.normal(size=steps),
-                terminations=end if terminal else never,
-                truncations=never if terminal else end,
-                infos={},
-            )
-        )
-    with pytest.warns(UserWarning):  # minari asks for an author, a code link...
-        minari.create_dataset_from_buffers(
-            name, episodes, env="Pendulum-v1", description="toy"
-        )
-    return episodes
-
-
 def check_minari(rb, episodes):
     data = rb.storage[:]
     obs = np.concatenate([e.observations[:-1] for e in episodes])
@@ -319,10 +290,10 @@ def check_minari(rb, episodes):
 
 
 @needs_minari
-def test_minari_cache_reused_and_rebuilt(tmp_path, monkeypatch):
+def test_minari_cache_reused_and_rebuilt(tmp_path, monkeypatch, toy_minari):
     import torchrl_misa.data.minari_data as minari_module
 
-    episodes = make_minari(tmp_path, monkeypatch)
+    episodes = toy_minari(tmp_path / "minari")
     root = tmp_path / "cache"
     name = "minari:toy/pendulum/random-v0"
     check_minari(load(name, root), episodes)
@@ -353,8 +324,8 @@ def test_minari_cache_reused_and_rebuilt(tmp_path, monkeypatch):
 
 
 @needs_minari
-def test_minari_interrupted_build(tmp_path, monkeypatch):
-    episodes = make_minari(tmp_path, monkeypatch)
+def test_minari_interrupted_build(tmp_path, monkeypatch, toy_minari):
+    episodes = toy_minari(tmp_path / "minari")
     root = tmp_path / "cache"
     name = "minari:toy/pendulum/random-v0"
     import torchrl_misa.data.patches.minari_fill as minari_fill

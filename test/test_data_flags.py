@@ -170,34 +170,15 @@ def test_describe_without_episode_end(tmp_path):
     importlib.util.find_spec("minari") is None, reason="minari not installed"
 )
 @pytest.mark.parametrize("flags", ["float64", "int64", "half"])
-def test_minari_numeric_flags(tmp_path, monkeypatch, flags):
-    import minari
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    rng = np.random.default_rng(0)
-    episodes = []
-    for ep, (steps, terminal) in enumerate([(5, True), (7, False)]):
-        end = np.eye(steps)[-1] * (0.5 if flags == "half" else 1.0)
-        end = end.astype("float64" if flags == "half" else flags)
-        never = np.zeros(steps, end.dtype)
-        episodes.append(
-            EpisodeBuffer(
-                id=ep,
-                observations=rng.normal(size=(steps + 1, 3)).astype("f4"),
-                actions=rng.uniform(-1, 1, (steps, 1)).astype("f4"),
-                rewards=rng.normal(size=steps),
-                terminations=end if terminal else never,
-                truncations=never if terminal else end,
-                infos={},
-            )
-        )
-    with pytest.warns(UserWarning):  # minari asks for an author, a code link...
-        minari.create_dataset_from_buffers(
-            "toy/pendulum/random-v0", episodes, env="Pendulum-v1", description="toy"
-        )
+def test_minari_numeric_flags(tmp_path, toy_minari, flags):
+    half = flags == "half"  # episode ends flagged 0.5, stored as float64
+    episodes = toy_minari(
+        tmp_path / "minari",
+        flags="float64" if half else flags,
+        flag_value=0.5 if half else 1.0,
+    )
     name = "minari:toy/pendulum/random-v0"
-    if flags == "half":
+    if half:
         with pytest.raises(DatasetFormatError, match="'terminations' holds 0.5"):
             load(name, tmp_path / "cache")
         return

@@ -212,35 +212,13 @@ def test_minari_missing_package(tmp_path):
 @pytest.mark.skipif(
     importlib.util.find_spec("minari") is None, reason="minari not installed"
 )
-def test_minari_offline(tmp_path, monkeypatch, no_network):
-    import minari
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-
+def test_minari_offline(tmp_path, monkeypatch, no_network, toy_minari):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     with pytest.raises(DatasetUnavailableError, match="minari download"):
         make_offline_replay_buffer("minari:mujoco/hopper/medium-v0", 8, root=tmp_path)
 
     # a dataset in Minari's local folder loads with no network
-    rng = np.random.default_rng(0)
-    episodes = []
-    for ep, (steps, terminal) in enumerate([(5, True), (7, False)]):
-        end = np.eye(steps, dtype=bool)[-1]
-        never = np.zeros(steps, bool)
-        episodes.append(
-            EpisodeBuffer(
-                id=ep,
-                observations=rng.normal(size=(steps + 1, 3)).astype("f4"),
-                actions=rng.uniform(-1, 1, (steps, 1)).astype("f4"),
-                rewards=rng.normal(size=steps),
-                terminations=end if terminal else never,
-                truncations=never if terminal else end,
-                infos={},
-            )
-        )
-    with pytest.warns(UserWarning):  # minari asks for an author, a code link...
-        minari.create_dataset_from_buffers(
-            "toy/pendulum/random-v0", episodes, env="Pendulum-v1", description="toy"
-        )
+    episodes = toy_minari(tmp_path / "minari")
     rb = make_offline_replay_buffer(
         "minari:toy/pendulum/random-v0", 4, root=tmp_path / "cache", clip_actions=None
     )

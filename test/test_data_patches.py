@@ -169,34 +169,6 @@ needs_minari = pytest.mark.skipif(
 )
 
 
-def make_minari(folder: Path, name: str):
-    """Two episodes (5 steps ending terminal, 7 cut by a time limit) in a Minari folder."""
-    import minari
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-
-    rng = np.random.default_rng(0)
-    episodes = []
-    for ep, (steps, terminal) in enumerate([(5, True), (7, False)]):
-        end = np.eye(steps, dtype=bool)[-1]
-        never = np.zeros(steps, bool)
-        episodes.append(
-            EpisodeBuffer(
-                id=ep,
-                observations=rng.normal(size=(steps + 1, 3)).astype("f4"),
-                actions=rng.uniform(-1, 1, (steps, 1)).astype("f4"),
-                rewards=rng.normal(size=steps),
-                terminations=end if terminal else never,
-                truncations=never if terminal else end,
-                infos={},
-            )
-        )
-    with pytest.warns(UserWarning):  # minari asks for an author, a code link...
-        minari.create_dataset_from_buffers(
-            name, episodes, env="Pendulum-v1", description="toy"
-        )
-    return episodes
-
-
 def assert_holds_episodes(stored, episodes):
     obs = np.concatenate([e.observations[:-1] for e in episodes])
     next_obs = np.concatenate([e.observations[1:] for e in episodes])
@@ -219,11 +191,10 @@ def assert_holds_episodes(stored, episodes):
 
 
 @needs_minari
-def test_stock_minari_stores_zeros(tmp_path, monkeypatch):
+def test_stock_minari_stores_zeros(tmp_path, toy_minari):
     from torchrl.data.datasets import MinariExperienceReplay
 
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    episodes = make_minari(tmp_path / "minari", "toy/pendulum/random-v0")
+    episodes = toy_minari(tmp_path / "minari")
     rb = MinariExperienceReplay(
         "toy/pendulum/random-v0", 4, root=tmp_path / "c", load_from_local_minari=True
     )
@@ -235,11 +206,10 @@ def test_stock_minari_stores_zeros(tmp_path, monkeypatch):
 
 
 @needs_minari
-def test_minari_filled_from_local_folder(tmp_path, monkeypatch):
+def test_minari_filled_from_local_folder(tmp_path, toy_minari):
     from torchrl_misa.data.patches import MinariFilledExperienceReplay
 
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    episodes = make_minari(tmp_path / "minari", "toy/pendulum/random-v0")
+    episodes = toy_minari(tmp_path / "minari")
     root = tmp_path / "c"
     rb = MinariFilledExperienceReplay(
         "toy/pendulum/random-v0", 4, root=root, load_from_local_minari=True
@@ -252,15 +222,14 @@ def test_minari_filled_from_local_folder(tmp_path, monkeypatch):
 
 
 @needs_minari
-def test_minari_filled_after_a_download(tmp_path, monkeypatch):
+def test_minari_filled_after_a_download(tmp_path, monkeypatch, toy_minari):
     import minari
 
     from torchrl_misa.data.patches import MinariFilledExperienceReplay
 
     # the "server": a Minari folder elsewhere; a download copies from it
     server = tmp_path / "server"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(server))
-    episodes = make_minari(server, "toy/pendulum/random-v0")
+    episodes = toy_minari(server)
     own = tmp_path / "own"
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(own))
 
