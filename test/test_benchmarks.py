@@ -497,7 +497,9 @@ def test_misa_is_compared_with_the_best_baseline(misa_offset, verdict):
     cql = [30.0, 34.0, 26.0, 31.0, 29.0]  # the best baseline: mean 30
     misa = [f + misa_offset for f in (28.0, 35.0, 25.0, 33.0, 29.0)]  # mean 30
     table = report.versus_best_baseline(
-        rows("misa", misa) + rows("cql", cql) + rows("bc", [1.0, 2.0, 3.0])
+        rows("misa", misa)
+        + rows("cql", cql)
+        + rows("bc", [1.0, 2.0, 3.0])
         + rows("iql", [50.0])  # one seed: no interval, not a candidate
     )
     final = next(line for line in table if "| final |" in line)
