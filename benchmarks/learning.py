@@ -71,7 +71,6 @@ ABLATIONS = {
 }
 _CSV_LOCK = threading.Lock()
 DEMO = "datasets/pendulum-medium-replay-v0.hdf5"
-CHEETAH_MR = "datasets/extra/halfcheetah-medium-replay-v0.hdf5"
 
 # How each generated dataset is made (datasets/extra/ is not in the repo).
 # The MuJoCo sets come from 60k-step SAC runs (a fifth of D4RL's behaviour
@@ -128,9 +127,9 @@ SCALES = {
     # Where the paper claims MISA's advantage (Hopper and Walker2d, medium and
     # medium-replay) and the small scale's HalfCheetah set, 5 seeds, demo-size
     # networks. One budget for every method and dataset, the largest the
-    # 2-core CPU fits: with each method's seeds in one process (--agents), 5
-    # MISA agents do about 16 updates/s together on one core, so 5k updates
-    # for 5 seeds take MISA about half an hour per dataset.
+    # 2-core CPU fits: with each method's seeds in one process (--agents), a
+    # 5-agent MISA or CQL group takes 45-50 minutes per dataset on one core at
+    # 5k updates, about 8 of them evaluating (50 episodes of up to 1000 steps).
     "mujoco": dict(
         datasets=[HOPPER_MR, HOPPER_M, WALKER_MR, WALKER_M, CHEETAH_MR],
         # the parity row "our code with the authors' sampler" (benchmarks/parity/)
