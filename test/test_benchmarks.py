@@ -483,7 +483,14 @@ def test_parity_report_without_the_authors_runs_says_how(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "misa_offset, verdict", [(0.0, "tie"), (50.0, "win"), (-50.0, "lose")]
+    "misa_offset, verdict",
+    [
+        (0.0, "tie"),
+        (50.0, "win"),
+        (-50.0, "lose"),
+        # the bootstrap interval excludes 0 (+0.7 low), Welch's does not (-0.7)
+        (4.5, "borderline"),
+    ],
 )
 def test_misa_is_compared_with_the_best_baseline(misa_offset, verdict):
     report = _load("report")
