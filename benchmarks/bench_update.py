@@ -23,7 +23,11 @@ With ``--agents N [N ...]`` it measures groups of N independent agents instead
 CQL(10) at the small setting (64-64, k = 10) and the paper setting (256-256,
 k = 50), eager and compiled, aggregate and per-agent updates/s, next to the
 authors' jitted JAX update when ``--authors-dir`` (their checkout) and
-``--jax-python`` (a JAX environment's interpreter) are given. Writes
+``--jax-python`` (a JAX environment's interpreter) are given. With
+``--cudagraphs`` each agent count also gets a ``cudagraph`` row: the eager
+vmapped update captured once in a CUDA graph and replayed. A configuration
+that fails is recorded with its error (and traceback, in the json) and the
+others go on. Writes
 ``benchmarks/results/bench_update_agents[_<tag>].json`` and ``.md``.
 
 Usage::
@@ -46,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -75,6 +80,11 @@ AGENT_TARGETS = {
     "small_compiled_misa_vs_authors_jax": 1.0,
     "paper_compiled_misa_vs_authors_jax": 2.0,
 }
+# GPU only: 10 agents at the paper setting against one, per mode
+AGENT_TARGETS.update(
+    {f"paper_10_agents_vs_1_{m}": 5.0 for m in ("eager", "compiled", "cudagraph")}
+)
+PAPER_UPDATES = 1_200_000  # the paper's training length in gradient steps
 TARGETS = {
     "min_updates_per_s": 5.4,  # spec §6, 2-core CPU
     "max_step_ratio_vs_cql10": 2.5,
@@ -93,11 +103,15 @@ def make_networks(obs_dim: int, act_dim: int, hidden: int, device: torch.device)
         ),
         NormalParamExtractor(),
     )
+    spec = Bounded(-1.0, 1.0, (act_dim,), device=device)
     actor = ProbabilisticActor(
         TensorDictModule(actor_mlp, in_keys=["observation"], out_keys=["loc", "scale"]),
         in_keys=["loc", "scale"],
-        spec=Bounded(-1.0, 1.0, (act_dim,), device=device),
+        spec=spec,
         distribution_class=TanhNormal,
+        # bounds on the device: TanhNormal's default (python floats) copies
+        # them host-to-device on every call, which CUDA-graph capture refuses
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
     )
     critic = ValueOperator(
         MLP(
@@ -323,10 +337,18 @@ def write_markdown(path: Path, meta: dict, results: dict, summary: dict) -> None
 
 
 # ---------------------------------------------------------------- agent groups
-def make_group_update(group: AgentGroup, loss_keys, lrs, compile_update: bool):
-    """One update of every agent: vmapped losses, backward, Adam, Polyak targets."""
+def make_group_update(
+    group: AgentGroup, loss_keys, lrs, compile_update: bool, cudagraphs: bool = False
+):
+    """One update of every agent: vmapped losses, backward, Adam, Polyak targets.
+
+    With ``cudagraphs`` the eager update is captured once in a CUDA graph
+    (:class:`tensordict.nn.CudaGraphModule`) and replayed: the update reads
+    no value back to the host, and its shapes are fixed.
+    """
     optim = torch.optim.Adam(
-        [{"params": group.parameters_of(name), "lr": lr} for name, lr in lrs.items()]
+        [{"params": group.parameters_of(name), "lr": lr} for name, lr in lrs.items()],
+        capturable=cudagraphs,
     )
 
     def update(data):
@@ -339,7 +361,13 @@ def make_group_update(group: AgentGroup, loss_keys, lrs, compile_update: bool):
         group.update_targets(5e-3)
         return total.detach()
 
-    return torch.compile(update) if compile_update else update
+    if compile_update:
+        update = torch.compile(update)
+    if cudagraphs:
+        from tensordict.nn import CudaGraphModule
+
+        update = CudaGraphModule(update, warmup=3)
+    return update
 
 
 def stack_batches(batches: list, n: int) -> list:
@@ -368,7 +396,12 @@ def run_authors(args, hidden: int, k: int, steps: int) -> dict:
         f"--batch={args.batch}",
         f"--steps={steps}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=args.authors_timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"the authors' run took over {args.authors_timeout} s"}
     if proc.returncode:
         return {"skipped": "the authors' run failed: " + proc.stderr.strip()[-500:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -415,20 +448,35 @@ def run_agents(args, device) -> dict:
                 compiled = args.paper_compiled_agents
             runs = [("eager", n) for n in args.agents]
             runs += [("compiled", n) for n in compiled]
+            if args.cudagraphs:
+                runs += [("cudagraph", n) for n in args.agents]
             for mode, n in runs:
-                compiled = mode == "compiled"
-                group = AgentGroup.from_factory(lambda: make_loss(algo), n, seed=0)
-                update = make_group_update(group, keys[algo], lrs, compiled)
-                warmup = args.warmup + (3 if mode == "compiled" else 0)
-                res = time_update(update, stack_batches(base, n), steps, warmup, device)
-                res.update(
-                    setting=setting,
-                    algorithm=algo,
-                    mode=mode,
-                    agents=n,
-                    agent_updates_per_s=n * res["updates_per_s"],
-                )
                 name = f"{setting}/{algo}/{mode}/{n}"
+                where = dict(setting=setting, algorithm=algo, mode=mode, agents=n)
+                group = AgentGroup.from_factory(lambda: make_loss(algo), n, seed=0)
+                update = make_group_update(
+                    group,
+                    keys[algo],
+                    lrs,
+                    compile_update=mode == "compiled",
+                    cudagraphs=mode == "cudagraph",
+                )
+                # compiled: dynamo compiles again on the first steps;
+                # cudagraph: 3 eager warm-up calls, then the capture
+                warmup = args.warmup + (3 if mode != "eager" else 0)
+                try:
+                    res = time_update(
+                        update, stack_batches(base, n), steps, warmup, device
+                    )
+                except Exception as err:  # one configuration failing keeps the rest
+                    results[name] = {
+                        **where,
+                        "failed": f"{type(err).__name__}: {err}",
+                        "traceback": traceback.format_exc(),
+                    }
+                    print(f"{name:26s} failed: {results[name]['failed'][:300]}")
+                    continue
+                res.update(where, agent_updates_per_s=n * res["updates_per_s"])
                 results[name] = res
                 print(
                     f"{name:26s} {res['median_step_ms']:8.1f} ms/update  "
@@ -465,22 +513,35 @@ def summarise_agents(results: dict) -> dict:
             summary[f"small_5_agents_vs_1_{mode}"] = five / one
     for setting in AGENT_SETTINGS:
         jax_rate = rate(f"{setting}/authors_jax")
-        best = max(
-            (
-                r["agent_updates_per_s"]
-                for r in results.values()
-                if r.get("setting") == setting
-                and r.get("algorithm") == "misa"
-                and r.get("mode") == "compiled"
-            ),
-            default=None,
-        )
-        if jax_rate and best:
-            summary[f"{setting}_compiled_misa_vs_authors_jax"] = best / jax_rate
-        single = rate(f"{setting}/misa/compiled/1")
-        if jax_rate and single:
-            summary[f"{setting}_compiled_misa_1_agent_vs_authors_jax"] = (
-                single / jax_rate
+        for mode in ("compiled", "cudagraph"):
+            best = max(
+                (
+                    r["agent_updates_per_s"]
+                    for r in results.values()
+                    if r.get("setting") == setting
+                    and r.get("algorithm") == "misa"
+                    and r.get("mode") == mode
+                    and "agent_updates_per_s" in r
+                ),
+                default=None,
+            )
+            if jax_rate and best:
+                summary[f"{setting}_{mode}_misa_vs_authors_jax"] = best / jax_rate
+            single = rate(f"{setting}/misa/{mode}/1")
+            if jax_rate and single:
+                summary[f"{setting}_{mode}_misa_1_agent_vs_authors_jax"] = (
+                    single / jax_rate
+                )
+    for mode in ("eager", "compiled", "cudagraph"):
+        one, ten = rate(f"paper/misa/{mode}/1"), rate(f"paper/misa/{mode}/10")
+        if one and ten:
+            summary[f"paper_10_agents_vs_1_{mode}"] = ten / one
+            # the paper's run, 1.2M updates: 10 seeds side by side, or one seed
+            summary[f"paper_hours_for_{PAPER_UPDATES}_updates_10_agents_{mode}"] = (
+                PAPER_UPDATES / (ten / 10) / 3600
+            )
+            summary[f"paper_hours_for_{PAPER_UPDATES}_updates_1_agent_{mode}"] = (
+                PAPER_UPDATES / one / 3600
             )
     for name, target in AGENT_TARGETS.items():
         if name in summary:
@@ -516,6 +577,13 @@ def write_agents_markdown(path: Path, meta: dict, results: dict, summary: dict):
                 f"| {r['setting']} | authors' JAX | jit | 1 | "
                 f"{r['median_step_ms']:.1f} | {r['updates_per_s']:.2f} | "
                 f"{r['updates_per_s']:.2f} | {r['warmup_s']:.1f} |"
+            )
+            continue
+        if "failed" in r:
+            reason = r["failed"].replace("|", "/").replace("\n", " ")[:200]
+            lines.append(
+                f"| {r['setting']} | {r['algorithm']} | {r['mode']} | {r['agents']} "
+                f"| failed: {reason} | | | |"
             )
             continue
         lines.append(
@@ -585,6 +653,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--authors-dir", default=None, help="the authors' checkout")
     parser.add_argument(
         "--jax-python", default=None, help="interpreter of a JAX environment"
+    )
+    parser.add_argument(
+        "--authors-timeout",
+        type=float,
+        default=900,
+        help="seconds the authors' run may take per setting",
     )
     args = parser.parse_args(argv)
     if args.quick:

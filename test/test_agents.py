@@ -32,6 +32,7 @@ TAU = 0.05
 
 
 def make_actor():
+    spec = Bounded(-1.0, 1.0, (N_ACT,))
     return ProbabilisticActor(
         TensorDictModule(
             nn.Sequential(
@@ -42,8 +43,11 @@ def make_actor():
             out_keys=["loc", "scale"],
         ),
         in_keys=["loc", "scale"],
-        spec=Bounded(-1.0, 1.0, (N_ACT,)),
+        spec=spec,
         distribution_class=TanhNormal,
+        # tensors, as TorchRL's recipes pass them: TanhNormal would otherwise
+        # build them from Python floats on every call
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
     )
 
 
@@ -339,24 +343,55 @@ def test_hmc_gradients_under_vmap_equal_eager_autograd():
         torch.testing.assert_close(g_i, -2 * (x - weights[i]) + 1 - torch.tanh(x) ** 2)
 
 
-class _HostReads(TorchDispatchMode):
-    """Records where a tensor's value is read back to the host (.item(), bool())."""
+class _OpSites(TorchDispatchMode):
+    """Records the call stack of every call to one of ``OPS``."""
 
-    READS = (
-        torch.ops.aten._local_scalar_dense.default,
-        torch.ops.aten.item.default,
-        torch.ops.aten.is_nonzero.default,
-    )
+    OPS = ()
 
     def __init__(self):
         super().__init__()
         self.sites = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in self.READS:
+        if func in self.OPS:
             stack = traceback.extract_stack()
             self.sites.append([f"{f.filename}:{f.lineno}" for f in stack])
         return func(*args, **(kwargs or {}))
+
+
+class _HostReads(_OpSites):
+    """Where a tensor's value is read back to the host (.item(), bool())."""
+
+    OPS = (
+        torch.ops.aten._local_scalar_dense.default,
+        torch.ops.aten.item.default,
+        torch.ops.aten.is_nonzero.default,
+    )
+
+
+class _HostData(_OpSites):
+    """Where a tensor is made from Python data (``torch.tensor(0.5)``,
+    ``torch.as_tensor(x)``): on a GPU, a copy from the host, which CUDA-graph
+    capture refuses."""
+
+    OPS = (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
+
+
+@pytest.mark.parametrize("name", ["cql", "misa", "td3bc"])
+def test_no_tensors_made_from_host_data_in_the_update(name):
+    """Every tensor an update needs is built on the device (factories,
+    ``new_full``) or kept as a buffer, so the update can be captured in a CUDA
+    graph."""
+    group = AgentGroup.from_factory(MAKERS[name], 2, seed=SEED)
+    group(make_batch(1, (2, BATCH)))  # lazy set-up happens on the first call
+    batch = make_batch(0, (2, BATCH))
+    with _HostData() as made:
+        out = group(batch)
+        sum(out[k] for k in LOSS_KEYS[group.loss_type]).sum().backward()
+        group.update_targets(TAU)
+    assert not made.sites, "tensors made from host data at:\n" + "\n".join(
+        " <- ".join(reversed(s[-6:-1])) for s in made.sites
+    )
 
 
 @pytest.mark.parametrize("name", ["cql", "misa"])

@@ -108,6 +108,13 @@ class AgentGroup(nn.Module):
         self._loss_type = type(losses[0])
         self.randomness = randomness
         self.per_agent_options = _per_agent_options(losses)
+        # Buffers built on the CPU next to parameters on a GPU (TorchRL's value
+        # estimators keep gamma there and move it on each call): bring them to
+        # the parameters' device, so that an update copies nothing from the
+        # host (a copy CUDA-graph capture refuses).
+        device = _device(losses[0])
+        for loss in losses:
+            loss.to(device)
         try:
             params = TensorDict.from_modules(*losses, as_module=True)
         except Exception as err:

@@ -268,7 +268,10 @@ def _initial_step_size(
             raise ValueError(f"step_size must be finite and positive, got {step_size}.")
     else:
         check_step_size(step_size)
-    step = torch.as_tensor(step_size, dtype=like.dtype, device=like.device).detach()
+    if isinstance(step_size, Tensor):
+        step = step_size.detach().to(dtype=like.dtype, device=like.device)
+    else:  # filled on the device: no copy from the host (CUDA-graph capture)
+        step = like.new_full((), float(step_size))
     if shared:
         if step.numel() != 1:
             raise ValueError(
