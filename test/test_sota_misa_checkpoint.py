@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensordict import TensorDict
 import yaml
 from hydra import compose, initialize_config_dir
 
@@ -548,3 +549,48 @@ def test_presets_are_valid(misa_script, preset):
     with initialize_config_dir(config_dir=str(SCRIPT_DIR), version_base="1.2"):
         cfg = compose("config", overrides=[f"preset={preset}"])
     misa_script.utils.validate_config(cfg)
+
+
+# ------------------------------------------------------------ CUDA graphs
+def test_captured_update_has_one_graph_per_set_of_groups(
+    misa_script, pendulum_file, monkeypatch
+):
+    """compile.cudagraphs=true: each distinct tuple of stepping groups gets its
+    own captured update, called with that tuple; the optimisers become
+    capturable, with a restored step counter on the parameters' device."""
+    import tensordict.nn
+
+    graphs = []
+
+    class PassThrough:  # CudaGraphModule without CUDA (and its global pytree change)
+        def __init__(self, module, warmup):
+            graphs.append(self)
+            self.module = module
+
+        def __call__(self, batch):
+            return self.module(batch)
+
+    monkeypatch.setattr(tensordict.nn, "CudaGraphModule", PassThrough)
+    utils = misa_script.utils
+    cfg = make_cfg(pendulum_file)
+    cpu = torch.device("cpu")
+    data = utils.make_offline_data(cfg, cpu)
+    recipe = utils.make_misa_update(cfg, data, 1, cpu)
+    _, critic_optim = recipe.optimizers["critic"]
+    first = critic_optim.param_groups[0]["params"][0]
+    critic_optim.state[first]["step"] = torch.tensor(7.0)  # as a checkpoint restores
+    calls = []
+
+    def update(batch, active):
+        calls.append((batch["x"].item(), active))
+        return batch
+
+    captured = utils.capture_update(recipe, update)
+    plan = [("actor", "critic"), ("critic",), ("actor", "critic"), ("critic",)]
+    for i, active in enumerate(plan):
+        captured(TensorDict({"x": torch.tensor(float(i))}), active)
+    assert calls == [(float(i), active) for i, active in enumerate(plan)]
+    assert len(graphs) == 2
+    for _, optimizer in recipe.optimizers.values():
+        assert all(group["capturable"] for group in optimizer.param_groups)
+    assert critic_optim.state[first]["step"].device == first.device

@@ -36,6 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torchrl._utils import logger as torchrl_logger, timeit
 from utils import (
+    capture_update,
     ConfigError,
     eval_seed,
     evaluate,
@@ -116,10 +117,12 @@ def train(
     if cfg.compile.cudagraphs:
         if device.type != "cuda":
             raise SystemExit("compile.cudagraphs=true needs a CUDA device.")
-        warnings.warn("cudagraphs: capture the MISA loss on CUDA only.")
-        from tensordict.nn import CudaGraphModule
-
-        recipe.loss_module = CudaGraphModule(recipe.loss_module, warmup=10)
+        warnings.warn(
+            "CudaGraphModule is experimental and may lead to silently wrong "
+            "results. Use with caution.",
+            category=UserWarning,
+        )
+        update = capture_update(recipe, update)
 
     total, saved_step = cfg.optim.gradient_steps, start
     eval_envs = cfg.logger.eval_envs

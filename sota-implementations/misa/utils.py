@@ -377,6 +377,38 @@ def update_step(recipe: UpdateRecipe, batch, active: tuple[str, ...]):
     return loss_td.detach()
 
 
+def capture_update(recipe: UpdateRecipe, update: Callable) -> Callable:
+    """``update(batch, active)`` replayed from CUDA graphs, one per set of groups.
+
+    The whole update (losses, backward, optimiser steps, target update) is
+    captured, as in TorchRL's recipes: a graph of the loss alone would hold no
+    autograd graph for the backward. ``active`` is a tuple of names, not a
+    tensor, so each distinct tuple (e.g. TD3+BC's delayed actor steps) gets
+    its own :class:`~tensordict.nn.CudaGraphModule`. The optimisers become
+    ``capturable`` (their step counters on the device, as the graph needs);
+    counters restored from a checkpoint move there too.
+    """
+    from tensordict.nn import CudaGraphModule
+
+    for _, optimizer in recipe.optimizers.values():
+        for group in optimizer.param_groups:
+            group["capturable"] = True
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if "step" in state:
+                    state["step"] = state["step"].to(param.device)
+    graphs = {}
+
+    def captured(batch, active):
+        if active not in graphs:
+            graphs[active] = CudaGraphModule(
+                functools.partial(update, active=active), warmup=10
+            )
+        return graphs[active](batch)
+
+    return captured
+
+
 class _GroupTargets:
     """``SoftUpdate.step()`` for every agent of a group."""
 
