@@ -270,6 +270,15 @@ def welch_interval(a, b) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def difference_cell(a, b) -> tuple[str, tuple[float, float], tuple[float, float]]:
+    """``mean(a) - mean(b)`` as a table cell, ``diff [bootstrap 95%] (Welch 95%)``,
+    with the two intervals."""
+    diff, low, high = bootstrap_diff(a, b)
+    w_low, w_high = welch_interval(a, b)
+    cell = f"{diff:+.1f} [{low:+.1f}, {high:+.1f}] ({w_low:+.1f}, {w_high:+.1f})"
+    return cell, (low, high), (w_low, w_high)
+
+
 def versus_best_baseline(rows: list[dict], method: str = "misa") -> list[str]:
     """Markdown: per dataset, ``method`` minus the best baseline, with intervals and a verdict.
 
@@ -300,8 +309,7 @@ def versus_best_baseline(rows: list[dict], method: str = "misa") -> list[str]:
             best = max(means, key=means.get)
             ours = [float(r[metric]) for r in by[d, method]]
             theirs = [float(r[metric]) for r in by[d, best]]
-            diff, low, high = bootstrap_diff(ours, theirs)
-            w_low, w_high = welch_interval(ours, theirs)
+            cell, (low, high), (w_low, w_high) = difference_cell(ours, theirs)
             if low > 0 and w_low > 0:
                 verdict = "win"
             elif high < 0 and w_high < 0:
@@ -312,8 +320,7 @@ def versus_best_baseline(rows: list[dict], method: str = "misa") -> list[str]:
                 verdict = "borderline"
             label = "final" if metric == "final_score" else "last 5"
             out.append(
-                f"| {d} | {label} | {best} (n={len(theirs)}) | {diff:+.1f} "
-                f"[{low:+.1f}, {high:+.1f}] ({w_low:+.1f}, {w_high:+.1f}), "
+                f"| {d} | {label} | {best} (n={len(theirs)}) | {cell}, "
                 f"n={len(ours)} | {verdict} |"
             )
     return out if len(out) > 2 else []
@@ -369,11 +376,8 @@ def parity_lines(rows: list[dict]) -> list[str]:
             for metric in ("final_score", "last_mean_score"):
                 ours = [float(r[metric]) for r in by[m]]
                 theirs = [float(r[metric]) for r in by[THEIRS]]
-                diff, low, high = bootstrap_diff(ours, theirs)
-                w_low, w_high = welch_interval(ours, theirs)
-                cells.append(
-                    f"{diff:+.1f} [{low:+.1f}, {high:+.1f}] ({w_low:+.1f}, {w_high:+.1f})"
-                )
+                cell, (low, high), (w_low, w_high) = difference_cell(ours, theirs)
+                cells.append(cell)
                 verdicts.append((m, metric, low <= 0 <= high, w_low <= 0 <= w_high))
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
@@ -411,11 +415,7 @@ def parity_lines(rows: list[dict]) -> list[str]:
                 for metric in ("final_score", "last_mean_score"):
                     probe = [float(r[metric]) for r in by[m]]
                     control = [float(r[metric]) for r in by[CONTROL]]
-                    diff, low, high = bootstrap_diff(probe, control)
-                    w_low, w_high = welch_interval(probe, control)
-                    cells.append(
-                        f"{diff:+.1f} [{low:+.1f}, {high:+.1f}] ({w_low:+.1f}, {w_high:+.1f})"
-                    )
+                    cells.append(difference_cell(probe, control)[0])
                 out.append(f"| {m} | " + " | ".join(cells) + " |")
             out.append("")
     return out
