@@ -43,9 +43,11 @@ PARITY_ROWS = {
     "evaluation seeded once per run, seeds 3-4 at commits 34727e6 and e4ce224)",
     "misa-rerun": "the same recipe rerun at commit faa8e92, the code the probes "
     "below patch (`benchmarks/parity/probe_init.py --variant none`)",
-    "misa-authors-sampler": "torch's initialisation with `loss.sampler_mode=authors`, "
-    "the authors' HMC for the correction (action space, one adapted step size per "
-    "batch; rows of `learning_<scale>.csv`)",
+    "misa-authors-sampler": "`loss.sampler_mode=authors`, the authors' HMC for the "
+    "correction (action space, one adapted step size per batch; rows of "
+    "`learning_<scale>.csv`), with the recipe's initialisation when the rows were "
+    "made: torch's for the small scale (before commit f578c7b), the authors' for "
+    "the mujoco scale",
     "misa-authors-actor-init": "commit faa8e92 with the authors' initialisation and "
     "trainable log-std multiplier and offset on the actor only (critics as before; "
     "`benchmarks/parity/probe_init.py --variant authors-actor-init`)",
