@@ -513,3 +513,66 @@ def test_misa_is_compared_with_the_best_baseline(misa_offset, verdict):
     assert "| cql (n=5) |" in final
     assert f"| {np.mean(misa) - np.mean(cql):+.1f} [" in final
     assert final.endswith(f"| {verdict} |")
+
+
+def test_agent_throughput_summary_and_table(tmp_path):
+    """Ratios within one mode, the paper run's projected hours, failed rows kept."""
+    bench = _load("bench_update")
+
+    def row(setting, mode, n, per_agent):
+        return {
+            "setting": setting,
+            "algorithm": "misa",
+            "mode": mode,
+            "agents": n,
+            "median_step_ms": 1e3 / per_agent,
+            "updates_per_s": per_agent,
+            "agent_updates_per_s": n * per_agent,
+            "warmup_s": 0.0,
+        }
+
+    results = {
+        "small/misa/eager/1": row("small", "eager", 1, 8.0),
+        "small/misa/eager/5": row("small", "eager", 5, 6.0),
+        "paper/misa/eager/1": row("paper", "eager", 1, 2.0),
+        "paper/misa/eager/10": row("paper", "eager", 10, 1.5),
+        "paper/misa/cudagraph/1": {
+            "setting": "paper",
+            "algorithm": "misa",
+            "mode": "cudagraph",
+            "agents": 1,
+            "failed": "RuntimeError: a | pipe\nand a newline",
+        },
+        "paper/authors_jax": {
+            "setting": "paper",
+            "updates_per_s": 3.0,
+            "median_step_ms": 1e3 / 3.0,
+            "warmup_s": 0.0,
+        },
+    }
+    summary = bench.summarise_agents(results)
+    assert summary["small_5_agents_vs_1_eager"] == pytest.approx(30.0 / 8.0)
+    assert summary["paper_10_agents_vs_1_eager"] == pytest.approx(15.0 / 2.0)
+    assert summary["paper_10_agents_vs_1_eager_meets_5.0"]
+    # 1.2M updates at 1.5 updates/s per agent, at 2.0 for a lone agent
+    hours = summary["paper_hours_for_1200000_updates_10_agents_eager"]
+    assert hours == pytest.approx(1.2e6 / 1.5 / 3600)
+    lone = summary["paper_hours_for_1200000_updates_1_agent_eager"]
+    assert lone == pytest.approx(1.2e6 / 2.0 / 3600)
+    # nothing compiled or captured ran: no ratio against the authors' code
+    assert not any("vs_authors_jax" in name for name in summary)
+    assert not any("cudagraph" in name for name in summary)
+    meta = {
+        k: "x"
+        for k in ("command", "device", "cpu", "cpu_count", "threads", "torch")
+        + ("loadavg", "loadavg_end", "batch", "obs_dim", "act_dim")
+        + ("burnin", "leapfrog", "note")
+    }
+    path = tmp_path / "agents.md"
+    bench.write_agents_markdown(path, meta, results, summary)
+    lines = path.read_text().splitlines()
+    failed = [line for line in lines if "failed:" in line]
+    assert failed == [
+        "| paper | misa | cudagraph | 1 | failed: RuntimeError: a / pipe "
+        "and a newline | | | |"
+    ]
