@@ -109,9 +109,10 @@ class AgentGroup(nn.Module):
         self.randomness = randomness
         self.per_agent_options = _per_agent_options(losses)
         # Buffers built on the CPU next to parameters on a GPU (TorchRL's value
-        # estimators keep gamma there and move it on each call): bring them to
-        # the parameters' device, so that an update copies nothing from the
-        # host (a copy CUDA-graph capture refuses).
+        # estimators keep gamma there and move it at first use; stacked, the
+        # CPU copy would come back on every call): bring them to the
+        # parameters' device, so that an update copies nothing from the host
+        # (a copy CUDA-graph capture refuses).
         device = _device(losses[0])
         for loss in losses:
             loss.to(device)

@@ -266,11 +266,9 @@ def _initial_step_size(
     if isinstance(step_size, Tensor):  # its values cost a host sync
         if validate and not bool((torch.isfinite(step_size) & (step_size > 0)).all()):
             raise ValueError(f"step_size must be finite and positive, got {step_size}.")
-    else:
-        check_step_size(step_size)
-    if isinstance(step_size, Tensor):
         step = step_size.detach().to(dtype=like.dtype, device=like.device)
     else:  # filled on the device: no copy from the host (CUDA-graph capture)
+        check_step_size(step_size)
         step = like.new_full((), float(step_size))
     if shared:
         if step.numel() != 1:
