@@ -68,6 +68,10 @@ ABLATIONS = {
     "misa-authors-sampler": ["loss.sampler_mode=authors"],
     # the recipe's networks before they took the authors' initialisation
     "misa-torch-init": ["network.init=torch", "network.trainable_log_std=false"],
+    # alpha's learning rate ten times the authors' 1e-4, at which alpha falls
+    # only from 1 to about 0.6 in 5k updates: is the entropy weight what holds
+    # MISA back at small budgets?
+    "misa-alpha-lr-1e-3": ["optim.alpha_lr=1e-3"],
 }
 _CSV_LOCK = threading.Lock()
 DEMO = "datasets/pendulum-medium-replay-v0.hdf5"
@@ -133,8 +137,9 @@ SCALES = {
     "mujoco": dict(
         datasets=[HOPPER_MR, HOPPER_M, WALKER_MR, WALKER_M, CHEETAH_MR],
         # the parity row "our code with the authors' sampler" (benchmarks/parity/)
+        # and a probe of alpha's learning rate
         ablation_datasets=[HOPPER_MR],
-        ablations=["misa-authors-sampler"],
+        ablations=["misa-authors-sampler", "misa-alpha-lr-1e-3"],
         seeds=[0, 1, 2, 3, 4],
         overrides=[
             "preset=demo",
