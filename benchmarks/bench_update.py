@@ -23,7 +23,10 @@ With ``--agents N [N ...]`` it measures groups of N independent agents instead
 CQL(10) at the small setting (64-64, k = 10) and the paper setting (256-256,
 k = 50), eager and compiled, aggregate and per-agent updates/s, next to the
 authors' jitted JAX update when ``--authors-dir`` (their checkout) and
-``--jax-python`` (a JAX environment's interpreter) are given. With
+``--jax-python`` (a JAX environment's interpreter) are given. A MISA group
+draws every agent's HMC samples in one sampler call outside its vmap
+(compiled transition in the compiled rows); ``--vmap-sampler`` adds rows
+with the sampler inside the vmap, eager, for comparison. With
 ``--cudagraphs`` each agent count also gets a ``cudagraph`` row: the eager
 vmapped update captured once in a CUDA graph and replayed. A configuration
 that fails is recorded with its error (and traceback, in the json) and the
@@ -74,6 +77,9 @@ from torchrl_misa.agents import AgentGroup
 RESULTS = Path(__file__).resolve().parent / "results"
 # (hidden width, k): the small setting, and the paper's
 AGENT_SETTINGS = {"small": (64, 10), "paper": (256, 50)}
+# MISA groups measured: with every agent's samples drawn outside the vmap (the
+# default), or the sampler inside it (--vmap-sampler); their batched_sampler
+MISA_ALGOS = {"misa": True, "misa_vmap_sampler": False}
 AGENT_TARGETS = {
     "small_5_agents_vs_1_eager": 3.0,
     "small_5_agents_vs_1_compiled": 1.5,
@@ -423,12 +429,14 @@ def run_agents(args, device) -> dict:
         hidden, k = AGENT_SETTINGS[setting]
         steps = args.steps if setting == "small" else args.paper_steps
 
-        def make_loss(algo=None, hidden=hidden, k=k):
+        def make_loss(algo=None, hidden=hidden, k=k, mode="eager"):
             actor, critic = make_networks(args.obs_dim, args.act_dim, hidden, device)
-            if algo == "misa":
+            if algo in MISA_ALGOS:
                 # MISALoss keeps its sampler out of an outer torch.compile
-                # (dynamo would unroll the chain), and its own compiled
-                # transition does not pay off inside vmap: the sampler stays eager
+                # (dynamo would unroll the chain). "misa": the group draws all
+                # agents' samples in one call outside its vmap, through the
+                # sampler's compiled transition in a compiled update;
+                # "misa_vmap_sampler": the sampler inside the vmap, eager
                 return MISALoss(
                     actor,
                     critic,
@@ -436,13 +444,15 @@ def run_agents(args, device) -> dict:
                     num_burnin=args.burnin,
                     num_leapfrog=args.leapfrog,
                     validate_inputs=False,
+                    compile_sampler=algo == "misa" and mode == "compiled",
                 )
             loss = CQLLoss(actor, critic, num_random=10, loss_function="l2")
             loss.make_value_estimator(gamma=0.99)
             return loss
 
         base = make_batches(8, args.batch, args.obs_dim, args.act_dim, device)
-        for algo in ("misa", "cql10"):
+        algos = ("misa", "misa_vmap_sampler") if args.vmap_sampler else ("misa",)
+        for algo in (*algos, "cql10"):
             compiled = args.compiled_agents
             if setting == "paper" and args.paper_compiled_agents is not None:
                 compiled = args.paper_compiled_agents
@@ -453,10 +463,15 @@ def run_agents(args, device) -> dict:
             for mode, n in runs:
                 name = f"{setting}/{algo}/{mode}/{n}"
                 where = dict(setting=setting, algorithm=algo, mode=mode, agents=n)
-                group = AgentGroup.from_factory(lambda: make_loss(algo), n, seed=0)
+                group = AgentGroup.from_factory(
+                    lambda: make_loss(algo, mode=mode),
+                    n,
+                    seed=0,
+                    batched_sampler=MISA_ALGOS.get(algo),
+                )
                 update = make_group_update(
                     group,
-                    keys[algo],
+                    keys.get(algo, keys["misa"]),
                     lrs,
                     compile_update=mode == "compiled",
                     cudagraphs=mode == "cudagraph",
@@ -646,6 +661,12 @@ def main(argv=None) -> dict:
     )
     parser.add_argument(
         "--settings", nargs="*", default=list(AGENT_SETTINGS), choices=AGENT_SETTINGS
+    )
+    parser.add_argument(
+        "--vmap-sampler",
+        action="store_true",
+        help="also measure MISA groups with the sampler inside the vmap "
+        "(AgentGroup(batched_sampler=False))",
     )
     parser.add_argument(
         "--paper-steps", type=int, default=10, help="timed steps at the paper setting"

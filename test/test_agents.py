@@ -10,6 +10,7 @@ round-off after several updates.
 
 from __future__ import annotations
 
+import functools
 import traceback
 
 import pytest
@@ -26,6 +27,7 @@ from torchrl.objectives import CQLLoss, SoftUpdate, TD3BCLoss
 
 from torchrl_misa import MISALoss
 from torchrl_misa.agents import AgentGroup
+from torchrl_misa.mcmc import sampler as mcmc_sampler
 
 N_OBS, N_ACT, HIDDEN, BATCH, K_MCMC = 3, 2, 8, 6, 4
 TAU = 0.05
@@ -207,6 +209,96 @@ def test_agents_equal_single_runs(name):
             make, SEED + i, [b[i] for b in batches], RNG_SEED
         )
         assert_agent_equals(group, i, loss, outs_group, outs_single)
+
+
+_SAMPLER_DRAWS = mcmc_sampler._draws
+
+
+def make_steep_misa(**kwargs):
+    """MISA whose critics are steep in the action (last layer scaled by 30),
+    with 6 burn-in transitions (5 adapting): the agents' acceptance rates, and
+    so their step sizes, part."""
+    critic = make_critic()
+    with torch.no_grad():
+        critic.module[-1].weight.mul_(30.0)
+    kwargs = {"num_mcmc_samples": K_MCMC, "num_burnin": 6, **kwargs}
+    loss = MISALoss(make_actor(), critic, validate_inputs=False, **kwargs)
+    loss.make_value_estimator(gamma=0.99)
+    return loss
+
+
+def _agent_draws(monkeypatch, seeds, agent=None):
+    """The HMC sampler draws from one generator per agent, not the global one.
+
+    In a group (``agent=None``) agent ``i``'s slice of every draw comes from
+    the generator seeded ``seeds[i]``; in a single run of agent ``i`` from the
+    same generator. The global generator then feeds the losses' own draws
+    only, in the same order in both.
+    """
+    draws = _SAMPLER_DRAWS
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def per_agent(position, generator):
+        if agent is not None:
+            return draws(position, gens[agent])
+        # [*chains, N, B, d]: the agent dimension is third from the end
+        dim = position.ndim - 3
+        parts = [draws(position.select(dim, i), g) for i, g in enumerate(gens)]
+        return tuple(torch.stack(p, dim) for p in zip(*parts))
+
+    monkeypatch.setattr(mcmc_sampler, "_draws", per_agent)
+
+
+@pytest.mark.parametrize(
+    "options, steps_part",
+    [
+        ({}, True),
+        ({"num_chains": 2}, True),
+        # every agent's step size moves the same way at these settings
+        ({"sampler_mode": "authors"}, False),
+        ({"step_size": 0.3}, False),
+    ],
+    ids=["whitened", "two-chains", "authors", "step-0.3"],
+)
+def test_batched_sampler_agents_equal_single_runs(monkeypatch, options, steps_part):
+    """MISA's samples drawn for all agents at once, outside the vmap: agent i
+    after K updates = a separate run of seed SEED + i, its sampler fed the
+    same draws (its own step-size adaptation included)."""
+    make = functools.partial(make_steep_misa, **options)
+    batches = [make_batch(300 + t, (NUM_AGENTS, BATCH)) for t in range(NUM_UPDATES)]
+    group = AgentGroup.from_factory(
+        make, NUM_AGENTS, seed=SEED, randomness="same", batched_sampler=True
+    )
+    assert group.batched_sampler
+    seeds = [50 + i for i in range(NUM_AGENTS)]
+    _agent_draws(monkeypatch, seeds)
+    outs_group = group_run(group, batches, RNG_SEED)
+    for i in range(NUM_AGENTS):
+        _agent_draws(monkeypatch, seeds, agent=i)
+        loss, outs_single = single_run(
+            make, SEED + i, [b[i] for b in batches], RNG_SEED
+        )
+        assert_agent_equals(group, i, loss, outs_group, outs_single)
+    # the agents' step sizes adapted apart (one shared size would be equal)
+    if steps_part:
+        steps = outs_group[-1]["hmc_step_size"]
+        assert (steps - steps[0]).abs().max() > 1e-6
+
+
+def test_batched_sampler_is_chosen_where_it_applies():
+    """On by default for MISA with its own draws; off, or refused, elsewhere."""
+    assert AgentGroup.from_factory(make_misa, 2).batched_sampler
+    assert not AgentGroup.from_factory(make_misa, 2, randomness="same").batched_sampler
+    assert not AgentGroup.from_factory(
+        lambda: make_misa(unbiased_correction=False), 2
+    ).batched_sampler
+    assert not AgentGroup.from_factory(make_cql, 2).batched_sampler
+    sweep = [make_misa(target_accept=0.6), make_misa(target_accept=0.8)]
+    assert not AgentGroup(sweep).batched_sampler
+    with pytest.raises(ValueError, match="target_accept.*differ"):
+        AgentGroup([make_misa(target_accept=0.6), make_misa()], batched_sampler=True)
+    with pytest.raises(ValueError, match="no HMC sampler"):
+        AgentGroup.from_factory(make_cql, 2, batched_sampler=True)
 
 
 @pytest.mark.parametrize("name", ["cql", "misa"])

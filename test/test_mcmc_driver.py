@@ -252,3 +252,81 @@ def test_thinning_keeps_every_thin_th_state():
         **common,
     )
     torch.testing.assert_close(thinned, full[2::3])
+
+
+def replay_draws(generators, group_dim=None):
+    """The sampler's draws from one generator per group (``None``: a single group).
+
+    With ``group_dim``, group ``i``'s slice of every draw comes from
+    ``generators[i]``, exactly as a call on that slice alone would draw it.
+    """
+    from torchrl_misa.mcmc import sampler
+
+    draws = sampler.__dict__["_draws"]
+
+    def grouped(position, generator):
+        if group_dim is None:
+            return draws(position, generators[0])
+        parts = [
+            draws(position.select(group_dim, i), g) for i, g in enumerate(generators)
+        ]
+        return tuple(torch.stack(p, group_dim) for p in zip(*parts))
+
+    return grouped
+
+
+@pytest.mark.parametrize("num_chains", [1, 2])
+@pytest.mark.filterwarnings("ignore:no chain moved:RuntimeWarning")
+def test_groups_adapt_as_separate_calls(monkeypatch, num_chains):
+    """``num_group_dims=1``: group i's chains, step size and info are those of a
+    call on group i alone, given the same draws."""
+    from torchrl_misa.mcmc import sampler
+
+    # two independent problems of very different scales, 4 states each
+    mu = torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=torch.float64).view(2, 1, 2)
+    sd = torch.tensor([0.1, 3.0], dtype=torch.float64).view(2, 1, 1)
+    init = torch.zeros(2, 4, 2, dtype=torch.float64)
+
+    def target(i=None):
+        m, s = (mu, sd) if i is None else (mu[i], sd[i])
+        return lambda x: (-0.5 * ((x - m) / s) ** 2).sum(-1)
+
+    kwargs = dict(
+        num_samples=4,
+        num_burnin=6,
+        num_chains=num_chains,
+        step_size=1.0,
+        adaptation_rate=0.5,
+    )
+    seeds = [11, 12]
+    group_dim = 1 if num_chains > 1 else 0
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    monkeypatch.setattr(sampler, "_draws", replay_draws(gens, group_dim))
+    samples, info = hmc_sample(target(), init, num_group_dims=1, **kwargs)
+    monkeypatch.undo()
+    steps = []
+    for i, seed in enumerate(seeds):
+        gen = [torch.Generator().manual_seed(seed)]
+        monkeypatch.setattr(sampler, "_draws", replay_draws(gen))
+        samples_i, info_i = hmc_sample(target(i), init[i], **kwargs)
+        monkeypatch.undo()
+        torch.testing.assert_close(samples[:, i], samples_i, rtol=1e-12, atol=1e-12)
+        for key in info_i.keys():
+            torch.testing.assert_close(info[i][key], info_i[key])
+        steps.append(info_i["step_size"][0].item())
+    # the groups' step sizes went separate ways (one shared size would not)
+    assert steps[1] > 3 * steps[0]
+
+
+def test_group_dims_are_checked():
+    x = torch.zeros(2, 3, 1)
+    lp = lambda x: -(x**2).sum(-1)  # noqa: E731
+    for bad in (-1, 3, 1.0, True):
+        with pytest.raises(ValueError, match="num_group_dims"):
+            hmc_sample(lp, x, num_samples=2, num_group_dims=bad)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        hmc_sample(lp, x, num_samples=2, num_group_dims=1, step_size=torch.ones(3))
+    samples, info = hmc_sample(
+        lp, x, num_samples=2, num_group_dims=1, step_size=torch.tensor([0.5, 0.1])
+    )
+    assert info["step_size"].shape == (2, 3)

@@ -13,6 +13,9 @@ from torch import nn, Tensor
 
 from torchrl.objectives import LossModule
 
+from torchrl_misa import mcmc as _mcmc
+from torchrl_misa.objectives import MISALoss
+
 from .compat import make_vmap_compatible
 
 RANDOMNESS = ("different", "same")
@@ -53,6 +56,20 @@ class AgentGroup(nn.Module):
             random numbers (policy samples, MCMC momenta). ``"same"``: all
             agents see the draws a single run would make from the same
             generator state (to compare agents with single runs).
+        batched_sampler (bool, optional): for :class:`~torchrl_misa.objectives.MISALoss`,
+            draw every agent's HMC samples in one sampler call outside the
+            vmap (agents as a batch dimension, one adapted step size per
+            agent), then run the vmapped loss on them. The sampler's gradient
+            steps then run as plain batched autograd instead of ``torch.func``
+            under vmap, and with ``compile_sampler=True`` its compiled
+            transition covers all agents; the vmapped loss, free of the
+            sampler's graph break, compiles as one graph under
+            :func:`torch.compile`. The sampler's momenta are drawn for all
+            agents at once, so they differ between agents even with
+            ``randomness="same"``. ``None`` (default): on for a MISA loss with
+            the unbiased correction and ``randomness="different"`` whose
+            sampler options (``step_size``, ``target_accept``) are equal
+            across agents; off for every other loss.
 
     Examples:
         >>> import torch
@@ -95,7 +112,11 @@ class AgentGroup(nn.Module):
     """
 
     def __init__(
-        self, losses: Sequence[LossModule], *, randomness: str = "different"
+        self,
+        losses: Sequence[LossModule],
+        *,
+        randomness: str = "different",
+        batched_sampler: bool | None = None,
     ) -> None:
         super().__init__()
         losses = list(losses)
@@ -135,8 +156,12 @@ class AgentGroup(nn.Module):
         self._options = TensorDict(
             {k: v for k, v in self.per_agent_options.items()}, [self.num_agents]
         )
+        self.batched_sampler = _batched_sampler(
+            template, randomness, self.per_agent_options, batched_sampler
+        )
+        presampled_dim = 0 if self.batched_sampler else None
         self._vmapped = torch.vmap(
-            self._agent_forward, (0, 0, 0), randomness=randomness
+            self._agent_forward, (0, 0, 0, presampled_dim), randomness=randomness
         )
 
     @classmethod
@@ -189,10 +214,17 @@ class AgentGroup(nn.Module):
         # a shallow copy: the locked TensorDictParams refuses the swaps made
         # inside the loss (its own to_module calls)
         params = self.params._param_td.copy()
-        return self._vmapped(params, self._options, tensordict)
+        presampled = None
+        if self.batched_sampler:
+            presampled = _sample_all_agents(self._template, params, tensordict)
+        return self._vmapped(params, self._options, tensordict, presampled)
 
     def _agent_forward(
-        self, params: TensorDictBase, options: TensorDictBase, data: TensorDictBase
+        self,
+        params: TensorDictBase,
+        options: TensorDictBase,
+        data: TensorDictBase,
+        presampled: tuple[Tensor, TensorDictBase] | None,
     ) -> TensorDictBase:
         template = self._template
         saved = {name: getattr(template, name) for name in options.keys()}
@@ -201,6 +233,8 @@ class AgentGroup(nn.Module):
         try:
             for name, value in options.items():
                 setattr(template, name, value)
+            if presampled is not None:
+                template.__dict__["_presampled"] = presampled
             restore = _swap_in(template, params)
             try:
                 return template(data)
@@ -210,6 +244,7 @@ class AgentGroup(nn.Module):
             for name, value in saved.items():
                 setattr(template, name, value)
             template.__dict__.pop("_cache", None)
+            template.__dict__.pop("_presampled", None)
 
     def parameters_of(self, *names: str) -> list[nn.Parameter]:
         """The stacked trainable parameters under ``names`` (e.g. ``"actor_network_params"``).
@@ -271,6 +306,76 @@ class AgentGroup(nn.Module):
             )
         TensorDict.from_module(loss).data.update_(self.params.data[index])
         return loss
+
+
+# MISALoss options read by its sampler: an agent group draws every agent's
+# samples in one call only when they are equal across agents.
+_SAMPLER_OPTIONS = ("step_size", "target_accept")
+
+
+def _batched_sampler(
+    template: LossModule, randomness: str, options: dict, requested: bool | None
+) -> bool:
+    """Whether the group draws MISA's HMC samples outside its vmap (see ``batched_sampler``)."""
+    reasons = []
+    if not isinstance(template, MISALoss):
+        reasons.append(f"{type(template).__name__} has no HMC sampler")
+    elif not template.unbiased_correction:
+        reasons.append("the loss runs no sampler (unbiased_correction=False)")
+    differing = sorted(set(_SAMPLER_OPTIONS) & set(options))
+    if differing:
+        reasons.append(f"the sampler options {differing} differ between agents")
+    if requested is None:
+        return not reasons and randomness == "different"
+    if requested and reasons:
+        raise ValueError(
+            "AgentGroup: batched_sampler=True is not possible: "
+            + "; ".join(reasons)
+            + ". Leave batched_sampler unset."
+        )
+    return bool(requested)
+
+
+@torch.compiler.disable
+def _sample_all_agents(
+    template: MISALoss, params: TensorDictBase, data: TensorDictBase
+) -> tuple[Tensor, TensorDictBase]:
+    """Every agent's HMC samples of MISA's tilted policy, in one sampler call.
+
+    Returns the samples ``[N, k, *B, d]`` and the sampler's info ``[N, *B]``;
+    agent ``i``'s target is its own policy and critics, and its step size is
+    adapted on its own chains. Kept out of an outer :func:`torch.compile`
+    (dynamo would unroll the chain, as in :class:`MISALoss`); with
+    ``compile_sampler=True`` each transition runs compiled.
+    """
+    obs = data.select(*template._obs_keys)
+    actor = params.get("actor_network_params").detach()
+    weight_params = params.get(template._tilted_weight_params_name).detach()
+
+    def policy(actor, obs):
+        dist = template._policy_dist(obs, actor)
+        return dist.loc, dist.scale
+
+    loc, scale = torch.vmap(policy)(actor, obs)
+    batch_dims = data.batch_dims - 1  # after the agent dimension
+
+    def log_weight(actions: Tensor) -> Tensor:
+        # actions [*chains, N, *B, d]: vmap over the agent dimension
+        agent_dim = actions.ndim - batch_dims - 2
+        out = torch.vmap(template._tilted_log_weight, (0, agent_dim, 0))(
+            obs, actions, weight_params
+        )
+        return out.movedim(0, agent_dim)
+
+    samples, info = _mcmc.sample_tilted_tanh_normal(
+        log_weight,
+        loc,
+        scale,
+        data.get(template.tensor_keys.action),
+        num_group_dims=1,
+        **template._sampler_options(template._validating()),
+    )
+    return samples.movedim(1, 0), info
 
 
 def _swap_in(module: LossModule, params: TensorDictBase) -> Callable[[], None]:

@@ -33,6 +33,7 @@ def sample_tilted_tanh_normal(
     target_accept: float = 0.75,
     adaptation_rate: float = 0.1,
     num_chains: int = 1,
+    num_group_dims: int = 0,
     generator: torch.Generator | None = None,
     compile: bool = False,
     mode: str = "whitened",
@@ -74,6 +75,9 @@ def sample_tilted_tanh_normal(
         target_accept: acceptance aimed at by the adaptation. Default 0.75.
         adaptation_rate: the adaptation's multiplicative rate. Default 0.1.
         num_chains: chains per state. Default 1.
+        num_group_dims: leading batch dimensions that index independent
+            problems (e.g. agents), each with its own adapted step size (see
+            :func:`~torchrl_misa.mcmc.hmc_sample`). Default 0.
         generator: the random generator of the momenta and uniforms.
         compile: run the kernel's compiled transition. Default ``False``.
         mode: ``"whitened"``, ``"pretanh"`` or ``"authors"`` (see above).
@@ -116,6 +120,7 @@ def sample_tilted_tanh_normal(
         "num_adaptation_steps": num_adaptation_steps,
         "target_accept": target_accept,
         "num_chains": num_chains,
+        "num_group_dims": num_group_dims,
         "generator": generator,
         "compile": compile,
         "validate": validate,

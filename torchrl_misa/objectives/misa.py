@@ -7,6 +7,7 @@ authors' code, github.com/sail-sg/MISA.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -915,6 +916,21 @@ class MISALoss(LossModule):
             )
         return target.squeeze(-1)
 
+    @property
+    def _tilted_weight_params_name(self) -> str:
+        """The parameters of ``T`` in the sampler's target: the MI critic's or the critics'."""
+        if self.use_mi_critic:
+            return "mi_critic_network_params"
+        return "qvalue_network_params"
+
+    def _tilted_log_weight(
+        self, obs: TensorDictBase, actions: Tensor, params: TensorDictBase
+    ) -> Tensor:
+        """``T(s, a)`` of the sampler's target with ``params`` (see :meth:`_log_weight_fn`)."""
+        if self.use_mi_critic:
+            return self._mi_values(obs, actions, params)
+        return self._q_values(obs, actions, params).min(0).values
+
     def _log_weight_fn(self, shared: MISASharedTerms) -> Callable[[Tensor], Tensor]:
         """``a -> T(s, a)`` for the sampler: ``Qmin`` (or the MI critic), frozen.
 
@@ -922,28 +938,15 @@ class MISALoss(LossModule):
         dimensions). The critics run through the same vmapped functional call
         as in the losses, on detached parameters: gradients flow to ``a`` only.
         """
-        obs = shared.obs
         if self.use_mi_critic:
             params = self.mi_critic_network_params.detach()
-
-            def log_weight(a: Tensor) -> Tensor:
-                return self._mi_values(obs, a, params)
-
         else:
             params = self._cached_detach_qvalue_params
+        return functools.partial(self._tilted_log_weight, shared.obs, params=params)
 
-            def log_weight(a: Tensor) -> Tensor:
-                return self._q_values(obs, a, params).min(0).values
-
-        return log_weight
-
-    def _sample_tilted(self, shared: MISASharedTerms) -> tuple[Tensor, TensorDictBase]:
-        """HMC samples of ``p(a|s) ∝ pi(a|s) exp T(s, a)``: ``[k, *B, d]`` and info."""
-        return _run_sampler(
-            self._log_weight_fn(shared),
-            shared.dist.loc.detach(),
-            shared.dist.scale.detach(),
-            shared.action,
+    def _sampler_options(self, validate: bool) -> dict:
+        """The keyword arguments of the sampler (:func:`~torchrl_misa.mcmc.sample_tilted_tanh_normal`)."""
+        return dict(
             num_samples=self.num_mcmc_samples,
             num_burnin=self.num_burnin,
             num_leapfrog=self.num_leapfrog,
@@ -953,7 +956,25 @@ class MISALoss(LossModule):
             num_chains=self.num_chains,
             compile=self.compile_sampler,
             mode=self.sampler_mode,
-            validate=self._validating(),
+            validate=validate,
+        )
+
+    def _sample_tilted(self, shared: MISASharedTerms) -> tuple[Tensor, TensorDictBase]:
+        """HMC samples of ``p(a|s) ∝ pi(a|s) exp T(s, a)``: ``[k, *B, d]`` and info.
+
+        Samples drawn for this call elsewhere (:class:`~torchrl_misa.agents.AgentGroup`
+        draws every agent's at once, outside its vmap) are taken from
+        ``_presampled`` instead.
+        """
+        presampled = self.__dict__.get("_presampled")
+        if presampled is not None:
+            return presampled
+        return _run_sampler(
+            self._log_weight_fn(shared),
+            shared.dist.loc.detach(),
+            shared.dist.scale.detach(),
+            shared.action,
+            **self._sampler_options(self._validating()),
         )
 
     def _check_batch(self, tensordict: TensorDictBase) -> None:
