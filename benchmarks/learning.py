@@ -137,9 +137,10 @@ SCALES = {
     "mujoco": dict(
         datasets=[HOPPER_MR, HOPPER_M, WALKER_MR, WALKER_M, CHEETAH_MR],
         # the parity row "our code with the authors' sampler" (benchmarks/parity/)
-        # and a probe of alpha's learning rate
+        # and two probes of what holds the policy's entropy up: alpha's
+        # learning rate and the likelihood term of the data's actions
         ablation_datasets=[HOPPER_MR],
-        ablations=["misa-authors-sampler", "misa-alpha-lr-1e-3"],
+        ablations=["misa-authors-sampler", "misa-alpha-lr-1e-3", "misa-no-ba"],
         seeds=[0, 1, 2, 3, 4],
         overrides=[
             "preset=demo",
