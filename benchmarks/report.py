@@ -81,6 +81,37 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def check_one_file_per_dataset(rows: list[dict], source: str) -> None:
+    """Refuses to table rows of one dataset made on different files.
+
+    Each row records its dataset's average normalised score; a regenerated
+    set under the same name gives another one (``learning.py`` refuses to add
+    such rows, this catches csvs written by hand or by older code).
+    """
+    scores = defaultdict(lambda: defaultdict(int))
+    for r in rows:
+        value = float(r["dataset_score"])
+        seen = scores[r["dataset"]]
+        key = next((k for k in seen if _same_score(k, value)), value)
+        seen[key] += 1
+    mixed = {d: seen for d, seen in scores.items() if len(seen) > 1}
+    if mixed:
+        lines = [
+            f"  {d}: " + ", ".join(f"{k:.3f} ({n} rows)" for k, n in seen.items())
+            for d, seen in sorted(mixed.items())
+        ]
+        raise SystemExit(
+            f"Rows of one dataset in {source} come from different files (their "
+            "dataset averages differ):\n" + "\n".join(lines) + "\nMove the rows "
+            "of all but one file to another csv; a table of both would compare "
+            "methods on different data."
+        )
+
+
+def _same_score(a: float, b: float) -> bool:
+    return (a != a and b != b) or abs(a - b) <= 1.5e-3
+
+
 def mean_std(values) -> str:
     values = np.asarray(values, float)
     if len(values) == 1:
@@ -437,6 +468,7 @@ def parity_report(scale: str) -> Path:
     ours = read_rows(ours_csv) if ours_csv.exists() else []
     rows = [r for r in ours if r["method"] in OURS and r["dataset"] in datasets]
     rows += theirs
+    check_one_file_per_dataset(rows, f"{ours_csv} and {theirs_csv}")
     methods = parity_methods(rows)
     out = [
         f"# MISA parity with the authors' code ({scale})",
@@ -510,6 +542,7 @@ def main(argv=None) -> None:
             f"{src} not found: run `python benchmarks/learning.py --scale {args.scale}` first."
         )
     rows = read_rows(src)
+    check_one_file_per_dataset(rows, str(src))
     ablations = sorted({r["method"] for r in rows} - set(MAIN))
     # ablations run on fewer datasets than the main methods: table only those
     ablation_sets = {r["dataset"] for r in rows if r["method"] in ablations}

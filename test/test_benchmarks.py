@@ -74,18 +74,12 @@ def test_job_overrides_select_method_and_ablation():
     assert "+algorithm=cql" in cql.overrides()
     assert cql.script == learning.BASELINE_SCRIPT
     names = [j.name for j in learning.jobs_for("small")]
-    # small: 3 seeds x 5 methods x 2 datasets, ablations on the shipped one only
-    assert len(names) == len(set(names)) == 3 * 5 * 2 + 3 * len(learning.ABLATIONS)
+    # small: 3 seeds x 5 methods on the shipped dataset, and the ablations
+    assert len(names) == len(set(names)) == 3 * 5 + 3 * len(learning.ABLATIONS)
     # --seeds adds seeds to a scale: the same jobs at those seeds only
     extra = learning.jobs_for("small", [3, 4])
     assert {j.seed for j in extra} == {3, 4}
-    assert len(extra) == 2 * 5 * 2 + 2 * len(learning.ABLATIONS)
-    cheetah = learning.Job("small", learning.CHEETAH_MR, "iql", 1).overrides()
-    assert "logger.eval_steps=1000" in cheetah and "+algorithm=iql" in cheetah
-    # the dataset's own budget comes after (and so overrides) the scale's
-    assert cheetah.index("optim.gradient_steps=15000") > cheetah.index(
-        "optim.gradient_steps=4000"
-    )
+    assert len(extra) == 2 * 5 + 2 * len(learning.ABLATIONS)
 
 
 def test_agents_group_a_methods_consecutive_seeds():
@@ -172,6 +166,63 @@ def test_missing_dataset_names_its_generator_command(tmp_path, monkeypatch, caps
         ["--scale", "tiny", "--datasets", "other", "--dry-run", "--out", str(out)]
     )
     assert capsys.readouterr().out.startswith("0 jobs to run")
+
+
+def _two_episode_file(path):
+    """Episodes of return 1 and 5 between R_random 0 and R_expert 10: average 30."""
+    from torchrl_misa.data import write_d4rl_hdf5
+
+    n = 4
+    data = dict(
+        observations=np.zeros((n, 3), "f4"),
+        next_observations=np.zeros((n, 3), "f4"),
+        actions=np.zeros((n, 1), "f4"),
+        rewards=np.array([0, 1, 2, 3], "f4"),
+        terminals=np.array([0, 1, 0, 0], bool),
+        timeouts=np.array([0, 0, 0, 1], bool),
+    )
+    meta = {"env_id": "Pendulum-v1", "random_return": 0.0, "expert_return": 10.0}
+    return write_d4rl_hdf5(path, data, meta)
+
+
+def test_rows_of_a_regenerated_dataset_are_refused(tmp_path, monkeypatch):
+    learning = _load("learning")
+    dataset = _two_episode_file(tmp_path / "set-medium-v0.hdf5")
+    spec = dict(datasets=[str(dataset)], ablation_datasets=[], seeds=[0], overrides=[])
+    monkeypatch.setitem(learning.SCALES, "tiny", spec)
+    out = tmp_path / "rows.csv"
+    row = dict.fromkeys(learning.FIELDS, "1")
+    row.update(dataset="set-medium-v0", method="cql", seed="0", run_dir="r/x")
+
+    def write(dataset_score):
+        with out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=learning.FIELDS)
+            writer.writeheader()
+            writer.writerow({**row, "dataset_score": dataset_score})
+
+    args = ["--scale", "tiny", "--methods", "bc", "--dry-run", "--out", str(out)]
+    write("30.0")  # the rows' file: (10 + 50) / 2
+    learning.main(args)
+    write("31.2")  # another file of the same name
+    with pytest.raises(SystemExit, match="not the file the set-medium-v0 rows"):
+        learning.main(args)
+    # the other datasets of the csv are not checked: their files may be elsewhere
+    write("31.2")
+    learning.main([*args[:-2], "--datasets", "other", "--out", str(out)])
+
+
+def test_report_refuses_one_dataset_from_two_files():
+    report = _load("report")
+    rows = [
+        {"dataset": "a", "dataset_score": "6.619"},
+        {"dataset": "a", "dataset_score": "6.6191"},  # rounding: one file
+        {"dataset": "b", "dataset_score": "nan"},
+        {"dataset": "b", "dataset_score": "nan"},
+    ]
+    report.check_one_file_per_dataset(rows, "x.csv")
+    rows.append({"dataset": "a", "dataset_score": "4.866"})
+    with pytest.raises(SystemExit, match=r"a: 6.619 \(2 rows\), 4.866 \(1 rows\)"):
+        report.check_one_file_per_dataset(rows, "x.csv")
 
 
 # ---------------------------------------------------------------- parity harness
