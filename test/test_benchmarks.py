@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -627,3 +628,18 @@ def test_agent_throughput_summary_and_table(tmp_path):
         "| paper | misa | cudagraph | 1 | failed: RuntimeError: a / pipe "
         "and a newline | | | |"
     ]
+
+
+def test_update_flops_counts_forward_and_both_backward_multiplies():
+    flops = _load("update_flops")
+    batch, n_in, n_out = 32, 7, 5
+    layer = torch.nn.Linear(n_in, n_out)
+    x = torch.randn(batch, n_in, requires_grad=True)
+    with flops.MatmulLog() as log:
+        layer(x).sum().backward()
+    # forward, gradient of the input, gradient of the weight: 2 * batch * in * out each
+    assert sum(log.flops.values()) == 3 * 2 * batch * n_in * n_out
+    assert sum(log.calls.values()) == 3
+    # each recorded multiply can be timed from its shapes alone
+    for key in log.calls:
+        assert flops.op_seconds(*key, repeats=2) > 0
