@@ -135,6 +135,8 @@ SCALES = {
         # learning rate and the likelihood term of the data's actions
         ablation_datasets=[HOPPER_MR],
         ablations=["misa-authors-sampler", "misa-alpha-lr-1e-3", "misa-no-ba"],
+        # the second probe on a second mostly random set
+        dataset_ablations={WALKER_MR: ["misa-no-ba"]},
         seeds=[0, 1, 2, 3, 4],
         overrides=[
             "preset=demo",
@@ -268,6 +270,12 @@ def jobs_for(scale: str, seeds: list[int] | None = None) -> list[Job]:
         for s in seeds
         for d in spec["ablation_datasets"]
         for m in spec.get("ablations", ABLATIONS)
+    ]
+    jobs += [
+        Job(scale, d, m, s)
+        for s in seeds
+        for d, methods in spec.get("dataset_ablations", {}).items()
+        for m in methods
     ]
     return jobs
 

@@ -65,7 +65,7 @@ def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file
     assert (tmp_path / "results" / "learning_tiny_main.png").exists()
 
 
-def test_job_overrides_select_method_and_ablation():
+def test_job_overrides_select_method_and_ablation(monkeypatch):
     learning = _load("learning")
     job = learning.Job("small", "datasets/x.hdf5", "misa-dv", 2)
     ov = job.overrides()
@@ -81,6 +81,26 @@ def test_job_overrides_select_method_and_ablation():
     extra = learning.jobs_for("small", [3, 4])
     assert {j.seed for j in extra} == {3, 4}
     assert len(extra) == 2 * 5 + 2 * len(learning.ABLATIONS)
+    # a scale's dataset_ablations add those methods on that dataset only
+    spec = dict(
+        datasets=["a.hdf5", "b.hdf5"],
+        ablation_datasets=["a.hdf5"],
+        ablations=["misa-k5"],
+        dataset_ablations={"b.hdf5": ["misa-no-ba"]},
+        seeds=[0, 1],
+        overrides=[],
+    )
+    monkeypatch.setitem(learning.SCALES, "two", spec)
+    ablations = {
+        (j.dataset, j.method, j.seed)
+        for j in learning.jobs_for("two")
+        if j.method.startswith("misa-")
+    }
+    assert ablations == {
+        (d, m, s)
+        for d, m in (("a.hdf5", "misa-k5"), ("b.hdf5", "misa-no-ba"))
+        for s in (0, 1)
+    }
 
 
 def test_agents_group_a_methods_consecutive_seeds():
