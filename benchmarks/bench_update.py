@@ -463,6 +463,11 @@ def run_agents(args, device) -> dict:
             for mode, n in runs:
                 name = f"{setting}/{algo}/{mode}/{n}"
                 where = dict(setting=setting, algorithm=algo, mode=mode, agents=n)
+                if mode == "compiled":
+                    # each group's update recompiles the same code objects, and
+                    # past dynamo's recompile limit (8) a compiled row would
+                    # silently run eager: every row compiles afresh
+                    torch._dynamo.reset()
                 group = AgentGroup.from_factory(
                     lambda: make_loss(algo, mode=mode),
                     n,
