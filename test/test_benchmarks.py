@@ -643,6 +643,7 @@ def test_agent_throughput_summary_and_table(tmp_path):
     path = tmp_path / "agents.md"
     bench.write_agents_markdown(path, meta, results, summary)
     lines = path.read_text().splitlines()
+    assert "| paper_10_agents_vs_1_eager | 7.50 | >= 5.0 on a GPU |" in lines
     failed = [line for line in lines if "failed:" in line]
     assert failed == [
         "| paper | misa | cudagraph | 1 | failed: RuntimeError: a / pipe "
