@@ -24,10 +24,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import same_score  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -92,7 +96,7 @@ def check_one_file_per_dataset(rows: list[dict], source: str) -> None:
     for r in rows:
         value = float(r["dataset_score"])
         seen = scores[r["dataset"]]
-        key = next((k for k in seen if _same_score(k, value)), value)
+        key = next((k for k in seen if same_score(k, value)), value)
         seen[key] += 1
     mixed = {d: seen for d, seen in scores.items() if len(seen) > 1}
     if mixed:
@@ -106,10 +110,6 @@ def check_one_file_per_dataset(rows: list[dict], source: str) -> None:
             "of all but one file to another csv; a table of both would compare "
             "methods on different data."
         )
-
-
-def _same_score(a: float, b: float) -> bool:
-    return (a != a and b != b) or abs(a - b) <= 1.5e-3
 
 
 def mean_std(values) -> str:
