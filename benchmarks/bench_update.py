@@ -91,6 +91,11 @@ GPU_TARGETS = {
     f"paper_10_agents_vs_1_{m}": 5.0 for m in ("eager", "compiled", "cudagraph")
 }
 AGENT_TARGETS.update(GPU_TARGETS)
+# Adam's learning rates per parameter group (the authors' defaults) and the
+# losses each update sums
+LRS = {"actor_network_params": 1e-4, "qvalue_network_params": 3e-4, "log_alpha": 1e-4}
+MISA_KEYS = ("loss_actor", "loss_qvalue", "loss_alpha")
+CQL_KEYS = ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha")
 PAPER_UPDATES = 1_200_000  # the paper's training length in gradient steps
 TARGETS = {
     "min_updates_per_s": 5.4,  # spec §6, 2-core CPU
@@ -214,11 +219,6 @@ def time_update(update, batches, steps: int, warmup: int, device) -> dict:
 
 
 def build_configs(args, device):
-    actor_lrs = {
-        "actor_network_params": 1e-4,
-        "qvalue_network_params": 3e-4,
-        "log_alpha": 1e-4,
-    }
     cfgs = []
 
     def misa(compile_sampler):
@@ -251,20 +251,18 @@ def build_configs(args, device):
 
         return make
 
-    misa_keys = ("loss_actor", "loss_qvalue", "loss_alpha")
-    cql_keys = ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha")
-    cfgs.append(("misa", misa(False), misa_keys, False))
-    cfgs.append(("misa_compiled_sampler", misa(True), misa_keys, False))
+    cfgs.append(("misa", misa(False), MISA_KEYS, False))
+    cfgs.append(("misa_compiled_sampler", misa(True), MISA_KEYS, False))
     if args.compile:
         # the whole update under torch.compile, the sampler compiling its own step
-        cfgs.append(("misa_compiled_update", misa(True), misa_keys, True))
+        cfgs.append(("misa_compiled_update", misa(True), MISA_KEYS, True))
     for n in (10, 50):
-        cfgs.append((f"cql{n}", cql(n), cql_keys, False))
+        cfgs.append((f"cql{n}", cql(n), CQL_KEYS, False))
         if args.compile:
-            cfgs.append((f"cql{n}_compiled_update", cql(n), cql_keys, True))
+            cfgs.append((f"cql{n}_compiled_update", cql(n), CQL_KEYS, True))
     if args.only:
         cfgs = [c for c in cfgs if c[0] in args.only]
-    return [(name, make, keys, comp, actor_lrs) for name, make, keys, comp in cfgs]
+    return [(name, make, keys, comp, LRS) for name, make, keys, comp in cfgs]
 
 
 def summarise(results: dict) -> dict:
@@ -416,15 +414,7 @@ def run_authors(args, hidden: int, k: int, steps: int) -> dict:
 
 def run_agents(args, device) -> dict:
     """Groups of N agents, MISA and CQL(10), eager and compiled, per setting."""
-    lrs = {
-        "actor_network_params": 1e-4,
-        "qvalue_network_params": 3e-4,
-        "log_alpha": 1e-4,
-    }
-    keys = {
-        "misa": ("loss_actor", "loss_qvalue", "loss_alpha"),
-        "cql10": ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"),
-    }
+    keys = {"misa": MISA_KEYS, "cql10": CQL_KEYS}
     results = {}
     for setting in args.settings:
         hidden, k = AGENT_SETTINGS[setting]
@@ -478,7 +468,7 @@ def run_agents(args, device) -> dict:
                 update = make_group_update(
                     group,
                     keys.get(algo, keys["misa"]),
-                    lrs,
+                    LRS,
                     compile_update=mode == "compiled",
                     cudagraphs=mode == "cudagraph",
                 )

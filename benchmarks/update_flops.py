@@ -38,6 +38,9 @@ from torch.utils.flop_counter import flop_registry
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_update import (  # noqa: E402
     AGENT_SETTINGS,
+    CQL_KEYS,
+    LRS,
+    MISA_KEYS,
     CQLLoss,
     MISALoss,
     RESULTS,
@@ -46,10 +49,7 @@ from bench_update import (  # noqa: E402
     make_update,
 )
 
-LRS = {"actor_network_params": 1e-4, "qvalue_network_params": 3e-4, "log_alpha": 1e-4}
 CONFIGS = ("misa", "misa_authors_sampler", "cql10", "cql50")
-MISA_KEYS = ("loss_actor", "loss_qvalue", "loss_alpha")
-CQL_KEYS = ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha")
 
 
 class MatmulLog(TorchDispatchMode):
