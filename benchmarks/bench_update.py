@@ -30,7 +30,9 @@ with the sampler inside the vmap, eager, for comparison. With
 ``--cudagraphs`` each agent count also gets a ``cudagraph`` row: the eager
 vmapped update captured once in a CUDA graph and replayed. A configuration
 that fails is recorded with its error (and traceback, in the json) and the
-others go on. Writes
+others go on. ``--repeats R`` measures every row R times, in turn, and
+reports each ratio's median over the repeats with its lowest and highest
+value (ratios are formed within one repeat). Writes
 ``benchmarks/results/bench_update_agents[_<tag>].json`` and ``.md``.
 
 Usage::
@@ -41,6 +43,8 @@ Usage::
     python benchmarks/bench_update.py --quick         # a few steps, to check it runs
     python benchmarks/bench_update.py --agents 1 2 5 10 --compiled-agents 1 5 \
         --authors-dir /path/to/MISA --jax-python /path/to/jax-venv/bin/python
+    python benchmarks/bench_update.py --agents 1 5 --paper-agents --algorithms misa \
+        --repeats 5 --authors-dir ... --jax-python ...   # ratios with their spread
 """
 
 from __future__ import annotations
@@ -442,15 +446,19 @@ def run_agents(args, device) -> dict:
             return loss
 
         base = make_batches(8, args.batch, args.obs_dim, args.act_dim, device)
-        algos = ("misa", "misa_vmap_sampler") if args.vmap_sampler else ("misa",)
-        for algo in (*algos, "cql10"):
-            compiled = args.compiled_agents
+        algos = list(args.algorithms)
+        if args.vmap_sampler and "misa" in algos:
+            algos.insert(algos.index("misa") + 1, "misa_vmap_sampler")
+        for algo in algos:
+            eager, compiled = args.agents, args.compiled_agents
+            if setting == "paper" and args.paper_agents is not None:
+                eager = args.paper_agents
             if setting == "paper" and args.paper_compiled_agents is not None:
                 compiled = args.paper_compiled_agents
-            runs = [("eager", n) for n in args.agents]
+            runs = [("eager", n) for n in eager]
             runs += [("compiled", n) for n in compiled]
             if args.cudagraphs:
-                runs += [("cudagraph", n) for n in args.agents]
+                runs += [("cudagraph", n) for n in eager]
             for mode, n in runs:
                 name = f"{setting}/{algo}/{mode}/{n}"
                 where = dict(setting=setting, algorithm=algo, mode=mode, agents=n)
@@ -560,7 +568,76 @@ def summarise_agents(results: dict) -> dict:
     return summary
 
 
-def write_agents_markdown(path: Path, meta: dict, results: dict, summary: dict):
+def combine_repeats(runs: list[dict]) -> dict:
+    """One row per configuration over repeated runs: the median of each figure.
+
+    ``rate_range`` keeps the lowest and highest rate of the repeats; a
+    configuration that failed (or was skipped) in any repeat is reported by
+    that repeat's row.
+    """
+    combined = {}
+    for name, first in runs[0].items():
+        rows = [run[name] for run in runs if name in run]
+        broken = [r for r in rows if "failed" in r or "skipped" in r]
+        if broken:
+            combined[name] = broken[0]
+            continue
+        row = dict(first)
+        for key in _FIGURES:
+            if key in first:
+                row[key] = statistics.median(r[key] for r in rows)
+        rate = (
+            "agent_updates_per_s" if "agent_updates_per_s" in first else "updates_per_s"
+        )
+        row["rate_range"] = [min(r[rate] for r in rows), max(r[rate] for r in rows)]
+        row["repeats"] = len(rows)
+        combined[name] = row
+    return combined
+
+
+_FIGURES = (
+    "median_step_ms",
+    "mean_step_ms",
+    "updates_per_s",
+    "agent_updates_per_s",
+    "warmup_s",
+)
+
+
+def summarise_repeats(runs: list[dict]) -> tuple[dict, dict]:
+    """Each ratio's median over repeated runs, and its value in every run.
+
+    A ratio is formed within one run (rows measured minutes apart), then the
+    runs are summarised: with R independent runs, their lowest and highest
+    values bracket the median ratio with probability 1 - 2 * 0.5**R (94% for
+    R = 5). Targets are judged on the median.
+    """
+    per_run = [summarise_agents(run) for run in runs]
+    summary, by_run = {}, {}
+    for name, value in per_run[0].items():
+        if isinstance(value, bool):
+            continue
+        values = [s[name] for s in per_run if name in s]
+        summary[name] = statistics.median(values)
+        by_run[name] = values
+    for name, target in AGENT_TARGETS.items():
+        if name in summary:
+            summary[f"{name}_meets_{target}"] = summary[name] >= target
+    return summary, by_run
+
+
+def _rate(row: dict, key: str) -> str:
+    """A row's rate, with its range over repeats when it was measured more than once."""
+    text = f"{row[key]:.2f}"
+    if row.get("repeats", 1) > 1:
+        low, high = row["rate_range"]
+        text += f" ({low:.2f} - {high:.2f})"
+    return text
+
+
+def write_agents_markdown(
+    path: Path, meta: dict, results: dict, summary: dict, by_run: dict | None = None
+):
     lines = [
         "# Update-step throughput of agent groups (N agents, one vmapped update)",
         "",
@@ -586,7 +663,7 @@ def write_agents_markdown(path: Path, meta: dict, results: dict, summary: dict):
                 continue
             lines.append(
                 f"| {r['setting']} | authors' JAX | jit | 1 | "
-                f"{r['median_step_ms']:.1f} | {r['updates_per_s']:.2f} | "
+                f"{r['median_step_ms']:.1f} | {_rate(r, 'updates_per_s')} | "
                 f"{r['updates_per_s']:.2f} | {r['warmup_s']:.1f} |"
             )
             continue
@@ -599,10 +676,24 @@ def write_agents_markdown(path: Path, meta: dict, results: dict, summary: dict):
             continue
         lines.append(
             f"| {r['setting']} | {r['algorithm']} | {r['mode']} | {r['agents']} | "
-            f"{r['median_step_ms']:.1f} | {r['agent_updates_per_s']:.2f} | "
+            f"{r['median_step_ms']:.1f} | {_rate(r, 'agent_updates_per_s')} | "
             f"{r['updates_per_s']:.2f} | {r['warmup_s']:.1f} |"
         )
-    lines += ["", "| ratio | value | target |", "|---|---:|---:|"]
+    repeats = len(next(iter(by_run.values()))) if by_run else 1
+    if repeats > 1:
+        lines += [
+            "",
+            f"Every row was measured {repeats} times, in turn; the rows give the "
+            "median of each figure. Each ratio is formed within one repeat; the "
+            f"table gives its median, and its lowest and highest value, which "
+            f"bracket the median with probability {1 - 2 * 0.5**repeats:.0%} if "
+            "the repeats vary independently.",
+            "",
+            "| ratio | median | min - max | per repeat | target |",
+            "|---|---:|---:|---|---:|",
+        ]
+    else:
+        lines += ["", "| ratio | value | target |", "|---|---:|---:|"]
     for name, value in summary.items():
         if "_meets_" in name:
             continue
@@ -610,7 +701,15 @@ def write_agents_markdown(path: Path, meta: dict, results: dict, summary: dict):
         text = f">= {target}" if target else ""
         if name in GPU_TARGETS:
             text += " on a GPU"
-        lines.append(f"| {name} | {value:.2f} | {text} |")
+        if repeats > 1:
+            values = by_run[name]
+            each = ", ".join(f"{v:.2f}" for v in values)
+            lines.append(
+                f"| {name} | {value:.2f} | {min(values):.2f} - {max(values):.2f} "
+                f"| {each} | {text} |"
+            )
+        else:
+            lines.append(f"| {name} | {value:.2f} | {text} |")
     if meta.get("note"):
         lines += ["", meta["note"]]
     path.write_text("\n".join(lines) + "\n")
@@ -641,6 +740,27 @@ def main(argv=None) -> dict:
     parser.add_argument("--note", default="", help="free text stored with the results")
     parser.add_argument(
         "--agents", type=int, nargs="*", help="measure groups of these many agents"
+    )
+    parser.add_argument(
+        "--paper-agents",
+        type=int,
+        nargs="*",
+        default=None,
+        help="eager agent counts at the paper setting (default: --agents)",
+    )
+    parser.add_argument(
+        "--algorithms",
+        nargs="+",
+        default=["misa", "cql10"],
+        choices=["misa", "cql10"],
+        help="agent-group algorithms measured",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every agent row (and the authors' update) this many times, in "
+        "turn, and report the median of each ratio with its min-max",
     )
     parser.add_argument(
         "--compiled-agents",
@@ -684,6 +804,8 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     if args.cudagraphs and device.type != "cuda":
         parser.error("--cudagraphs needs --device cuda")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="No target network updater")
@@ -764,6 +886,9 @@ def _meta(args, device, argv) -> dict:
         "burnin": args.burnin,
         "leapfrog": args.leapfrog,
         "agents": args.agents,
+        "paper_agents": args.paper_agents,
+        "algorithms": args.algorithms,
+        "repeats": args.repeats,
         "compiled_agents": args.compiled_agents,
         "paper_compiled_agents": args.paper_compiled_agents,
         "settings": args.settings,
@@ -775,9 +900,14 @@ def _meta(args, device, argv) -> dict:
 
 def main_agents(args, device, argv) -> dict:
     meta = _meta(args, device, argv)
-    results = run_agents(args, device)
+    runs = []
+    for repeat in range(args.repeats):
+        if args.repeats > 1:
+            print(f"-- repeat {repeat + 1} of {args.repeats}", flush=True)
+        runs.append(run_agents(args, device))
     meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    summary = summarise_agents(results)
+    results = combine_repeats(runs)
+    summary, by_run = summarise_repeats(runs)
     for name, value in summary.items():
         print(
             f"{name}: {value:.2f}"
@@ -792,8 +922,11 @@ def main_agents(args, device, argv) -> dict:
         "results": results,
         "summary": summary,
     }
+    if args.repeats > 1:
+        payload["ratios_by_repeat"] = by_run
+        payload["repeats"] = runs
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    write_agents_markdown(RESULTS / f"{stem}.md", meta, results, summary)
+    write_agents_markdown(RESULTS / f"{stem}.md", meta, results, summary, by_run)
     print(f"wrote {RESULTS / stem}.json and .md")
     return payload
 

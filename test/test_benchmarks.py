@@ -664,3 +664,65 @@ def test_update_flops_counts_forward_and_both_backward_multiplies():
     # each recorded multiply can be timed from its shapes alone
     for key in log.calls:
         assert flops.op_seconds(*key, repeats=2) > 0
+
+
+def test_agent_throughput_over_repeats(tmp_path):
+    """Ratios formed within each repeat, then their median and range; failures kept."""
+    bench = _load("bench_update")
+
+    def row(mode, n, per_agent):
+        return {
+            "setting": "small",
+            "algorithm": "misa",
+            "mode": mode,
+            "agents": n,
+            "median_step_ms": 1e3 / per_agent,
+            "mean_step_ms": 1e3 / per_agent,
+            "updates_per_s": per_agent,
+            "agent_updates_per_s": n * per_agent,
+            "warmup_s": 1.0,
+        }
+
+    # (one agent, per agent of five) in each of three repeats
+    rates = [(10.0, 6.0), (8.0, 5.0), (12.0, 6.6)]
+    runs = []
+    for i, (one, five) in enumerate(rates):
+        run = {
+            "small/misa/eager/1": row("eager", 1, one),
+            "small/misa/eager/5": row("eager", 5, five),
+        }
+        run["small/misa/compiled/1"] = (
+            {"setting": "small", "algorithm": "misa", "mode": "compiled", "agents": 1}
+            | {"failed": "RuntimeError: boom"}
+            if i == 1
+            else row("compiled", 1, 20.0)
+        )
+        runs.append(run)
+    summary, by_run = bench.summarise_repeats(runs)
+    ratios = [5 * five / one for one, five in rates]  # 3.0, 3.125, 2.75
+    assert by_run["small_5_agents_vs_1_eager"] == pytest.approx(ratios)
+    assert summary["small_5_agents_vs_1_eager"] == pytest.approx(3.0)
+    assert summary["small_5_agents_vs_1_eager_meets_3.0"]
+    combined = bench.combine_repeats(runs)
+    one = combined["small/misa/eager/1"]
+    assert one["agent_updates_per_s"] == pytest.approx(10.0)
+    assert one["rate_range"] == pytest.approx([8.0, 12.0])
+    assert combined["small/misa/compiled/1"]["failed"] == "RuntimeError: boom"
+    meta = {
+        k: "x"
+        for k in ("command", "device", "cpu", "cpu_count", "threads", "torch")
+        + ("loadavg", "loadavg_end", "batch", "obs_dim", "act_dim")
+        + ("burnin", "leapfrog", "note")
+    }
+    path = tmp_path / "agents.md"
+    bench.write_agents_markdown(path, meta, combined, summary, by_run)
+    lines = path.read_text().splitlines()
+    assert (
+        "| small | misa | eager | 1 | 100.0 | 10.00 (8.00 - 12.00) | 10.00 | 1.0 |"
+        in (lines)
+    )
+    assert (
+        "| small_5_agents_vs_1_eager | 3.00 | 2.75 - 3.12 | 3.00, 3.12, 2.75 | >= 3.0 |"
+        in lines
+    )
+    assert any("probability 75%" in line for line in lines)  # 1 - 2 / 2**3
