@@ -1,5 +1,6 @@
 """The learning benchmark's harness: a method runs on a tiny file and gets its csv row."""
 
+import argparse
 import csv
 import json
 import importlib.util
@@ -726,3 +727,29 @@ def test_agent_throughput_over_repeats(tmp_path):
         in lines
     )
     assert any("probability 75%" in line for line in lines)  # 1 - 2 / 2**3
+
+
+def test_profile_counts_one_critic_pass_per_gradient_evaluation():
+    """ELU calls per update follow from the sampler's structure, written out here."""
+    prof = _load("profile_update")
+    burnin, k, leapfrog = 2, 3, 2
+    args = argparse.Namespace(
+        obs_dim=3,
+        act_dim=2,
+        batch=4,
+        burnin=burnin,
+        leapfrog=leapfrog,
+        warmup=1,
+        steps=2,
+    )
+    run = prof.profile_group(2, hidden=8, k=k, args=args)
+    # one gradient at the chain's start, then one per leapfrog step of every
+    # burn-in and sampling transition; the loss adds Q(s, a), Q(s, a_pi) and
+    # the target's Q(s', a')
+    passes = 1 + (burnin + k) * leapfrog + 3
+    layers = 2  # the critic's two hidden ELU layers
+    assert run["ops"]["aten::elu"]["calls"] == args.steps * layers * passes
+    # every pass but the target's is differentiated
+    backward = run["ops"]["aten::elu_backward"]["calls"]
+    assert backward == args.steps * layers * (passes - 1)
+    assert run["families"]["matrix multiplies"] > 0
