@@ -416,6 +416,23 @@ def run_authors(args, hidden: int, k: int, steps: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def make_agent_misa(args, hidden: int, k: int, device, **options) -> MISALoss:
+    """MISA on the networks of one agent setting.
+
+    ``args`` gives the observation and action sizes, the burn-in and the
+    leapfrog steps; ``options`` go to :class:`MISALoss`.
+    """
+    actor, critic = make_networks(args.obs_dim, args.act_dim, hidden, device)
+    return MISALoss(
+        actor,
+        critic,
+        num_mcmc_samples=k,
+        num_burnin=args.burnin,
+        num_leapfrog=args.leapfrog,
+        **options,
+    )
+
+
 def run_agents(args, device) -> dict:
     """Groups of N agents, MISA and CQL(10), eager and compiled, per setting."""
     keys = {"misa": MISA_KEYS, "cql10": CQL_KEYS}
@@ -425,22 +442,21 @@ def run_agents(args, device) -> dict:
         steps = args.steps if setting == "small" else args.paper_steps
 
         def make_loss(algo=None, hidden=hidden, k=k, mode="eager"):
-            actor, critic = make_networks(args.obs_dim, args.act_dim, hidden, device)
             if algo in MISA_ALGOS:
                 # MISALoss keeps its sampler out of an outer torch.compile
                 # (dynamo would unroll the chain). "misa": the group draws all
                 # agents' samples in one call outside its vmap, through the
                 # sampler's compiled transition in a compiled update;
                 # "misa_vmap_sampler": the sampler inside the vmap, eager
-                return MISALoss(
-                    actor,
-                    critic,
-                    num_mcmc_samples=k,
-                    num_burnin=args.burnin,
-                    num_leapfrog=args.leapfrog,
+                return make_agent_misa(
+                    args,
+                    hidden,
+                    k,
+                    device,
                     validate_inputs=False,
                     compile_sampler=algo == "misa" and mode == "compiled",
                 )
+            actor, critic = make_networks(args.obs_dim, args.act_dim, hidden, device)
             loss = CQLLoss(actor, critic, num_random=10, loss_function="l2")
             loss.make_value_estimator(gamma=0.99)
             return loss

@@ -31,12 +31,11 @@ from bench_update import (  # noqa: E402
     AGENT_SETTINGS,
     LRS,
     MISA_KEYS,
-    MISALoss,
     RESULTS,
     AgentGroup,
+    make_agent_misa,
     make_batches,
     make_group_update,
-    make_networks,
     stack_batches,
 )
 
@@ -52,15 +51,7 @@ def profile_group(num_agents: int, hidden: int, k: int, args) -> dict:
     device = torch.device("cpu")
 
     def make_loss():
-        actor, critic = make_networks(args.obs_dim, args.act_dim, hidden, device)
-        return MISALoss(
-            actor,
-            critic,
-            num_mcmc_samples=k,
-            num_burnin=args.burnin,
-            num_leapfrog=args.leapfrog,
-            validate_inputs=False,
-        )
+        return make_agent_misa(args, hidden, k, device, validate_inputs=False)
 
     group = AgentGroup.from_factory(make_loss, num_agents, seed=0)
     update = make_group_update(group, MISA_KEYS, LRS, compile_update=False)

@@ -42,8 +42,8 @@ from bench_update import (  # noqa: E402
     LRS,
     MISA_KEYS,
     CQLLoss,
-    MISALoss,
     RESULTS,
+    make_agent_misa,
     make_batches,
     make_networks,
     make_update,
@@ -94,22 +94,15 @@ def op_seconds(func, shapes, repeats: int) -> float:
 
 def make_loss(name: str, hidden: int, k: int, args):
     torch.manual_seed(0)
-    actor, critic = make_networks(
-        args.obs_dim, args.act_dim, hidden, torch.device("cpu")
-    )
     if name.startswith("cql"):
+        actor, critic = make_networks(
+            args.obs_dim, args.act_dim, hidden, torch.device("cpu")
+        )
         loss = CQLLoss(actor, critic, num_random=int(name[3:]), loss_function="l2")
         loss.make_value_estimator(gamma=0.99)
         return loss, CQL_KEYS
     mode = "authors" if name == "misa_authors_sampler" else "whitened"
-    loss = MISALoss(
-        actor,
-        critic,
-        num_mcmc_samples=k,
-        num_burnin=args.burnin,
-        num_leapfrog=args.leapfrog,
-        sampler_mode=mode,
-    )
+    loss = make_agent_misa(args, hidden, k, torch.device("cpu"), sampler_mode=mode)
     return loss, MISA_KEYS
 
 

@@ -588,6 +588,13 @@ def test_misa_is_compared_with_the_best_baseline(misa_offset, verdict):
     assert final.endswith(f"| {verdict} |")
 
 
+def _agents_meta() -> dict:
+    """The run description the agents' table writes, every field a placeholder."""
+    fields = ("command", "device", "cpu", "cpu_count", "threads", "torch")
+    fields += ("loadavg", "loadavg_end", "batch", "obs_dim", "act_dim")
+    return {k: "x" for k in fields + ("burnin", "leapfrog", "note")}
+
+
 def test_agent_throughput_summary_and_table(tmp_path):
     """Ratios within one mode, the paper run's projected hours, failed rows kept."""
     bench = _load("bench_update")
@@ -635,12 +642,7 @@ def test_agent_throughput_summary_and_table(tmp_path):
     # nothing compiled or captured ran: no ratio against the authors' code
     assert not any("vs_authors_jax" in name for name in summary)
     assert not any("cudagraph" in name for name in summary)
-    meta = {
-        k: "x"
-        for k in ("command", "device", "cpu", "cpu_count", "threads", "torch")
-        + ("loadavg", "loadavg_end", "batch", "obs_dim", "act_dim")
-        + ("burnin", "leapfrog", "note")
-    }
+    meta = _agents_meta()
     path = tmp_path / "agents.md"
     bench.write_agents_markdown(path, meta, results, summary)
     lines = path.read_text().splitlines()
@@ -709,12 +711,7 @@ def test_agent_throughput_over_repeats(tmp_path):
     assert one["agent_updates_per_s"] == pytest.approx(10.0)
     assert one["rate_range"] == pytest.approx([8.0, 12.0])
     assert combined["small/misa/compiled/1"]["failed"] == "RuntimeError: boom"
-    meta = {
-        k: "x"
-        for k in ("command", "device", "cpu", "cpu_count", "threads", "torch")
-        + ("loadavg", "loadavg_end", "batch", "obs_dim", "act_dim")
-        + ("burnin", "leapfrog", "note")
-    }
+    meta = _agents_meta()
     path = tmp_path / "agents.md"
     bench.write_agents_markdown(path, meta, combined, summary, by_run)
     lines = path.read_text().splitlines()
