@@ -12,8 +12,7 @@ With ``--agents`` a method's seeds on a dataset are one job: one process
 trains them side by side (``num_agents=<number of seeds>``, seeds
 ``s, s + 1, ...``), each agent with its own initialisation, batches and random
 draws, and writes one row per seed (``wall_s``: the job's time divided by its
-agents). IQL, which TorchRL's ``IQLLoss`` keeps out of :func:`torch.vmap`,
-runs one process per seed either way.
+agents).
 
     python benchmarks/learning.py --scale small            # 2-core CPU
     python benchmarks/learning.py --scale small --agents   # each method's seeds in one process
@@ -55,8 +54,6 @@ FIELDS = [
 ]
 
 BASELINES = ("bc", "cql", "iql", "td3bc")
-# TorchRL's IQLLoss does not run under torch.vmap: one process per seed
-SINGLE_AGENT = ("iql",)
 # Table 1's ablations as overrides of the script's `loss` options.
 ABLATIONS = {
     "misa-ba": ["loss.mi_estimator=ba"],
@@ -224,15 +221,9 @@ class Job:
 
 
 def group_jobs(jobs: list[Job]) -> list[Job]:
-    """Jobs of one method and dataset at consecutive seeds merged into one group job.
-
-    Methods in :data:`SINGLE_AGENT` stay one job per seed.
-    """
+    """Jobs of one method and dataset at consecutive seeds merged into one group job."""
     out, runs = [], {}
     for job in jobs:
-        if job.method in SINGLE_AGENT:
-            out.append(job)
-            continue
         key = (job.scale, job.dataset, job.method)
         if key not in runs:
             runs[key] = []
@@ -240,9 +231,6 @@ def group_jobs(jobs: list[Job]) -> list[Job]:
         runs[key].append(job.seed)
     grouped = []
     for item in out:
-        if isinstance(item, Job):
-            grouped.append(item)
-            continue
         seeds = sorted(set(runs[item]))
         start = seeds[0]
         for prev, seed in zip(seeds, seeds[1:] + [None]):

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchrl.data import Bounded
 from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor
 from torchrl.modules import TanhDelta, TanhNormal, ValueOperator
-from torchrl.objectives import CQLLoss, SoftUpdate, TD3BCLoss
+from torchrl.objectives import CQLLoss, IQLLoss, SoftUpdate, TD3BCLoss
 
 from torchrl_misa import MISALoss
 from torchrl_misa.agents import AgentGroup
@@ -91,13 +91,29 @@ def make_td3bc(**kwargs):
     return loss
 
 
+def make_iql(**kwargs):
+    value = ValueOperator(
+        MLP(N_OBS, 1, num_cells=[HIDDEN, HIDDEN]), in_keys=["observation"]
+    )
+    kwargs = {"expectile": 0.7, "temperature": 3.0, **kwargs}
+    loss = IQLLoss(make_actor(), make_critic(), value, loss_function="l2", **kwargs)
+    loss.make_value_estimator(gamma=0.99)
+    return loss
+
+
 # loss entries summed into the backward pass, and the optimiser groups' rates
 LOSS_KEYS = {
     CQLLoss: ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha"),
     MISALoss: ("loss_actor", "loss_qvalue", "loss_alpha"),
     TD3BCLoss: ("loss_actor", "loss_qvalue"),
+    IQLLoss: ("loss_actor", "loss_qvalue", "loss_value"),
 }
-LR = {"actor_network_params": 3e-3, "qvalue_network_params": 3e-3, "log_alpha": 1e-2}
+LR = {
+    "actor_network_params": 3e-3,
+    "qvalue_network_params": 3e-3,
+    "value_network_params": 3e-3,
+    "log_alpha": 1e-2,
+}
 
 
 def make_batch(seed: int, shape) -> TensorDict:
@@ -131,6 +147,8 @@ def optimisers(params_of, names) -> list[torch.optim.Optimizer]:
 
 def groups_of(loss_type) -> list[str]:
     names = ["actor_network_params", "qvalue_network_params"]
+    if loss_type is IQLLoss:
+        return names + ["value_network_params"]
     return names + (["log_alpha"] if loss_type is not TD3BCLoss else [])
 
 
@@ -193,7 +211,7 @@ def assert_agent_equals(group, i, loss, outs_group, outs_single):
                 )
 
 
-MAKERS = {"cql": make_cql, "misa": make_misa, "td3bc": make_td3bc}
+MAKERS = {"cql": make_cql, "iql": make_iql, "misa": make_misa, "td3bc": make_td3bc}
 NUM_AGENTS, NUM_UPDATES, SEED, RNG_SEED = 3, 3, 10, 1234
 
 
@@ -301,7 +319,7 @@ def test_batched_sampler_is_chosen_where_it_applies():
         AgentGroup.from_factory(make_cql, 2, batched_sampler=True)
 
 
-@pytest.mark.parametrize("name", ["cql", "misa"])
+@pytest.mark.parametrize("name", ["cql", "iql", "misa"])
 def test_no_gradient_leaks_between_agents(name):
     """d loss_i / d params_j is exactly zero for j != i, and not zero for j = i."""
     group = AgentGroup.from_factory(MAKERS[name], NUM_AGENTS, seed=SEED)
@@ -340,6 +358,7 @@ def test_agents_draw_their_own_random_numbers():
 
 SWEEPS = {
     "cql": {"min_q_weight": [0.5, 5.0]},
+    "iql": {"expectile": [0.6, 0.9], "temperature": [1.0, 3.0]},
     "misa": {"min_q_weight": [1.0, 5.0], "bc_weight": [0.5, 2.0]},
 }
 
@@ -408,6 +427,15 @@ def test_bad_inputs_have_clear_errors():
         AgentGroup([loss, loss])
     with pytest.raises(ValueError, match="min_alpha"):
         AgentGroup([make_cql(min_alpha=0.1), make_cql(min_alpha=0.1)])
+    with pytest.raises(ValueError, match="only IQLLoss itself"):
+
+        class SubclassedIQL(IQLLoss):
+            pass
+
+        losses = [make_iql(), make_iql()]
+        for loss in losses:
+            loss.__class__ = SubclassedIQL
+        AgentGroup(losses)
     with pytest.raises(ValueError, match="randomness"):
         AgentGroup([make_cql()], randomness="shared")
     with pytest.raises(KeyError, match="no entry"):
@@ -469,7 +497,7 @@ class _HostData(_OpSites):
     OPS = (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
 
 
-@pytest.mark.parametrize("name", ["cql", "misa", "td3bc"])
+@pytest.mark.parametrize("name", ["cql", "iql", "misa", "td3bc"])
 def test_no_tensors_made_from_host_data_in_the_update(name):
     """Every tensor an update needs is built on the device (factories,
     ``new_full``) or kept as a buffer, so the update can be captured in a CUDA
@@ -486,7 +514,7 @@ def test_no_tensors_made_from_host_data_in_the_update(name):
     )
 
 
-@pytest.mark.parametrize("name", ["cql", "misa"])
+@pytest.mark.parametrize("name", ["cql", "iql", "misa"])
 def test_no_host_reads_in_the_update(name):
     """Losses, gradients and target updates read no tensor value back to the host,
     except TorchRL's TanhNormal constructor (``(high != 1).any()``, skipped

@@ -115,9 +115,7 @@ def test_agents_group_a_methods_consecutive_seeds():
     assert [(j.method, j.seeds) for j in grouped] == [
         ("misa", [0, 1, 2]),
         ("misa", [4]),  # a gap in the seeds starts another job
-        ("iql", [0]),  # IQL: one process per seed
-        ("iql", [1]),
-        ("iql", [2]),
+        ("iql", [0, 1, 2]),
         ("iql", [4]),
     ]
     group = grouped[0]

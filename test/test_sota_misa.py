@@ -119,16 +119,28 @@ def test_baselines_share_the_loop(algorithm, pendulum_file, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["algorithm"] == algorithm
 
 
-def test_baselines_need_an_algorithm_and_iql_runs_one_seed_per_process(tmp_path):
+def test_baselines_need_a_known_algorithm(tmp_path):
     proc, _ = run(["preset=demo"], tmp_path, "none", script=BASELINES)
     assert proc.returncode != 0 and "+algorithm=<bc|cql|iql|td3bc>" in proc.stderr
     proc, _ = run(["preset=demo", "+algorithm=sac"], tmp_path, "sac", script=BASELINES)
     assert "algorithm=sac: unknown, choose one of bc, cql, iql, td3bc" in proc.stderr
-    args = ["preset=demo", "+algorithm=iql", "num_agents=2"]
-    proc, _ = run(args, tmp_path, "iql", script=BASELINES)
-    assert proc.returncode != 0
-    assert "IQLLoss does not run under torch.vmap" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_iql_trains_two_seeds_in_one_process(pendulum_file, tmp_path):
+    args = [
+        "preset=demo",
+        f"replay_buffer.dataset={pendulum_file}",
+        "+algorithm=iql",
+        "num_agents=2",
+        "optim.gradient_steps=10",
+        "logger.eval_iter=10",
+        *TINY,
+    ]
+    proc, run_dir = run(args, tmp_path, "iql", script=BASELINES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [agent["seed"] for agent in summary["agents"]] == [0, 1]
 
 
 def _assert_same(a, b, path=""):

@@ -146,12 +146,35 @@ class VmapCQLLoss(CQLLoss):
         )
 
 
+class VmapIQLLoss(IQLLoss):
+    """:class:`~torchrl.objectives.IQLLoss` whose untracked targets are read with ``.detach()``.
+
+    ``IQLLoss`` keeps no target value network (nor target actor): its value
+    target reads ``target_value_network_params`` (torchrl 0.14.1,
+    ``objectives/iql.py`` line 560), which :class:`~torchrl.objectives.LossModule`'s
+    ``__getattr__`` answers with ``value_network_params.data``
+    (``objectives/common.py`` line 621), refused under vmap; under
+    ``torch.compile`` ``_clear_weakrefs`` names ``target_actor_network_params``
+    the same way. These properties give the same values with ``.detach()``,
+    so the results are those of :class:`~torchrl.objectives.IQLLoss`.
+    """
+
+    @property
+    def target_value_network_params(self) -> TensorDictBase:
+        return self.value_network_params.detach()
+
+    @property
+    def target_actor_network_params(self) -> TensorDictBase:
+        return self.actor_network_params.detach()
+
+
 def make_vmap_compatible(loss: LossModule) -> LossModule:
     """Adapts ``loss`` in place so that its forward runs under :func:`torch.vmap`.
 
     Swaps :class:`~torchrl.modules.TanhNormal` policies for
-    :class:`OutOfPlaceTanhNormal` and a :class:`~torchrl.objectives.CQLLoss`
-    for :class:`VmapCQLLoss` (same results). Raises ``ValueError`` for what
+    :class:`OutOfPlaceTanhNormal`, a :class:`~torchrl.objectives.CQLLoss`
+    for :class:`VmapCQLLoss` and an :class:`~torchrl.objectives.IQLLoss` for
+    :class:`VmapIQLLoss` (same results). Raises ``ValueError`` for what
     cannot run under vmap.
     """
     # LossModule keeps its networks in __dict__, out of modules()
@@ -170,10 +193,13 @@ def make_vmap_compatible(loss: LossModule) -> LossModule:
                 "losses without min_alpha / max_alpha."
             )
         loss.__class__ = VmapCQLLoss
+    elif type(loss) is IQLLoss:
+        loss.__class__ = VmapIQLLoss
     elif isinstance(loss, IQLLoss):
         raise ValueError(
-            "AgentGroup: IQLLoss reads its value target through LossModule's fallback "
-            "`value_network_params.data` (torchrl/objectives/common.py:621), which vmap "
-            "refuses. Train IQL's seeds as separate runs."
+            f"AgentGroup: {type(loss).__name__} reads its value target through "
+            "LossModule's fallback `value_network_params.data` "
+            "(torchrl/objectives/common.py:621), which vmap refuses; only IQLLoss "
+            "itself is adapted. Train its seeds as separate runs."
         )
     return loss
