@@ -33,7 +33,8 @@ that fails is recorded with its error (and traceback, in the json) and the
 others go on. ``--repeats R`` measures every row R times, in turn, and
 reports each ratio's median over the repeats with its lowest and highest
 value (ratios are formed within one repeat). Writes
-``benchmarks/results/bench_update_agents[_<tag>].json`` and ``.md``.
+``benchmarks/results/bench_update_agents[_<tag>].json`` and ``.md``, again
+after every repeat: a stopped run keeps the repeats it finished, and says so.
 
 Usage::
 
@@ -728,6 +729,13 @@ def write_agents_markdown(
             lines.append(f"| {name} | {value:.2f} | {text} |")
     if meta.get("note"):
         lines += ["", meta["note"]]
+    done, planned = meta.get("repeats_done"), meta.get("repeats")
+    if done is not None and planned is not None and done < planned:
+        lines += [
+            "",
+            f"**Partial: {done} of {planned} repeats done** (the run stopped, or "
+            "is still going).",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -915,23 +923,35 @@ def _meta(args, device, argv) -> dict:
 
 
 def main_agents(args, device, argv) -> dict:
+    """Every agent row, ``args.repeats`` times; the files are rewritten after each
+    repeat, so an interrupted run keeps the repeats it finished."""
     meta = _meta(args, device, argv)
     runs = []
     for repeat in range(args.repeats):
         if args.repeats > 1:
             print(f"-- repeat {repeat + 1} of {args.repeats}", flush=True)
         runs.append(run_agents(args, device))
-    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    results = combine_repeats(runs)
-    summary, by_run = summarise_repeats(runs)
-    for name, value in summary.items():
+        payload = write_agents_results(args, meta, runs)
+    for name, value in payload["summary"].items():
         print(
             f"{name}: {value:.2f}"
             if not isinstance(value, bool)
             else f"{name}: {value}"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "bench_update_agents" + (f"_{args.tag}" if args.tag else "")
+    print(f"wrote {RESULTS / _agents_stem(args)}.json and .md")
+    return payload
+
+
+def _agents_stem(args) -> str:
+    return "bench_update_agents" + (f"_{args.tag}" if args.tag else "")
+
+
+def write_agents_results(args, meta: dict, runs: list[dict]) -> dict:
+    """The json and markdown of the repeats done so far (each file replaced whole)."""
+    meta = dict(meta, repeats_done=len(runs))
+    meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results = combine_repeats(runs)
+    summary, by_run = summarise_repeats(runs)
     payload = {
         "meta": meta,
         "targets": AGENT_TARGETS,
@@ -941,9 +961,12 @@ def main_agents(args, device, argv) -> dict:
     if args.repeats > 1:
         payload["ratios_by_repeat"] = by_run
         payload["repeats"] = runs
-    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    write_agents_markdown(RESULTS / f"{stem}.md", meta, results, summary, by_run)
-    print(f"wrote {RESULTS / stem}.json and .md")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = str(RESULTS / _agents_stem(args))
+    Path(f"{stem}.json.tmp").write_text(json.dumps(payload, indent=2) + "\n")
+    write_agents_markdown(Path(f"{stem}.md.tmp"), meta, results, summary, by_run)
+    for suffix in (".json", ".md"):
+        os.replace(f"{stem}{suffix}.tmp", f"{stem}{suffix}")
     return payload
 
 

@@ -748,3 +748,38 @@ def test_profile_counts_one_critic_pass_per_gradient_evaluation():
     backward = run["ops"]["aten::elu_backward"]["calls"]
     assert backward == args.steps * layers * (passes - 1)
     assert run["families"]["matrix multiplies"] > 0
+
+
+def test_agent_repeats_are_saved_as_they_finish(tmp_path, monkeypatch):
+    """A run stopped in its second repeat keeps the first, marked partial."""
+    bench = _load("bench_update")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    done = []
+
+    def fake_run_agents(args, device):
+        if done:
+            raise KeyboardInterrupt  # stopped during the second repeat
+        done.append(1)
+        return {
+            "small/misa/eager/1": {
+                "setting": "small",
+                "algorithm": "misa",
+                "mode": "eager",
+                "agents": 1,
+                "median_step_ms": 100.0,
+                "mean_step_ms": 100.0,
+                "updates_per_s": 10.0,
+                "agent_updates_per_s": 10.0,
+                "warmup_s": 1.0,
+            }
+        }
+
+    monkeypatch.setattr(bench, "run_agents", fake_run_agents)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--agents", "1", "--repeats", "2", "--tag", "t"])
+    payload = json.loads((tmp_path / "bench_update_agents_t.json").read_text())
+    assert payload["meta"]["repeats_done"] == 1 and len(payload["repeats"]) == 1
+    text = (tmp_path / "bench_update_agents_t.md").read_text()
+    assert "**Partial: 1 of 2 repeats done**" in text
+    assert "| small | misa | eager | 1 | 100.0 | 10.00 | 10.00 | 1.0 |" in text
+    assert not list(tmp_path.glob("*.tmp"))
