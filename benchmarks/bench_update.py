@@ -20,7 +20,7 @@ Prints updates/s per configuration and the ratios of MISA to CQL, and writes
 
 With ``--agents N [N ...]`` it measures groups of N independent agents instead
 (:class:`torchrl_misa.agents.AgentGroup`, one vmapped update for all): MISA and
-CQL(10) at the small setting (64-64, k = 10) and the paper setting (256-256,
+CQL(10) (and IQL with ``--algorithms ... iql``) at the small setting (64-64, k = 10) and the paper setting (256-256,
 k = 50), eager and compiled, aggregate and per-agent updates/s, next to the
 authors' jitted JAX update when ``--authors-dir`` (their checkout) and
 ``--jax-python`` (a JAX environment's interpreter) are given. A MISA group
@@ -70,7 +70,7 @@ from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import MLP, NormalParamExtractor, ProbabilisticActor, TanhNormal
 from torchrl.modules import ValueOperator
-from torchrl.objectives import CQLLoss, SoftUpdate
+from torchrl.objectives import CQLLoss, IQLLoss, SoftUpdate
 
 try:
     from torchrl_misa import MISALoss
@@ -101,6 +101,13 @@ AGENT_TARGETS.update(GPU_TARGETS)
 LRS = {"actor_network_params": 1e-4, "qvalue_network_params": 3e-4, "log_alpha": 1e-4}
 MISA_KEYS = ("loss_actor", "loss_qvalue", "loss_alpha")
 CQL_KEYS = ("loss_actor", "loss_qvalue", "loss_cql", "loss_alpha")
+# IQL (agent rows only): no temperature to learn, a state-value network instead
+IQL_KEYS = ("loss_actor", "loss_qvalue", "loss_value")
+IQL_LRS = {
+    "actor_network_params": 3e-4,
+    "qvalue_network_params": 3e-4,
+    "value_network_params": 3e-4,
+}
 PAPER_UPDATES = 1_200_000  # the paper's training length in gradient steps
 TARGETS = {
     "min_updates_per_s": 5.4,  # spec §6, 2-core CPU
@@ -141,6 +148,20 @@ def make_networks(obs_dim: int, act_dim: int, hidden: int, device: torch.device)
         in_keys=["observation", "action"],
     )
     return actor, critic
+
+
+def make_value_network(obs_dim: int, hidden: int, device: torch.device):
+    """IQL's state-value network, shaped as the critic (ELU MLP)."""
+    return ValueOperator(
+        MLP(
+            in_features=obs_dim,
+            out_features=1,
+            num_cells=[hidden, hidden],
+            activation_class=nn.ELU,
+            device=device,
+        ),
+        in_keys=["observation"],
+    )
 
 
 def make_batches(n: int, batch: int, obs_dim: int, act_dim: int, device, seed: int = 0):
@@ -436,7 +457,7 @@ def make_agent_misa(args, hidden: int, k: int, device, **options) -> MISALoss:
 
 def run_agents(args, device) -> dict:
     """Groups of N agents, MISA and CQL(10), eager and compiled, per setting."""
-    keys = {"misa": MISA_KEYS, "cql10": CQL_KEYS}
+    keys = {"misa": MISA_KEYS, "cql10": CQL_KEYS, "iql": IQL_KEYS}
     results = {}
     for setting in args.settings:
         hidden, k = AGENT_SETTINGS[setting]
@@ -458,7 +479,19 @@ def run_agents(args, device) -> dict:
                     compile_sampler=algo == "misa" and mode == "compiled",
                 )
             actor, critic = make_networks(args.obs_dim, args.act_dim, hidden, device)
-            loss = CQLLoss(actor, critic, num_random=10, loss_function="l2")
+            if algo == "iql":
+                # Kostrikov et al.'s locomotion settings, as benchmarks/baselines.py
+                value = make_value_network(args.obs_dim, hidden, device)
+                loss = IQLLoss(
+                    actor,
+                    critic,
+                    value,
+                    loss_function="l2",
+                    expectile=0.7,
+                    temperature=3.0,
+                )
+            else:
+                loss = CQLLoss(actor, critic, num_random=10, loss_function="l2")
             loss.make_value_estimator(gamma=0.99)
             return loss
 
@@ -493,7 +526,7 @@ def run_agents(args, device) -> dict:
                 update = make_group_update(
                     group,
                     keys.get(algo, keys["misa"]),
-                    LRS,
+                    IQL_LRS if algo == "iql" else LRS,
                     compile_update=mode == "compiled",
                     cudagraphs=mode == "cudagraph",
                 )
@@ -547,6 +580,11 @@ def summarise_agents(results: dict) -> dict:
         one, five = rate(f"small/misa/{mode}/1"), rate(f"small/misa/{mode}/5")
         if one and five:
             summary[f"small_5_agents_vs_1_{mode}"] = five / one
+        # the same ratio for the baselines' groups (no target)
+        for algo in ("cql10", "iql"):
+            one, five = rate(f"small/{algo}/{mode}/1"), rate(f"small/{algo}/{mode}/5")
+            if one and five:
+                summary[f"small_5_agents_vs_1_{mode}_{algo}"] = five / one
     for setting in AGENT_SETTINGS:
         jax_rate = rate(f"{setting}/authors_jax")
         for mode in ("compiled", "cudagraph"):
@@ -776,8 +814,8 @@ def main(argv=None) -> dict:
         "--algorithms",
         nargs="+",
         default=["misa", "cql10"],
-        choices=["misa", "cql10"],
-        help="agent-group algorithms measured",
+        choices=["misa", "cql10", "iql"],
+        help="agent-group algorithms measured (iql: TorchRL's IQLLoss, on request)",
     )
     parser.add_argument(
         "--repeats",

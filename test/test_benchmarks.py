@@ -783,3 +783,13 @@ def test_agent_repeats_are_saved_as_they_finish(tmp_path, monkeypatch):
     assert "**Partial: 1 of 2 repeats done**" in text
     assert "| small | misa | eager | 1 | 100.0 | 10.00 | 10.00 | 1.0 |" in text
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_baseline_groups_get_their_own_agent_ratio():
+    bench = _load("bench_update")
+    results = {
+        f"small/iql/eager/{n}": {"agent_updates_per_s": rate}
+        for n, rate in ((1, 40.0), (5, 130.0))
+    }
+    summary = bench.summarise_agents(results)
+    assert summary == {"small_5_agents_vs_1_eager_iql": pytest.approx(130.0 / 40.0)}
