@@ -17,6 +17,7 @@ their ``.data`` reads made vmap-safe, see ``docs/agents.md``).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -45,17 +46,13 @@ from utils import (  # noqa: E402
 BASELINES = ("bc", "cql", "iql", "td3bc")
 
 
-def make_baseline_update(algorithm: str):
+def make_baseline_update(algorithm: str) -> Callable[..., UpdateRecipe]:
     """``make_update(cfg, data, action_dim, device)`` of ``algorithm``, for ``train``."""
     if algorithm not in BASELINES:
         raise ConfigError(
             f"algorithm={algorithm}: unknown, choose one of {', '.join(BASELINES)}"
         )
-
-    def make_update(cfg: DictConfig, data, action_dim: int, device) -> UpdateRecipe:
-        return _RECIPES[algorithm](cfg, data, action_dim, device)
-
-    return make_update
+    return _RECIPES[algorithm]
 
 
 def _networks(cfg, data, action_dim, device, deterministic=False, value=False):

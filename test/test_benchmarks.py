@@ -711,6 +711,7 @@ def test_agent_throughput_over_repeats(tmp_path):
     assert combined["small/misa/compiled/1"]["failed"] == "RuntimeError: boom"
     meta = _agents_meta()
     path = tmp_path / "agents.md"
+    meta["repeats_done"] = len(runs)
     bench.write_agents_markdown(path, meta, combined, summary, by_run)
     lines = path.read_text().splitlines()
     assert (
