@@ -110,15 +110,35 @@ class _DataIsDetach:
         return getattr(self._td, name)
 
 
-class VmapCQLLoss(CQLLoss):
+class _DetachedUntrackedTargets:
+    """Answers a target the loss does not keep with its source's ``.detach()``.
+
+    For ``target_<name>_params`` that a loss does not hold,
+    :class:`~torchrl.objectives.LossModule`'s ``__getattr__`` returns
+    ``<name>_params.data`` (torchrl 0.14.1, ``objectives/common.py`` line
+    621), which vmap refuses. ``.detach()`` gives the same values without a
+    graph. Mixed in before the loss class.
+    """
+
+    def __getattr__(self, item):
+        if (
+            item.startswith("target_")
+            and item.endswith("_params")
+            and self._modules.get(item) is None
+            and self._modules.get(item[7:]) is not None
+        ):
+            return self._modules[item[7:]].detach()
+        return super().__getattr__(item)
+
+
+class VmapCQLLoss(_DetachedUntrackedTargets, CQLLoss):
     """:class:`~torchrl.objectives.CQLLoss` with ``.data`` reads replaced by ``.detach()``.
 
     ``.data`` is refused under vmap (torchrl 0.14.1, ``objectives/cql.py``:
     ``_alpha`` line 989, ``_get_policy_actions`` line 663, ``_get_value_v``
     lines 681, 696 and 716; under ``torch.compile`` also ``_clear_weakrefs``
-    naming ``target_actor_network_params``, which it does not keep, so that
-    ``LossModule.__getattr__`` answers with ``actor_network_params.data``,
-    ``objectives/common.py`` line 621). ``.detach()`` gives the same values
+    naming ``target_actor_network_params``, which it does not keep: see
+    ``_DetachedUntrackedTargets``). ``.detach()`` gives the same values
     without a graph, so the results are those of
     :class:`~torchrl.objectives.CQLLoss`. The in-place
     clamp of ``log_alpha`` (``min_alpha`` / ``max_alpha``, line 988) is not
@@ -128,12 +148,6 @@ class VmapCQLLoss(CQLLoss):
     @property
     def _alpha(self) -> Tensor:
         return self.log_alpha.detach().exp()
-
-    def _clear_weakrefs(self, *tds):
-        # Under torch.compile CQLLoss names target_actor_network_params, which
-        # it does not keep (LossModule would answer with `.data`).
-        kept = [td for td in tds if not isinstance(td, str) or td in self._modules]
-        return super()._clear_weakrefs(*kept)
 
     def _get_policy_actions(self, data, actor_params, num_actions=10):
         return super()._get_policy_actions(
@@ -146,26 +160,17 @@ class VmapCQLLoss(CQLLoss):
         )
 
 
-class VmapIQLLoss(IQLLoss):
+class VmapIQLLoss(_DetachedUntrackedTargets, IQLLoss):
     """:class:`~torchrl.objectives.IQLLoss` whose untracked targets are read with ``.detach()``.
 
     ``IQLLoss`` keeps no target value network (nor target actor): its value
     target reads ``target_value_network_params`` (torchrl 0.14.1,
-    ``objectives/iql.py`` line 560), which :class:`~torchrl.objectives.LossModule`'s
-    ``__getattr__`` answers with ``value_network_params.data``
-    (``objectives/common.py`` line 621), refused under vmap; under
-    ``torch.compile`` ``_clear_weakrefs`` names ``target_actor_network_params``
-    the same way. These properties give the same values with ``.detach()``,
-    so the results are those of :class:`~torchrl.objectives.IQLLoss`.
+    ``objectives/iql.py`` line 560), and under ``torch.compile``
+    ``_clear_weakrefs`` names ``target_actor_network_params``; both reach
+    ``LossModule``'s ``.data`` fallback, which vmap refuses. Read with
+    ``.detach()`` instead, the results are those of
+    :class:`~torchrl.objectives.IQLLoss`.
     """
-
-    @property
-    def target_value_network_params(self) -> TensorDictBase:
-        return self.value_network_params.detach()
-
-    @property
-    def target_actor_network_params(self) -> TensorDictBase:
-        return self.actor_network_params.detach()
 
 
 def make_vmap_compatible(loss: LossModule) -> LossModule:
