@@ -15,6 +15,12 @@ and trust any folder found there. Here a cache is:
 
 A cache that fails is reported with what is wrong (:class:`CacheDamagedError`)
 so the loader can rebuild it from its source.
+
+Before a cache is written, the space it needs is checked and reserved
+(:func:`reserve_space`): a memory-mapped write past the end of a full disk
+kills the process with SIGBUS, with no message, so a folder without the room
+(or a read-only one) raises :class:`CacheWriteError` instead, naming the
+folder and the MiB needed and free.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -48,6 +55,102 @@ CHECKSUM_KEYS = (
 
 class CacheDamagedError(RuntimeError):
     """A cache folder exists but cannot be trusted; the message says why."""
+
+
+class CacheWriteError(RuntimeError):
+    """A cache cannot be written (no space, read-only, no permission); names the folder."""
+
+
+#: room kept per file on top of the arrays' bytes (a file's last block, meta.json files)
+SPACE_PER_FILE = 4096
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in MiB, with the exact count: two sizes that differ never read the same.
+
+    Examples:
+        >>> format_bytes(440_000)
+        '0.42 MiB (440000 bytes)'
+    """
+    return f"{n / 2**20:.2f} MiB ({n} bytes)"
+
+
+def _describe(err: OSError) -> str:
+    if err.errno == errno.ENOSPC:
+        return "no space left on device"
+    if err.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    if err.errno == errno.EROFS:
+        return "read-only file system"
+    return err.strerror or str(err)
+
+
+def _cannot_write(folder: Path, err: OSError) -> CacheWriteError:
+    return CacheWriteError(
+        f"Cannot write the dataset cache in {folder} ({_describe(err)}). Pass a "
+        "writable cache folder: root=<folder> (the training script: "
+        "replay_buffer.root=<folder>)."
+    )
+
+
+def nbytes(data: TensorDictBase) -> int:
+    """Bytes that memory-mapping ``data`` writes: its tensors', plus a block per file."""
+    values = [v for v in data.values(True, True) if hasattr(v, "element_size")]
+    files = len(values) + len(list(data.keys(True, False))) + 2
+    return sum(v.numel() * v.element_size() for v in values) + SPACE_PER_FILE * files
+
+
+def reserve_space(
+    folder: str | Path, needed: int, shown: str | Path | None = None
+) -> None:
+    """Checks that ``folder`` has room for ``needed`` bytes, and reserves it.
+
+    The free space is compared first; then a file of that size is allocated
+    (``posix_fallocate``) and removed, so a quota or a file system whose free
+    count is not reliable fails here, with ENOSPC, instead of in a
+    memory-mapped write (SIGBUS). Another process may still take the space
+    between this call and the write.
+
+    Args:
+        folder: where the files will be written.
+        needed: their bytes.
+        shown: the folder named in errors (default ``folder``), e.g. the
+            cache root rather than a hidden build folder inside it.
+
+    Raises:
+        CacheWriteError: naming the folder and the MiB needed and free.
+    """
+    folder = Path(folder)
+    shown = Path(shown) if shown is not None else folder
+    needed = int(needed)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise _no_space(shown, needed, free)
+    if not hasattr(os, "posix_fallocate"):
+        return
+    placeholder = folder / ".space-reservation"
+    try:
+        fd = os.open(placeholder, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as err:
+        raise _cannot_write(shown, err) from err
+    try:
+        os.posix_fallocate(fd, 0, needed)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise _no_space(shown, needed, shutil.disk_usage(folder).free) from err
+        if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise _cannot_write(shown, err) from err
+    finally:
+        os.close(fd)
+        placeholder.unlink(missing_ok=True)
+
+
+def _no_space(folder: Path, needed: int, free: int) -> CacheWriteError:
+    return CacheWriteError(
+        f"Not enough space for the dataset cache in {folder}: {format_bytes(needed)} "
+        f"needed, {format_bytes(free)} free. Free space there or pass another cache "
+        "folder: root=<folder> (the training script: replay_buffer.root=<folder>)."
+    )
 
 
 def _key_name(key) -> str:
@@ -174,14 +277,20 @@ def partial_folder(final: str | Path, kind: str = "partial") -> Path:
 
 
 def remove_stale_partials(final: str | Path) -> None:
-    """Deletes siblings left by builds of ``final`` whose process has died on this host."""
+    """Deletes siblings left by builds whose process has died on this host.
+
+    Any cache's of the folder, not only ``final``'s: a build killed on a full
+    disk may have been for another version of the source file.
+    """
     final = Path(final)
-    host = socket.gethostname()
     if not final.parent.is_dir():
         return
-    for path in final.parent.glob(f".{final.name}.*-{host}-*-*"):
-        pid = path.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
+    own = re.compile(
+        rf"^\..+\.[a-z]+-{re.escape(socket.gethostname())}-(\d+)-[0-9a-f]{{8}}$"
+    )
+    for path in final.parent.glob(".*"):
+        match = own.match(path.name)
+        if match and not _alive(int(match[1])):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -233,12 +342,32 @@ def write_cache(folder: str | Path, data: TensorDictBase, **extra) -> None:
         15.0
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(folder)
-    tmp = partial_folder(folder)
+    tmp = make_partial_folder(folder)
     try:
-        stored = data.memmap(tmp)
-        write_check_file(tmp, stored, **extra)
-        publish(tmp, folder)
+        reserve_space(tmp, nbytes(data), shown=folder.parent)
+        try:
+            stored = data.memmap(tmp)
+            write_check_file(tmp, stored, **extra)
+            publish(tmp, folder)
+        except OSError as err:  # e.g. another process took the space meanwhile
+            raise _cannot_write(folder.parent, err) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_partial_folder(final: str | Path) -> Path:
+    """Creates and returns a fresh :func:`partial_folder` of ``final``.
+
+    Raises:
+        CacheWriteError: the cache's parent folder cannot be written
+            (read-only, no permission, a file in the way), naming it.
+    """
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(final)
+        tmp = partial_folder(final)
+        tmp.mkdir()
+    except OSError as err:
+        raise _cannot_write(final.parent, err) from err
+    return tmp

@@ -32,10 +32,10 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl_misa.data.cache import (
     CacheDamagedError,
     discard,
+    make_partial_folder,
     open_cache,
-    partial_folder,
     publish,
-    remove_stale_partials,
+    reserve_space,
     write_check_file,
 )
 from torchrl_misa.data.d4rl import (
@@ -61,6 +61,23 @@ def _minari_rows(h5_path: Path) -> int:
     """Steps of a Minari file (sum of its episodes' lengths), from the headers."""
     with _h5py().File(h5_path, "r") as f:
         return sum(int(f[ep]["rewards"].shape[0]) for ep in f.keys())
+
+
+def _minari_cache_nbytes(h5_path: Path) -> int:
+    """An upper bound of the converted cache's bytes: twice the file's arrays.
+
+    Each step's observation is stored twice (``observation`` and
+    ``("next", "observation")``); counting every array twice covers it.
+    """
+    total = [0]
+
+    def visit(name, obj):
+        if isinstance(obj, _h5py().Dataset):
+            total[0] += obj.size * obj.dtype.itemsize
+
+    with _h5py().File(h5_path, "r") as f:
+        f.visititems(visit)
+    return 2 * total[0]
 
 
 def _flags_need_copy(dataset_id: str, h5_path: Path) -> bool:
@@ -105,12 +122,17 @@ def build_minari_cache(dataset_id: str, cache: Path) -> TensorDictBase:
     """Converts Minari's local copy of ``dataset_id`` into the checked cache ``cache``."""
     h5_path = minari_dir() / dataset_id / "data" / "main_data.hdf5"
     rows = _minari_rows(h5_path)
-    remove_stale_partials(cache)
-    tmp_root = partial_folder(cache)
+    tmp_root = make_partial_folder(cache)
     built = tmp_root / dataset_id
     try:
         source = minari_dir()
-        if _flags_need_copy(dataset_id, h5_path):
+        copy = _flags_need_copy(dataset_id, h5_path)
+        # the copy with bool flags is about the size of Minari's folder
+        extra = h5_path.stat().st_size if copy else 0
+        reserve_space(
+            tmp_root, _minari_cache_nbytes(h5_path) + extra, shown=cache.parent
+        )
+        if copy:
             # TorchRL's converter cannot combine numeric flags: it reads a bool copy
             source = _bool_flags_copy(dataset_id, tmp_root / ".minari_source")
         with _minari_path(source):
