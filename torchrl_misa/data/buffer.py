@@ -55,6 +55,9 @@ def load_offline_dataset(
 def check_transitions(data: TensorDictBase, where: str) -> None:
     """Refuses NaN/inf observations or rewards and actions outside ``[-1, 1]``.
 
+    Also refuses observations, actions or rewards that are not floating-point
+    and actions that are not ``[N, action_dim]``.
+
     Raises:
         DatasetFormatError: naming the offending key.
     """
@@ -64,11 +67,21 @@ def check_transitions(data: TensorDictBase, where: str) -> None:
                 continue
             raise DatasetFormatError(f"{where}: the transitions have no {key!r} entry.")
         value = data[key]
-        if value.is_floating_point() and not torch.isfinite(value).all():
+        if not value.is_floating_point():
+            raise DatasetFormatError(
+                f"{where}: {key!r} holds {value.dtype} values; floating-point values "
+                "are expected (store them as float32)."
+            )
+        if not torch.isfinite(value).all():
             raise DatasetFormatError(
                 f"{where}: {key!r} holds NaN or inf values; repair or drop those rows."
             )
     action = data["action"]
+    if action.ndim != 2:
+        raise DatasetFormatError(
+            f"{where}: 'action' has shape {list(action.shape)}; actions must be "
+            "[N, action_dim] (one flat vector per transition)."
+        )
     if action.numel() and action.abs().max() > 1.0:
         raise DatasetFormatError(
             f"{where}: 'action' has values outside [-1, 1] (max |a| = "

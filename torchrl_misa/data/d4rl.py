@@ -40,6 +40,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tensordict import make_tensordict
 from torchrl.collectors.utils import split_trajectories
@@ -49,7 +50,10 @@ from torchrl_misa.data.cache import CacheDamagedError, discard, open_cache, writ
 from torchrl_misa.data.hdf5 import (
     ARRAY_KEYS,
     as_bool_flags,
+    check_not_a_folder,
+    DatasetFormatError,
     FLAG_KEYS,
+    open_hdf5,
     read_metadata,
     SCALAR_KEYS,
     validate_d4rl_hdf5,
@@ -110,7 +114,9 @@ def _read_d4rl_hdf5(path: Path) -> tuple[Any, dict]:
     """Reads a checked D4RL-layout file into a TensorDict (metadata left out).
 
     Flags become bool, ``[N, 1]`` rewards and flags ``[N]``, and ``[N]``
-    actions or observations ``[N, 1]`` (with a warning).
+    actions or observations ``[N, 1]`` (with a warning). Integer, bool or
+    float16 observations, actions and rewards become float32 (with a warning;
+    integers beyond 2**24, which float32 cannot hold exactly, are refused).
     """
     import h5py
 
@@ -120,7 +126,7 @@ def _read_d4rl_hdf5(path: Path) -> tuple[Any, dict]:
         if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf":
             arrays[name] = obj[()]
 
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         for key in f.keys():
             if key == "metadata":
                 continue
@@ -134,6 +140,9 @@ def _read_d4rl_hdf5(path: Path) -> tuple[Any, dict]:
     for key in FLAG_KEYS:
         if key in arrays:
             arrays[key] = as_bool_flags(arrays[key], key, str(path))
+    for key in ARRAY_KEYS + ("rewards",):
+        if key in arrays:
+            arrays[key] = _as_float32(arrays[key], key, path)
     flat = [k for k in ARRAY_KEYS if k in arrays and arrays[k].ndim == 1]
     if flat:
         warnings.warn(
@@ -148,6 +157,30 @@ def _read_d4rl_hdf5(path: Path) -> tuple[Any, dict]:
     tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
     raw = make_tensordict(tensors, auto_batch_size=True)
     return raw.unflatten_keys("/"), read_metadata(path)
+
+
+#: the largest integer magnitude float32 holds exactly
+_FLOAT32_EXACT = 2**24
+
+
+def _as_float32(values, key: str, path: Path):
+    """Integer, bool or float16 ``values`` as float32, with a warning; others as they are."""
+    if values.dtype.kind == "f" and values.dtype.itemsize >= 4:
+        return values
+    if values.dtype.kind in "iu" and values.size:
+        largest = int(np.abs(values.astype(np.int64)).max())
+        if largest > _FLOAT32_EXACT:
+            raise DatasetFormatError(
+                f"{path}: key '{key}' holds {values.dtype} values up to {largest}, "
+                f"which float32 cannot hold exactly (beyond {_FLOAT32_EXACT}); store "
+                "it as float32 (the networks work in float32), scaled if need be."
+            )
+    warnings.warn(
+        f"{path}: key '{key}' is stored as {values.dtype}; read as float32 (the "
+        "networks work in floating point). Store it as float32 to silence this.",
+        stacklevel=3,
+    )
+    return values.astype(np.float32)
 
 
 def _source_rows(path: Path) -> int:
@@ -395,6 +428,7 @@ class D4RLFileExperienceReplay(OfflineD4RLExperienceReplay):
         **kwargs,
     ):
         path = Path(path).expanduser().resolve()
+        check_not_a_folder(path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"Dataset file {path} does not exist. Make one with "

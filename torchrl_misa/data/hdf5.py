@@ -26,6 +26,7 @@ a warning.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -57,6 +58,41 @@ def _h5py():
             "Reading D4RL-layout files needs h5py: `pip install h5py`."
         ) from err
     return h5py
+
+
+def check_not_a_folder(path: Path) -> None:
+    """Refuses a folder given where a dataset file is expected."""
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.hdf5"))[:5]
+        holds = f" (it holds {', '.join(found)})" if found else ""
+        raise DatasetFormatError(
+            f"{path} is a folder, not a dataset file{holds}: pass the path of one "
+            f"D4RL-layout HDF5 file, with the keys {', '.join(REQUIRED_KEYS)}."
+        )
+
+
+@contextlib.contextmanager
+def open_hdf5(path: str | Path):
+    """``h5py.File(path, "r")``; a damaged file raises :class:`DatasetFormatError`.
+
+    h5py reports a truncated or corrupted file (at opening, or when a damaged
+    chunk is read) as a bare ``OSError``; this names the file and says what
+    to do. A file that cannot be read for want of permission stays a
+    ``PermissionError``.
+    """
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except DatasetFormatError:
+        raise
+    except (PermissionError, FileNotFoundError):
+        raise
+    except OSError as err:
+        raise DatasetFormatError(
+            f"{path} is a damaged HDF5 file (truncated or corrupted: {err}). Copy or "
+            "generate it again."
+        ) from err
 
 
 def _check_finite(name: str, values: np.ndarray, where: str) -> None:
@@ -135,13 +171,14 @@ def validate_d4rl_hdf5(path: str | Path, *, check_values: bool = True) -> int:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"Dataset file {path} does not exist.")
+    check_not_a_folder(path)
     if not h5py.is_hdf5(path):
         raise DatasetFormatError(
             f"{path} is not an HDF5 file. A D4RL-layout file is HDF5 with the keys "
             f"{', '.join(REQUIRED_KEYS)} (plus timeouts, next_observations)."
         )
     where = str(path)
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         for key in REQUIRED_KEYS:
             if key not in f or not isinstance(f[key], h5py.Dataset):
                 raise DatasetFormatError(
@@ -174,6 +211,11 @@ def validate_d4rl_hdf5(path: str | Path, *, check_values: bool = True) -> int:
                     f"{where}: key '{key}' has shape {f[key].shape}; it needs one value "
                     f"per row: [{n}] or [{n}, 1]."
                 )
+        if f["actions"].ndim > 2:
+            raise DatasetFormatError(
+                f"{where}: key 'actions' has shape {f['actions'].shape}; actions must "
+                f"be [{n}, action_dim] (one flat vector per row) or [{n}]."
+            )
         if "next_observations" in f and (
             f["next_observations"].shape != f["observations"].shape
         ):
@@ -220,7 +262,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """
     h5py = _h5py()
     out: dict[str, Any] = {}
-    with h5py.File(Path(path).expanduser(), "r") as f:
+    with open_hdf5(Path(path).expanduser()) as f:
         if "metadata" not in f:
             return out
 
