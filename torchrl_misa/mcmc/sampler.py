@@ -168,68 +168,82 @@ def hmc_sample(
         target_fn = functools.partial(_unraveled_log_prob, log_prob_fn, unravel)
     if scale is not None:
         scale = _check_scale(ravel_like(scale, "scale", init), position, validate)
+        # a copy, not a view: a scan may not take two inputs that alias (the
+        # target may hold the same tensor)
+        scale = scale.clone()
         target_fn = functools.partial(_scaled_log_prob, target_fn, scale)
         position = position / scale
     if num_chains > 1:
         position = position.expand(num_chains, *position.shape)
     chain_batch = position.shape[:-1]
 
-    # The first evaluation is eager: it checks that log_prob_fn depends on
-    # the position, which torch.func cannot tell from a zero gradient.
-    state = init_state(
-        position.contiguous(), functools.partial(value_and_grad, target_fn)
-    )
-    if compile:
+    traced = torch.compiler.is_compiling()
+    if traced:
+        # Inside an outer torch.compile: the whole chain becomes one scan in the
+        # caller's graph, its gradients taken by torch.func.
         vg_fn = functional_value_and_grad(target_fn)
-        step_fn = kernel.compiled
-    else:
-        vg_fn = functools.partial(value_and_grad, target_fn)
         step_fn = kernel
+        state = init_state(position.contiguous(), vg_fn)
+    else:
+        # The first evaluation is eager: it checks that log_prob_fn depends on
+        # the position, which torch.func cannot tell from a zero gradient.
+        state = init_state(
+            position.contiguous(), functools.partial(value_and_grad, target_fn)
+        )
+        if compile:
+            vg_fn = functional_value_and_grad(target_fn)
+            step_fn = kernel.compiled
+        else:
+            vg_fn = functools.partial(value_and_grad, target_fn)
+            step_fn = kernel
     step_state = adaptation.init(
         _initial_step_size(step_size, groups, batch, chain_batch, position, validate)
     )
-
-    kept = []
-    accepted_kept = position.new_zeros(chain_batch)
-    accepted_burnin = position.new_zeros(chain_batch)
-    divergent = position.new_zeros(chain_batch, dtype=torch.long)
-    nonfinite = position.new_zeros(chain_batch, dtype=torch.bool)
-    burnin_end = state["position"]
-    per_chain = num_samples // num_chains
-    for t in range(num_burnin + per_chain * thin):
-        momentum, log_u = _draws(position, generator)
-        # Gradients w.r.t. the position are taken inside (enable_grad or
-        # torch.func); a fixed grad mode outside keeps the caller's mode out of
-        # the compiled graph's guards, so it is not compiled twice.
-        with torch.no_grad():
-            state, info = step_fn(
-                state,
-                adaptation.final(step_state),
-                num_leapfrog,
-                vg_fn,
-                momentum,
-                log_u,
+    transition = functools.partial(
+        _transition,
+        step_fn,
+        vg_fn,
+        adaptation,
+        num_leapfrog,
+        (
+            functools.partial(
+                _group_mean, batch_dims=len(batch), group_dims=len(groups)
             )
-        divergent = divergent + info["divergent"]
-        if t < num_burnin:
-            accepted_burnin = accepted_burnin + info["accepted"].to(position.dtype)
-            if t < num_adaptation_steps:
-                accept_prob = info["accept_prob"]
-                if groups:  # each group adapts on its own chains' mean
-                    accept_prob = _group_mean(accept_prob, len(batch), len(groups))
-                step_state = adaptation.update(step_state, accept_prob)
-            if t == num_burnin - 1:
-                burnin_end = state["position"]
-        else:
-            accepted_kept = accepted_kept + info["accepted"].to(position.dtype)
-            if (t - num_burnin) % thin == thin - 1:
-                kept.append(state["position"])
-                nonfinite = nonfinite | ~torch.isfinite(state["log_prob"])
+            if groups
+            else None
+        ),
+    )
+    per_chain = num_samples // num_chains
+    num_transitions = num_burnin + per_chain * thin
+    carry = (
+        (state["position"], state["log_prob"], state["grad"]),
+        step_state,
+        position.new_zeros(chain_batch),  # accepted during burn-in
+        position.new_zeros(chain_batch),  # accepted after burn-in
+        position.new_zeros(chain_batch, dtype=torch.long),  # divergent
+        position.new_zeros(chain_batch, dtype=torch.bool),  # non-finite, kept
+    )
+    draws = [_draws(position, generator) for _ in range(num_transitions)]
+    if traced:
+        carry, positions = _scan_chain(
+            transition, carry, draws, num_burnin, num_adaptation_steps, thin
+        )
+    else:
+        positions = []
+        for t, draw in enumerate(draws):
+            burnin = t < num_burnin
+            adapt, keep = t < num_adaptation_steps, _kept(t, num_burnin, thin)
+            flags = (burnin, not burnin, adapt, keep)
+            carry, new_position = transition(carry, (*draw, *flags))
+            positions.append(new_position)
+        positions = torch.stack(positions)  # [num_transitions, *chain_batch, d]
+    _, step_state, accepted_burnin, accepted_kept, divergent, nonfinite = carry
     step = adaptation.final(step_state)
 
-    chain_samples = torch.stack(kept)  # [per_chain, *chain_batch, d]
+    chain_samples = positions[num_burnin + thin - 1 :: thin]  # [per_chain, ...]
+    burnin_end = positions[num_burnin - 1] if num_burnin else state["position"]
     stuck = (chain_samples == burnin_end).all(-1).all(0)
-    if validate:
+    if validate and not traced:
         check_chains(
             stuck=stuck,
             nonfinite=nonfinite,
@@ -254,6 +268,80 @@ def hmc_sample(
         batch=batch,
     )
     return unravel(samples.detach()), info
+
+
+def _kept(t: int, num_burnin: int, thin: int) -> bool:
+    """Whether transition ``t`` gives a sample: after burn-in, every ``thin``-th."""
+    return t >= num_burnin and (t - num_burnin) % thin == thin - 1
+
+
+def _transition(
+    step_fn, vg_fn, adaptation, num_leapfrog, group_mean, carry: tuple, x: tuple
+) -> tuple[tuple, Tensor]:
+    """One transition and its bookkeeping: ``(carry, x) -> (carry, new position)``.
+
+    ``x`` holds the transition's draws and four flags (burn-in, after burn-in,
+    adapting, kept), Python bools in the eager loop or 0-d tensors in a scan: the same
+    body runs both ways.
+    """
+    (position, log_prob, grad), step, acc_burnin, acc_kept, divergent, nonfinite = carry
+    momentum, log_u, burnin, sampling, adapt, keep = x
+    state = TensorDict(
+        {"position": position, "log_prob": log_prob, "grad": grad},
+        batch_size=log_prob.shape,
+    )
+    # Gradients w.r.t. the position are taken inside (enable_grad or
+    # torch.func); a fixed grad mode outside keeps the caller's mode out of
+    # a compiled transition's guards, so it is not compiled twice.
+    with torch.no_grad():
+        state, info = step_fn(
+            state, adaptation.final(step), num_leapfrog, vg_fn, momentum, log_u
+        )
+    accepted = info["accepted"].to(acc_kept.dtype)
+    accept_prob = info["accept_prob"]
+    if group_mean is not None:  # each group adapts on its own chains' mean
+        accept_prob = group_mean(accept_prob)
+    new_log_prob = state["log_prob"]
+    carry = (
+        (state["position"], new_log_prob, state["grad"]),
+        _update_if(adapt, step, lambda: adaptation.update(step, accept_prob)),
+        _update_if(burnin, acc_burnin, lambda: acc_burnin + accepted),
+        _update_if(sampling, acc_kept, lambda: acc_kept + accepted),
+        divergent + info["divergent"],
+        _update_if(keep, nonfinite, lambda: nonfinite | ~torch.isfinite(new_log_prob)),
+    )
+    return carry, state["position"]
+
+
+def _update_if(flag, old, new_fn):
+    """``new_fn()`` where ``flag`` holds, else ``old``: a Python branch or a ``where``."""
+    if isinstance(flag, bool):
+        return new_fn() if flag else old
+    return torch.where(flag, new_fn(), old)
+
+
+def _scan_chain(transition, carry, draws, num_burnin, num_adaptation_steps, thin):
+    """The chain as one ``scan`` over its transitions (inside ``torch.compile``).
+
+    Traced once whatever the number of transitions, where an unrolled loop
+    would trace every transition. The flags are made on the device from an
+    ``arange``: no tensor from host data.
+    """
+    from torch._higher_order_ops.scan import scan
+
+    momenta = torch.stack([m for m, _ in draws])
+    log_us = torch.stack([u for _, u in draws])
+    t = torch.arange(len(draws), device=momenta.device)
+    after = t - num_burnin
+    kept = (after >= 0) & (after.remainder(thin) == thin - 1)
+    burnin = t < num_burnin
+    xs = (momenta, log_us, burnin, ~burnin, t < num_adaptation_steps, kept)
+
+    def body(carry, x):
+        carry, position = transition(carry, x)
+        return carry, position.clone()  # a scan output may not alias the carry
+
+    return scan(body, carry, xs)
 
 
 def _draws(position: Tensor, generator) -> tuple[Tensor, Tensor]:

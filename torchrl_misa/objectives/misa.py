@@ -543,6 +543,9 @@ class MISALoss(LossModule):
         self, value_type: ValueEstimators | None = None, **hyperparams
     ) -> None:
         """Builds the value estimator of the backup (TD(0), gamma 0.99 by default)."""
+        from torchrl_misa.objectives._misa_checks import check_value_hyperparams
+
+        check_value_hyperparams(hyperparams)
         if value_type is None:
             value_type = self.default_value_estimator
         if isinstance(value_type, ValueEstimatorBase) or (
@@ -926,10 +929,33 @@ class MISALoss(LossModule):
     def _tilted_log_weight(
         self, obs: TensorDictBase, actions: Tensor, params: TensorDictBase
     ) -> Tensor:
-        """``T(s, a)`` of the sampler's target with ``params`` (see :meth:`_log_weight_fn`)."""
+        """``T(s, a)`` of the sampler's target with ``params`` (see :meth:`_log_weight_fn`).
+
+        The networks run through :func:`torch.func.functional_call`, which
+        swaps no module attribute: under ``torch.compile`` the chain is a
+        ``scan`` whose body may not mutate modules (``to_module`` does).
+        """
+        td = obs.expand(actions.shape[:-1]).set(self.tensor_keys.action, actions)
         if self.use_mi_critic:
-            return self._mi_values(obs, actions, params)
-        return self._q_values(obs, actions, params).min(0).values
+            value = _functional_value(
+                self.mi_critic_network, self._value_key, td, params
+            )
+            _check_value_shape("mi_critic", value, (*actions.shape[:-1], 1))
+            return value.squeeze(-1)
+        call = functools.partial(
+            _functional_value, self.qvalue_network, self._value_key, td
+        )
+        if self.deactivate_vmap:
+            value = torch.stack([call(params[i]) for i in range(self.num_qvalue_nets)])
+        else:
+            value = torch.vmap(call, randomness=self.vmap_randomness)(params)
+        expected = (self.num_qvalue_nets, *actions.shape[:-1], 1)
+        _check_value_shape("qvalue_network", value, expected)
+        return value.squeeze(-1).min(0).values
+
+    @property
+    def _value_key(self) -> NestedKey:
+        return self.tensor_keys.state_action_value
 
     def _log_weight_fn(self, shared: MISASharedTerms) -> Callable[[Tensor], Tensor]:
         """``a -> T(s, a)`` for the sampler: ``Qmin`` (or the MI critic), frozen.
@@ -969,7 +995,7 @@ class MISALoss(LossModule):
         presampled = self.__dict__.get("_presampled")
         if presampled is not None:
             return presampled
-        return _run_sampler(
+        return run_sampler(self.compile_sampler)(
             self._log_weight_fn(shared),
             shared.dist.loc.detach(),
             shared.dist.scale.detach(),
@@ -1011,11 +1037,27 @@ class MISALoss(LossModule):
 
 # ----------------------------------------------------------------- helpers
 @torch.compiler.disable
-def _run_sampler(*args, **kwargs) -> tuple[Tensor, TensorDictBase]:
-    # Kept out of an outer torch.compile: dynamo would unroll the chain's Python
-    # loop (~55 transitions) into one huge graph. The sampler compiles a single
-    # transition itself instead (``compile_sampler=True``).
+def _sample_outside_graph(*args, **kwargs) -> tuple[Tensor, TensorDictBase]:
+    # compile_sampler=True: the chain stays out of an outer torch.compile and
+    # runs its own compiled transition in a Python loop, which a CUDA graph
+    # captures whole (a scanned chain is a host-driven loop on the device).
     return _mcmc.sample_tilted_tanh_normal(*args, **kwargs)
+
+
+def run_sampler(compile_sampler: bool) -> Callable[..., tuple[Tensor, TensorDictBase]]:
+    """The sampler call of a loss: traced by an outer ``torch.compile`` (as one
+    scan) unless ``compile_sampler`` compiles each transition on its own."""
+    if compile_sampler:
+        return _sample_outside_graph
+    return _mcmc.sample_tilted_tanh_normal
+
+
+def _functional_value(
+    module: TensorDictModule, key: NestedKey, td: TensorDictBase, params: TensorDictBase
+) -> Tensor:
+    """``module(td)[key]`` with ``params``, through :func:`torch.func.functional_call`."""
+    tensors = dict(params.flatten_keys(".").items())
+    return torch.func.functional_call(module, tensors, (td,)).get(key)
 
 
 def _capturing() -> bool:
