@@ -166,6 +166,32 @@ def check_options(
         _real("target_entropy", target_entropy)
 
 
+def check_value_hyperparams(hyperparams: dict) -> None:
+    """Refuses a discount ``gamma`` (or a TD(lambda) ``lmbda``) outside ``[0, 1]``.
+
+    Called by :meth:`MISALoss.make_value_estimator` before TorchRL builds the
+    estimator: a ``gamma`` of ``nan`` would turn every parameter NaN after
+    one step, and one above 1 makes the backup diverge.
+
+    Examples:
+        >>> check_value_hyperparams({"gamma": 0.99})
+        >>> check_value_hyperparams({"gamma": float("nan")})
+        Traceback (most recent call last):
+        ...
+        ValueError: gamma must be finite, got nan.
+    """
+    for name in ("gamma", "lmbda"):
+        if name not in hyperparams:
+            continue
+        value = hyperparams[name]
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"{name} must be one number, got shape {value.shape}.")
+            value = value.item()  # once, when the estimator is built
+        if not 0.0 <= _real(name, value) <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value!r}.")
+
+
 def check_actor(actor_network) -> None:
     """Refuses an actor that is not a TanhNormal on ``[-1, 1]``."""
     prob = None
@@ -188,10 +214,10 @@ def check_actor(actor_network) -> None:
         )
     kwargs = prob.distribution_kwargs or {}
     low, high = kwargs.get("low", -1.0), kwargs.get("high", 1.0)
-    if not (
-        bool(torch.all(torch.as_tensor(low) == -1.0))
-        and bool(torch.all(torch.as_tensor(high) == 1.0))
-    ):
+    low_t, high_t = torch.as_tensor(low), torch.as_tensor(high)
+    if low_t.is_meta or high_t.is_meta:
+        return  # no values to check (a model built on the meta device)
+    if not (bool(torch.all(low_t == -1.0)) and bool(torch.all(high_t == 1.0))):
         raise ValueError(
             "MISALoss needs a TanhNormal on [-1, 1] (low=-1, high=1); got "
             f"low={low}, high={high}. Rescale the actions to [-1, 1] instead."
