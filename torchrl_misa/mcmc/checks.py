@@ -6,7 +6,7 @@ They read Python numbers only, so they never wait on a device.
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 
 def check_counts(
@@ -64,7 +64,22 @@ def check_step_size(step_size: float) -> None:
 
 
 def _check_integer(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or int(value) != value:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    """Refuses anything but an integer >= ``low``: a float (even ``2.0``) would fail
+    later as a ``TypeError`` deep in the sampler (``range(2.0)``)."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        kind = (
+            f" ({type(value).__name__}; pass int({value!r}))" if _whole(value) else ""
+        )
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}{kind}.")
     if value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
+def _whole(value) -> bool:
+    """A float holding a whole number (``2.0``), which ``int(value)`` gives exactly."""
+    return (
+        isinstance(value, Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and int(value) == value
+    )
