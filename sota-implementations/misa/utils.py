@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
+import inspect
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +68,24 @@ _POSITIVE_INTS = (
 )
 
 
+#: the learning rates: Adam takes any number >= 0
+_LEARNING_RATES = (
+    "optim.actor_lr",
+    "optim.critic_lr",
+    "optim.alpha_lr",
+    "optim.alpha_prime_lr",
+)
+#: logger.backend values: "" or null for none, and the package each one needs
+LOGGER_BACKENDS = {
+    "": None,
+    "csv": None,
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+}
+_ACTIVATIONS = ("relu", "elu", "tanh")
+_INITS = ("authors", "torch")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -73,30 +94,137 @@ class ConfigError(ValueError):
     """A setting the script cannot run with; the message names it and what to pass."""
 
 
+def _non_finite(node, prefix: str = "") -> list[tuple[str, float]]:
+    """``(key, value)`` of every NaN or infinite number in a config container."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        if isinstance(node, float) and not math.isfinite(node):
+            return [(prefix, node)]
+        return []
+    found = []
+    for key, value in items:
+        name = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}.{key}"
+        found += _non_finite(value, name.lstrip("."))
+    return found
+
+
+def _is_misa(cfg: DictConfig) -> bool:
+    return cfg.get("algorithm") in (None, "misa")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raises a :class:`ConfigError` that lists every setting the run cannot start with.
 
-    Called before any data is loaded, so a typo costs seconds, not a download.
+    Called before any data is loaded, so a typo costs seconds, not a download:
+    NaN or infinite numbers anywhere, counts that are not positive integers,
+    ``loss.gamma`` outside ``[0, 1]``, ``loss.tau`` outside ``(0, 1]``,
+    negative learning rates, ``replay_buffer.clip_actions`` outside ``(0, 1]``,
+    an unknown ``logger.backend`` (or one whose package is missing), unknown
+    activations or ``network.init``, and, for MISA, every ``loss.*`` option
+    with :class:`~torchrl_misa.MISALoss`'s own rules.
     """
     problems = []
-    for key in _POSITIVE_INTS:
+    bad = {}
+    for key, value in _non_finite(OmegaConf.to_container(cfg, resolve=False)):
+        bad[key] = value
+        problems.append(f"{key}={_show(value)}: must be a finite number")
+
+    def check(key: str, ok, rule: str) -> None:
+        if key in bad:  # reported above
+            return
         value = OmegaConf.select(cfg, key)
-        if not (isinstance(value, int) and _is_number(value) and value > 0):
-            problems.append(f"{key}={_show(value)}: must be a positive integer")
-    alpha = cfg.loss.alpha_init
-    if not (_is_number(alpha) and alpha > 0):
-        problems.append(
-            f"loss.alpha_init={_show(alpha)}: the temperature must start above 0 "
-            "(its log is trained)"
+        if not ok(value):
+            bad[key] = value
+            problems.append(f"{key}={_show(value)}: {rule}")
+
+    for key in _POSITIVE_INTS:
+        check(
+            key,
+            lambda v: isinstance(v, int) and _is_number(v) and v > 0,
+            "must be a positive integer",
         )
-    entropy = cfg.loss.target_entropy
-    if not (entropy == "auto" or _is_number(entropy)):
-        problems.append(
-            f"loss.target_entropy={_show(entropy)}: pass loss.target_entropy=auto "
-            "(minus the action dimension) or a number"
+    check(
+        "env.seed",
+        lambda v: isinstance(v, int) and _is_number(v) and 0 <= v < 2**32,
+        "must be an integer in [0, 2**32) (numpy's seeds)",
+    )
+    check(
+        "loss.gamma",
+        lambda v: _is_number(v) and 0 <= v <= 1,
+        "the discount must lie in [0, 1]",
+    )
+    check(
+        "loss.tau",
+        lambda v: _is_number(v) and 0 < v <= 1,
+        "the target networks' update rate must lie in (0, 1]",
+    )
+    for key in _LEARNING_RATES:
+        check(key, lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
+    check(
+        "replay_buffer.clip_actions",
+        lambda v: v is None or (_is_number(v) and 0 < v <= 1),
+        "actions are clipped to [-c, c]: pass a number in (0, 1] (e.g. 0.999), "
+        "or null for no clipping",
+    )
+    check(
+        "loss.alpha_init",
+        lambda v: _is_number(v) and v > 0,
+        "the temperature must start above 0 (its log is trained)",
+    )
+    check(
+        "loss.target_entropy",
+        lambda v: v == "auto" or _is_number(v),
+        "pass loss.target_entropy=auto (minus the action dimension) or a number",
+    )
+    for key in ("network.actor_activation", "network.critic_activation"):
+        check(
+            key, lambda v: v in _ACTIVATIONS, f"choose one of {', '.join(_ACTIVATIONS)}"
         )
+    check("network.init", lambda v: v in _INITS, f"choose one of {', '.join(_INITS)}")
+    backend = OmegaConf.select(cfg, "logger.backend")
+    if backend is not None and backend not in LOGGER_BACKENDS:
+        problems.append(
+            f"logger.backend={backend}: choose one of csv, tensorboard, wandb, or "
+            "logger.backend= (none)"
+        )
+    elif LOGGER_BACKENDS.get(backend) and not importlib.util.find_spec(
+        LOGGER_BACKENDS[backend]
+    ):
+        problems.append(
+            f"logger.backend={backend}: needs the {LOGGER_BACKENDS[backend]} package "
+            f"(`pip install {LOGGER_BACKENDS[backend]}`), or pass logger.backend=csv"
+        )
+    if _is_misa(cfg) and not any(key.startswith("loss.") for key in bad):
+        # the loss's own rules, before the data loads (not its fault twice)
+        problem = _misa_loss_problem(cfg.loss)
+        if problem:
+            problems.append(problem)
     if problems:
         raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _misa_loss_problem(loss_cfg: DictConfig) -> str | None:
+    """What :class:`~torchrl_misa.MISALoss` would refuse in ``loss.*``, or ``None``."""
+    from torchrl_misa.objectives._misa_checks import check_options
+
+    options = OmegaConf.to_container(loss_cfg, resolve=True)
+    names = inspect.signature(check_options).parameters
+    kwargs = {k: v for k, v in options.items() if k in names}
+    # the config's mi_critic is a switch; the loss takes the network itself
+    kwargs["mi_critic"] = object() if options.get("mi_critic") else None
+    kwargs.update(reduction="mean", scalar_output_mode=None)
+    kwargs.setdefault("use_prioritized_weights", "auto")
+    missing = [name for name in names if name not in kwargs]
+    if missing:  # an option this check does not know of: left to the loss
+        return None
+    try:
+        check_options(**kwargs)
+    except ValueError as err:
+        return f"loss.{err}"
+    return None
 
 
 def _show(value) -> str:
