@@ -267,7 +267,8 @@ def test_full_disk_stops_the_run_at_its_last_checkpoint(
     assert "no space left on device" in message
     assert f"resume={path}" in message and "continue from step 2" in message
     assert ckpt.load_checkpoint(path)["step"] == 2
-    assert os.listdir(path.parent) == ["last.pt"]
+    # no temporary file left; the run's lock file stays (unlocked)
+    assert sorted(os.listdir(path.parent)) == ["last.pt", "last.pt.lock"]
     assert not (tmp_path / "summary.json").exists()
     # Rerun once there is room: the run continues from step 2 to the end.
     train(misa_script, tmp_path, pendulum_file, *args, f"resume={path}")
@@ -398,17 +399,35 @@ def test_resume_next_to_the_run_folders_own_checkpoint(
         ("network.actor_hidden_sizes=[8]", "checkpoint [16,16] vs now [8]"),
         ("network.critic_activation=relu", "checkpoint elu vs now relu"),
         ("network.trainable_log_std=false", "checkpoint true vs now false"),
-        ("network.init=torch", None),  # parameters are loaded, not drawn
+        ("network.init=torch", "network.init: checkpoint authors vs now torch"),
         ("loss.num_qvalue_nets=3", "loss.num_qvalue_nets: checkpoint 2 vs now 3"),
         ("loss.mi_critic=true", "loss.mi_critic: checkpoint false vs now true"),
         ("loss.lagrange_tau=3.0", "loss.lagrange_tau: checkpoint null vs now 3.0"),
         ("optim.gradient_steps=5", "checkpoint step 10 vs now 5"),
+        # Every other setting that changes the run is checked too.
+        ("optim.actor_lr=0.001", "optim.actor_lr: checkpoint 0.0001 vs now 0.001"),
+        ("loss.min_q_weight=1.0", "loss.min_q_weight: checkpoint 5.0 vs now 1.0"),
+        ("loss.mi_estimator=ba", "loss.mi_estimator: checkpoint misa vs now ba"),
+        ("loss.bc_term=false", "loss.bc_term: checkpoint true vs now false"),
+        ("loss.fixed_alpha=true", "loss.fixed_alpha: checkpoint false vs now true"),
+        (
+            "replay_buffer.clip_actions=0.5",
+            "replay_buffer.clip_actions: checkpoint 0.999 vs now 0.5",
+        ),
+        ("replay_buffer.batch_size=32", "batch_size: checkpoint 16 vs now 32"),
+        ("+extra.option=1", "extra.option: checkpoint <absent> vs now 1"),
         # Settings a resumed run may change.
         ("optim.gradient_steps=10", None),
-        ("optim.actor_lr=0.001", None),
         ("logger.eval_iter=7", None),
-        ("loss.min_q_weight=1.0", None),
         ("logger.backend=csv", None),
+        ("logger.exp_name=other", None),
+        ("checkpoint.interval=3", None),
+        ("checkpoint.dir=/elsewhere", None),
+        ("optim.device=cpu", None),
+        ("compile.compile=true", None),
+        ("loss.compile_sampler=true", None),
+        ("replay_buffer.root=/elsewhere", None),
+        ("resume=/some/last.pt", None),
     ],
 )
 def test_config_differences(misa_script, pendulum_file, override, expected):

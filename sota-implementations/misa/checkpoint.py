@@ -5,11 +5,20 @@ size, sha256 of the payload) and the payload: ``torch.save`` of a dict of
 tensors and plain Python values, read back with ``weights_only=True`` (no code
 runs on load). A save writes a temporary file in the same folder, syncs it to
 disk and renames it over the previous checkpoint, so the folder holds either
-the old or the new checkpoint, never a partial one.
+the old or the new checkpoint, never a partial one. Each writer has its own
+temporary name (``last.pt.<host>.<pid>.<random>.tmp``), and those left by dead
+processes of this host are removed.
+
+A run holds a lock on its checkpoint folder (:func:`run_lock`, ``flock`` on
+``last.pt.lock``) for its whole life: a second run in the same folder is
+refused at start; the system releases the lock when the holder dies, however
+it dies. A resumed run must match its checkpoint's whole configuration (but
+:data:`MAY_CHANGE`) and dataset content (:func:`check_same_dataset`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -18,8 +27,15 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
+import uuid
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX: no run lock
+    fcntl = None
 
 import torch
 
@@ -30,23 +46,20 @@ _HEADER = "format {version:04d} size {size:020d} sha256 {sha256}\n"
 _HEADER_RE = re.compile(rb"format (\d{4}) size (\d{20}) sha256 ([0-9a-f]{64})\n")
 _HEADER_LEN = len(_HEADER.format(version=0, size=0, sha256="0" * 64))
 
-# Config entries a resumed run must share with its checkpoint: they decide the
-# data the networks see, the parameters' shapes and the random streams.
-RESUME_KEYS = (
-    "algorithm",  # absent for MISA; the learning benchmark's baselines set it
-    "num_agents",
-    "env.seed",
-    "replay_buffer.dataset",
-    "replay_buffer.reward_processing",
-    "replay_buffer.normalize_observations",
-    "network.actor_hidden_sizes",
-    "network.actor_activation",
-    "network.critic_hidden_sizes",
-    "network.critic_activation",
-    "network.trainable_log_std",
+# Config entries a resumed run may change: how long it runs, where and how it
+# logs and saves, and how fast it computes (the device, compilation). Every
+# other entry must equal the checkpoint's. A key ending in ".*" covers a section.
+MAY_CHANGE = (
+    "optim.gradient_steps",  # the budget, at least the checkpoint's step
+    "optim.device",
+    "logger.*",
+    "checkpoint.interval",
+    "checkpoint.dir",
+    "compile.*",
+    "loss.compile_sampler",
+    "replay_buffer.root",  # where the cache lives; its content is checked
+    "resume",
 )
-# MISALoss options that add or reshape parameters (checked for MISA runs).
-RESUME_LOSS_KEYS = ("loss.num_qvalue_nets", "loss.mi_critic", "loss.lagrange_tau")
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +112,10 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     :class:`CheckpointError` says why.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    remove_stale_temporaries(path)
+    tmp = path.with_name(
+        f"{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    )
     try:
         with open(tmp, "wb") as f:
             f.write(_TAG)
@@ -133,6 +149,36 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         _fsync_folder(path.parent)
     except OSError as err:  # the new checkpoint is in place; only a crash could undo it
         log.warning("Saved %s, but could not sync its folder: %s.", path, err)
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Deletes temporaries of ``path`` left by writers that died on this host.
+
+    A temporary is named ``<name>.<host>.<pid>.<random>.tmp``: one whose
+    process is alive, or of another host, is left alone.
+    """
+    path = Path(path)
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f"{glob_escape(path.name)}.*.tmp"):
+        parts = tmp.name[len(path.name) + 1 :].rsplit(".", 3)
+        if len(parts) != 4 or parts[0] != host or not parts[1].isdigit():
+            continue
+        if not _alive(int(parts[1])):
+            tmp.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?[])", r"[\1]", name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -181,10 +227,12 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _refuse(path: Path, what: str) -> CheckpointError:
-    return CheckpointError(
+    err = CheckpointError(
         f"{path} {what}; move it away to start afresh (`mv {path} {path}.bad`), or "
         "pass resume=<another checkpoint> or checkpoint.dir=<another folder>."
     )
+    err.what = what  # the file's fault alone, for callers that advise otherwise
+    return err
 
 
 def _checked_payload(path: Path, data: bytes) -> bytes:
@@ -241,11 +289,65 @@ def check_space(folder: str | Path, needed_bytes: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
         raise CheckpointError(
-            f"Not enough space for checkpoints in {folder}: {free / 2**20:.1f} MiB "
-            f"free, {needed_bytes / 2**20:.1f} MiB needed (a save writes the new "
-            "checkpoint next to the previous one); free space there or pass "
+            f"Not enough space for checkpoints in {folder}: {_size(free)} free, "
+            f"{_size(needed_bytes)} needed (a save writes the new checkpoint next to "
+            "the previous one); free space there or pass "
             "checkpoint.dir=<a folder with space>."
         )
+
+
+def _size(n: int) -> str:
+    """MiB and the exact bytes: two different sizes never print the same."""
+    return f"{n / 2**20:.2f} MiB ({n} bytes)"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path):
+    """Holds the run's lock on the checkpoint ``folder`` (``flock`` on ``last.pt.lock``).
+
+    A second run in the folder is refused with a :class:`CheckpointError`
+    naming the holder. The lock dies with its process, however it ends (even
+    ``kill -9``): nothing is left to clean up. The lock file itself stays.
+    Where ``flock`` is not supported (some network file systems), the run goes
+    on unlocked, with a warning.
+    """
+    folder = Path(folder)
+    path = folder / f"{CHECKPOINT_NAME}.lock"
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise CheckpointError(
+            f"The checkpoint folder {folder} is not writable ({_describe(err)}); "
+            "pass checkpoint.dir=<a writable folder>."
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            raise CheckpointError(
+                f"Another run is using the checkpoint folder {folder} "
+                f"({holder or 'a process'}); two runs would overwrite each other's "
+                "checkpoints. Wait for it to end, or start this one in another folder: "
+                "`... hydra.run.dir=<new folder>` (or checkpoint.dir=<new folder>)."
+            ) from None
+        except OSError as err:
+            log.warning(
+                "Cannot lock %s (%s): nothing stops a second run in that folder.",
+                path,
+                err,
+            )
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(
+                fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0
+            )
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class _CountingSink:
@@ -286,8 +388,30 @@ def _as_override(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+def _leaves(config: dict, prefix: str = "") -> dict:
+    """``{"a.b": value}`` for every entry of a nested dict (lists are values)."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _may_change(key: str) -> bool:
+    return any(
+        key == rule or (rule.endswith(".*") and key.startswith(rule[:-1]))
+        for rule in MAY_CHANGE
+    )
+
+
 def config_differences(saved: dict, now: dict, step: int) -> list[tuple[str, str]]:
     """What keeps a run with config ``now`` from continuing a checkpoint.
+
+    Every entry must be equal, except those of :data:`MAY_CHANGE`;
+    ``optim.gradient_steps`` must be at least the checkpoint's step.
 
     Args:
         saved: the resolved config stored in the checkpoint.
@@ -306,12 +430,12 @@ def config_differences(saved: dict, now: dict, step: int) -> list[tuple[str, str
         env.seed: checkpoint 0 vs now 1 | env.seed=0
         optim.gradient_steps: checkpoint step 20 vs now 10 (the budget must be at least the checkpoint's step) | optim.gradient_steps=40
     """
-    keys = RESUME_KEYS
-    if _get(now, "algorithm") in (_ABSENT, "misa"):
-        keys = keys + RESUME_LOSS_KEYS
     found = []
-    for key in keys:
-        old, new = _get(saved, key), _get(now, key)
+    old_leaves, new_leaves = _leaves(saved), _leaves(now)
+    for key in dict.fromkeys([*old_leaves, *new_leaves]):
+        if _may_change(key):
+            continue
+        old, new = old_leaves.get(key, _ABSENT), new_leaves.get(key, _ABSENT)
         if old != new:
             line = f"{key}: checkpoint {_as_override(old)} vs now {_as_override(new)}"
             if old is _ABSENT:  # hydra's syntax to drop a key, and to add one
@@ -350,6 +474,8 @@ def _check_compatible(state: dict, config: dict, path: Path) -> None:
 def resume_state(resume: str | Path | None, own: Path, config: dict) -> dict | None:
     """The checkpoint the run continues, checked against ``config``; None for a new run.
 
+    The checkpoint's content is returned with ``"path"``: the file read.
+
     Args:
         resume: ``resume=`` of the config: a checkpoint file or its folder, or None.
         own: the file the run saves its checkpoints to. When it exists, the run
@@ -358,8 +484,8 @@ def resume_state(resume: str | Path | None, own: Path, config: dict) -> dict | N
             one run (the run folder's one then continues ``resume=``'s): the
             later one is taken; two different runs' are refused, with the
             commands to pick either.
-        config: the run's resolved config; it must match the checkpoint's on
-            :data:`RESUME_KEYS` (and :data:`RESUME_LOSS_KEYS` for MISA).
+        config: the run's resolved config; it must match the checkpoint's
+            but for :data:`MAY_CHANGE` (:func:`config_differences`).
     """
     if resume is None:
         if not own.exists():
@@ -373,7 +499,7 @@ def resume_state(resume: str | Path | None, own: Path, config: dict) -> dict | N
         path = find_checkpoint(resume)
         state, note = load_checkpoint(path), "as resume= asks"
         if own.exists() and own.resolve() != path.resolve():
-            own_state = load_checkpoint(own)
+            own_state = _load_own(own, path)
             if own_state["run_id"] != state["run_id"]:
                 raise CheckpointError(
                     f"This run's checkpoint folder holds {own} (step "
@@ -388,4 +514,78 @@ def resume_state(resume: str | Path | None, own: Path, config: dict) -> dict | N
                 path, state = own, own_state
     _check_compatible(state, config, path)
     log.info("Resuming from %s (step %d): %s.", path, state["step"], note)
-    return state
+    return {**state, "path": path}
+
+
+def _load_own(own: Path, resume: Path) -> dict:
+    """The run folder's checkpoint next to a sound ``resume=``; a damaged one is named."""
+    try:
+        return load_checkpoint(own)
+    except CheckpointError as err:
+        what = getattr(err, "what", None)
+        if what is None:
+            raise
+        raise CheckpointError(
+            f"resume={resume} is a sound checkpoint, but this run's checkpoint folder "
+            f"holds {own}, which {what}. Resuming here would overwrite it: move it "
+            f"away (`mv {own} {own}.bad`) and rerun, or keep it and continue "
+            f"resume={resume} in another folder: `... resume={resume} "
+            "checkpoint.dir=<new folder>`."
+        ) from None
+
+
+# ------------------------------------------------------------ the data
+def check_same_dataset(state: dict, sha256: str, dataset: str, path: Path) -> None:
+    """Refuses to resume a checkpoint trained on other data than ``dataset``'s.
+
+    Args:
+        state: the checkpoint; ``state["dataset_sha256"]`` is the fingerprint
+            of the transitions it was trained on (absent in older checkpoints:
+            then nothing is checked, with a warning).
+        sha256: the fingerprint of the transitions loaded now
+            (:func:`torchrl_misa.data.cache.content_sha256`).
+        dataset: ``replay_buffer.dataset``, for the message.
+        path: the checkpoint file, for the message.
+    """
+    saved = state.get("dataset_sha256")
+    if saved is None:
+        log.warning(
+            "%s does not record its dataset's content: cannot check that %s is "
+            "the data it was trained on.",
+            path,
+            dataset,
+        )
+        return
+    if saved != sha256:
+        raise CheckpointError(
+            f"The checkpoint {path} (step {state['step']}) was trained on other data: "
+            f"the content of replay_buffer.dataset={dataset} has changed since "
+            f"(sha256 of the transitions: checkpoint {saved[:16]}... vs now "
+            f"{sha256[:16]}...). Restore the data it was trained on, or start a new "
+            "run in another folder: `... hydra.run.dir=<new folder>` (or "
+            "checkpoint.dir=<new folder>)."
+        )
+
+
+def drop_logged_after(folder: str | Path, step: int) -> None:
+    """Removes the csv logs' rows after ``step``, which a resumed run logs again.
+
+    A run killed after its last checkpoint has logged steps it will redo; its
+    ``summary`` entries are logged again at the end, so all of theirs go.
+    ``folder`` is the csv logger's experiment folder (``scalars/*.csv`` rows
+    are ``step,value``).
+    """
+    for csv in sorted(Path(folder).glob("scalars/**/*.csv")):
+        summary = "summary" in csv.relative_to(folder).parts[:-1]
+        lines = csv.read_text().splitlines(keepends=True)
+        kept = [
+            line
+            for line in lines
+            if not summary
+            and line.split(",", 1)[0].strip().isdigit()
+            and int(line.split(",", 1)[0]) <= step
+        ]
+        if kept != lines:
+            tmp = csv.with_name(f"{csv.name}.{os.getpid()}.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, csv)

@@ -25,16 +25,21 @@ import torch
 import tqdm
 from checkpoint import (
     check_folder_writable,
+    check_same_dataset,
     check_space,
     checkpoint_nbytes,
     CHECKPOINT_NAME,
     CheckpointError,
+    drop_logged_after,
+    remove_stale_temporaries,
     resume_state,
+    run_lock,
     save_checkpoint,
 )
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torchrl._utils import logger as torchrl_logger, timeit
+from torchrl.record.loggers import CSVLogger
 from utils import (
     capture_update,
     ConfigError,
@@ -53,6 +58,7 @@ from utils import (
 )
 
 from torchrl_misa.data import dataset_average_normalized_score, normalized_score
+from torchrl_misa.data.cache import CacheWriteError, content_sha256
 
 
 @hydra.main(version_base="1.2", config_path="", config_name="config")
@@ -73,12 +79,22 @@ def train(
     baselines'). A run whose checkpoint folder already holds a checkpoint
     continues it (a requeued job finds its progress); ``resume=<file or
     folder>`` continues another run's. A checkpoint that cannot be saved stops
-    the run with the previous one intact.
+    the run with the previous one intact. The run holds a lock on its
+    checkpoint folder: a second run there is refused at start.
     """
     validate_config(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path = Path(cfg.checkpoint.dir or out_dir / "checkpoints") / CHECKPOINT_NAME
     check_folder_writable(ckpt_path.parent)
+    with run_lock(ckpt_path.parent):
+        return _train(cfg, out_dir, ckpt_path, make_update, name)
+
+
+def _train(
+    cfg: DictConfig, out_dir: Path, ckpt_path: Path, make_update, name: str
+) -> dict:
+    """:func:`train` once the checkpoint folder is locked."""
+    remove_stale_temporaries(ckpt_path)
+    config = OmegaConf.to_container(cfg, resolve=True)
     resumed = resume_state(cfg.resume, ckpt_path, config)
     device = torch.device(
         cfg.optim.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,8 +103,17 @@ def train(
     num_agents = cfg.num_agents
 
     # Create replay buffer
-    data = make_offline_data(cfg, device)
+    try:
+        data = make_offline_data(cfg, device)
+    except CacheWriteError as err:
+        raise ConfigError(str(err)) from None
     replay_buffer = data.replay_buffer
+    # the transitions' fingerprint: a resumed run must see the data it was trained on
+    dataset_sha256 = content_sha256(replay_buffer.storage[:])
+    if resumed is not None:
+        check_same_dataset(
+            resumed, dataset_sha256, cfg.replay_buffer.dataset, resumed["path"]
+        )
     action_dim = replay_buffer.sample()["action"].shape[-1]
 
     # Create agents: networks, loss, optimisers, target-network updates
@@ -107,6 +132,9 @@ def train(
     # Create env and logger
     eval_env = make_environment(cfg, data, device)
     logger, exp_name = make_logger(cfg, name.upper(), resumed and resumed["exp_name"])
+    if resumed is not None and isinstance(logger, CSVLogger):
+        # the steps after the checkpoint are trained (and logged) again
+        drop_logged_after(logger.experiment.log_dir, resumed["step"])
     dataset_score = dataset_average_normalized_score(cfg.replay_buffer.dataset)
 
     def update(batch, active):
@@ -179,6 +207,7 @@ def train(
                     "exp_name": exp_name,
                     "run_id": run_id,
                     "config": config,
+                    "dataset_sha256": dataset_sha256,
                 }
                 try:
                     save_checkpoint(ckpt_path, state)
