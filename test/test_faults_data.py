@@ -59,14 +59,22 @@ def _can_mount_tmpfs() -> bool:
 
 
 LOAD_SCRIPT = textwrap.dedent("""
-    import sys
+    import os, subprocess, sys
     from torchrl_misa.data import load_offline_data
-    try:
-        load_offline_data(sys.argv[1], 8, root=sys.argv[2])
-    except Exception as err:
-        print(type(err).__name__, err)
-        sys.exit(3)
-    print("loaded")
+    source, tmpfs = sys.argv[1:]
+    root = os.path.join(tmpfs, "cache")
+    for phase in ("full", "read-only"):
+        if phase == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", tmpfs], check=True)
+        try:
+            load_offline_data(source, 8, root=root)
+            print(phase, "loaded")
+        except Exception as err:
+            print(phase, type(err).__name__, err)
+        df = ["df", "-B1", "--output=avail", tmpfs]
+        avail = subprocess.run(df, capture_output=True, text=True).stdout.split()[-1]
+        print(phase, "avail", avail)
+        print(phase, "left", sorted(os.listdir(root)) if os.path.isdir(root) else [])
     """)
 
 
@@ -77,12 +85,9 @@ def test_cache_on_a_real_full_or_read_only_tmpfs(tmp_path):
     source = write_d4rl_hdf5(tmp_path / "x.hdf5", arrays(n=8000))
     script = tmp_path / "load.py"
     script.write_text(LOAD_SCRIPT)
-    py = f"{sys.executable} {script} {source}"
     shell = (
-        "d=$(mktemp -d) && mount -t tmpfs -o size=200k none $d && "
-        f"{py} $d/cache; echo rc=$?; df -B1 --output=avail $d | tail -1; "
-        "ls -A $d/cache; echo ---; mount -o remount,ro $d && "
-        f"{py} $d/cache; echo rc=$?; echo tmpfs=$d"
+        "d=$(mktemp -d) && mount -t tmpfs -o size=200k none $d && echo tmpfs=$d && "
+        f"{sys.executable} {script} {source} $d"
     )
     done = subprocess.run(
         ["unshare", "-rm", "sh", "-c", shell],
@@ -91,21 +96,23 @@ def test_cache_on_a_real_full_or_read_only_tmpfs(tmp_path):
         cwd=tmp_path,
         timeout=120,
     )
-    full, read_only = done.stdout.split("---")
-    root = re.search(r"tmpfs=(\S+)", read_only)[1]
-    assert "rc=3" in full, done.stdout + done.stderr[-2000:]
-    assert f"Not enough space for the dataset cache in {root}/cache:" in full
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr[-2000:]
+    root = Path(re.search(r"tmpfs=(\S+)", out)[1]) / "cache"
+    full = re.search(r"full CacheWriteError (.*)", out)
+    assert full, out
+    assert f"Not enough space for the dataset cache in {root}:" in full[1]
     needed, free = map(
-        int, re.search(r"(\d+) bytes\) needed.*\((\d+) bytes\) free", full).groups()
+        int, re.search(r"(\d+) bytes\) needed.*\((\d+) bytes\) free", full[1]).groups()
     )
-    avail = int(re.search(r"rc=3\n(\d+)", full)[1])  # what df says is free
+    avail = int(re.search(r"full avail (\d+)", out)[1])  # what df says is free
     assert free == avail and needed > free
     assert needed >= 8000 * 4 * (3 + 3 + 1 + 1)  # the float columns alone
-    # the failed write left nothing behind (`ls -A` listed nothing after df)
-    assert full.strip().endswith(f"\n{avail}")
-    assert "rc=3" in read_only, done.stdout + done.stderr[-2000:]
-    assert f"Cannot write the dataset cache in {root}/cache (read-only" in read_only
-    assert "replay_buffer.root=" in read_only
+    assert "full left []" in out  # the failed write left nothing behind
+    read_only = re.search(r"read-only CacheWriteError (.*)", out)
+    assert read_only, out
+    assert f"Cannot write the dataset cache in {root} (read-only" in read_only[1]
+    assert "replay_buffer.root=" in read_only[1]
 
 
 def test_too_little_space_is_refused_before_writing(tmp_path, monkeypatch):
