@@ -13,7 +13,7 @@ left alone: ``load_dataset("d4rl:...")`` is TorchRL's own class.
 from torchrl.data.datasets import register_dataset
 
 from torchrl_misa.data.buffer import check_transitions, load_offline_dataset
-from torchrl_misa.data.cache import CacheDamagedError
+from torchrl_misa.data.cache import CacheDamagedError, CacheWriteError
 from torchrl_misa.data.d4rl import (
     D4RLFileExperienceReplay,
     DatasetUnavailableError,
@@ -79,6 +79,7 @@ __all__ = [
     "antmaze_reward_transform",
     "as_bool_flags",
     "CacheDamagedError",
+    "CacheWriteError",
     "check_transitions",
     "dataset_average_normalized_score",
     "describe",
