@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModule
+from tensordict.nn import ProbabilisticTensorDictModule, TensorDictModule
 from torch import nn
 from torchrl.data import Bounded
 from torchrl.envs import ExplorationType, SerialEnv, set_exploration_type
@@ -410,10 +410,25 @@ def initialize_lazy(modules, replay_buffer) -> None:
     the same random numbers whatever the batch size (a group's agent ``i``
     starts as the single run seeded ``seed + i``).
     """
-    batch = replay_buffer[:2]
+    batch = replay_buffer[:2].to("cpu")  # modules are built on the CPU
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         for module in modules:
             module(batch.clone())
+
+
+def bounds_to_device(actor: nn.Module, device) -> None:
+    """Gives the actor's TanhNormal its ``[-1, 1]`` bounds as tensors on ``device``.
+
+    With Python-number bounds, TorchRL's ``TanhNormal`` makes tensors of them
+    on every call: a copy from the host per call, which a CUDA graph cannot
+    capture. ``Module.to`` does not move ``distribution_kwargs``.
+    """
+    spec = Bounded(-1.0, 1.0, actor.spec["action"].shape, device=device)
+    for module in actor.modules():
+        if isinstance(module, ProbabilisticTensorDictModule):
+            kwargs = dict(module.distribution_kwargs or {})
+            kwargs.update(low=spec.space.low, high=spec.space.high)
+            module.distribution_kwargs = kwargs
 
 
 # --------------------------------------------------------------- update step
@@ -658,14 +673,19 @@ def make_misa_update(
         kwargs.pop(key)
 
     def make_loss():
-        actor = make_actor(cfg, action_dim).to(device)
-        critic = make_critic(cfg).to(device)
-        mi_critic = make_critic(cfg).to(device) if loss_cfg.mi_critic else None
+        # Built and initialised on the CPU, then moved: the same networks
+        # (and random draws) whatever the device.
+        actor = make_actor(cfg, action_dim)
+        critic = make_critic(cfg)
+        mi_critic = make_critic(cfg) if loss_cfg.mi_critic else None
         networks = [m for m in (actor, critic, mi_critic) if m is not None]
         initialize_lazy(networks, data.replay_buffer)
         if authors_init:
             for network in networks:
                 authors_init_(network)
+        for network in networks:
+            network.to(device)
+        bounds_to_device(actor, device)
         loss = MISALoss(actor, critic, mi_critic=mi_critic, **kwargs)
         if authors_init:
             _authors_init_critics_(loss, critic)
