@@ -13,7 +13,7 @@ install: $(BIN)/activate
 	$(BIN)/pip install -q -e ".[tests,examples]"
 
 demo: install
-	$(BIN)/python sota-implementations/misa/misa_offline.py preset=demo
+	$(BIN)/python sota-implementations/misa/misa_offline.py preset=demo compile.compile=true
 
 lint:
 	$(BIN)/black --check .

@@ -42,6 +42,7 @@ from torchrl._utils import logger as torchrl_logger, timeit
 from torchrl.record.loggers import CSVLogger
 from utils import (
     capture_update,
+    compile_update,
     ConfigError,
     eval_seed,
     evaluate,
@@ -141,7 +142,7 @@ def _train(
         return update_step(recipe, batch, active)
 
     if cfg.compile.compile:
-        update = torch.compile(update, mode=cfg.compile.compile_mode)
+        update = compile_update(update, cfg)
     if cfg.compile.cudagraphs:
         if device.type != "cuda":
             raise SystemExit("compile.cudagraphs=true needs a CUDA device.")

@@ -16,7 +16,9 @@ import functools
 import importlib.util
 import inspect
 import math
+import os
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +38,7 @@ from torchrl.modules import (
     ValueOperator,
 )
 from torchrl.objectives import LossModule, SoftUpdate
+from torchrl._utils import logger as torchrl_logger
 from torchrl.record.loggers import generate_exp_name, get_logger
 
 from torchrl_misa import MISALoss
@@ -520,6 +523,38 @@ def update_step(recipe: UpdateRecipe, batch, active: tuple[str, ...]):
     return loss_td.detach()
 
 
+def compile_update(update: Callable, cfg: DictConfig) -> Callable:
+    """``update`` under :func:`torch.compile`, MISA's HMC chain inside the graph.
+
+    With ``loss.compile_sampler=false`` the chain is traced as one ``scan``
+    over its transitions (compiled once, whatever their number). Inductor
+    lowers that scan to a loop that reads its counter on the host, so dynamo
+    must be allowed to capture scalar reads. With ``compile.cudagraphs=true``
+    the loss is built with ``compile_sampler=true`` instead (see
+    :func:`make_misa_update`): the chain stays out of the graph and runs its
+    compiled transition in a Python loop, which a CUDA graph captures whole.
+    """
+    if update_device_is_cpu(cfg) and not _cpp_compiler():
+        torchrl_logger.warning(
+            "compile.compile=true: no C++ compiler found (torch.compile needs one on "
+            "the CPU; install g++ or set CXX); running the update eagerly."
+        )
+        return update
+    torch._dynamo.config.capture_scalar_outputs = True
+    return torch.compile(update, mode=cfg.compile.compile_mode)
+
+
+def update_device_is_cpu(cfg: DictConfig) -> bool:
+    device = cfg.optim.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device).type == "cpu"
+
+
+def _cpp_compiler() -> str | None:
+    """The C++ compiler inductor would use on the CPU, if there is one."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    return next((path for path in map(shutil.which, names) if path), None)
+
+
 def capture_update(recipe: UpdateRecipe, update: Callable) -> Callable:
     """``update(batch, active)`` replayed from CUDA graphs, one per set of groups.
 
@@ -671,6 +706,9 @@ def make_misa_update(
     kwargs = OmegaConf.to_container(loss_cfg, resolve=True)
     for key in ("gamma", "tau", "mi_critic"):
         kwargs.pop(key)
+    if cfg.compile.compile and cfg.compile.cudagraphs:
+        # a scanned chain reads its counter on the host: not capturable
+        kwargs["compile_sampler"] = True
 
     def make_loss():
         # Built and initialised on the CPU, then moved: the same networks
