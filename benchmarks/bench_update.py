@@ -206,6 +206,8 @@ def make_update(loss_module, loss_keys, lrs, compile_update: bool, cudagraphs: b
         return total.detach()
 
     if compile_update:
+        # inductor lowers the HMC chain's scan to a loop reading its counter
+        torch._dynamo.config.capture_scalar_outputs = True
         update = torch.compile(update)
     if cudagraphs:
         from tensordict.nn import CudaGraphModule
@@ -280,8 +282,10 @@ def build_configs(args, device):
     cfgs.append(("misa", misa(False), MISA_KEYS, False))
     cfgs.append(("misa_compiled_sampler", misa(True), MISA_KEYS, False))
     if args.compile:
-        # the whole update under torch.compile, the sampler compiling its own step
-        cfgs.append(("misa_compiled_update", misa(True), MISA_KEYS, True))
+        # the whole update under torch.compile, the HMC chain inside the graph
+        # as one scan; under CUDA graphs the chain runs its own compiled
+        # transition instead (a scan reads its counter on the host)
+        cfgs.append(("misa_compiled_update", misa(args.cudagraphs), MISA_KEYS, True))
     for n in (10, 50):
         cfgs.append((f"cql{n}", cql(n), CQL_KEYS, False))
         if args.compile:
@@ -393,6 +397,8 @@ def make_group_update(
         return total.detach()
 
     if compile_update:
+        # inductor lowers the HMC chain's scan to a loop reading its counter
+        torch._dynamo.config.capture_scalar_outputs = True
         update = torch.compile(update)
     if cudagraphs:
         from tensordict.nn import CudaGraphModule
@@ -465,18 +471,20 @@ def run_agents(args, device) -> dict:
 
         def make_loss(algo=None, hidden=hidden, k=k, mode="eager"):
             if algo in MISA_ALGOS:
-                # MISALoss keeps its sampler out of an outer torch.compile
-                # (dynamo would unroll the chain). "misa": the group draws all
-                # agents' samples in one call outside its vmap, through the
-                # sampler's compiled transition in a compiled update;
-                # "misa_vmap_sampler": the sampler inside the vmap, eager
+                # "misa": the group draws all agents' samples in one call
+                # outside its vmap; in a compiled update the chain is inside
+                # the graph as one scan (under CUDA graphs: the sampler's own
+                # compiled transition, outside the graph, which a CUDA graph
+                # captures); "misa_vmap_sampler": the sampler inside the vmap
                 return make_agent_misa(
                     args,
                     hidden,
                     k,
                     device,
                     validate_inputs=False,
-                    compile_sampler=algo == "misa" and mode == "compiled",
+                    compile_sampler=algo == "misa"
+                    and mode == "compiled"
+                    and args.cudagraphs,
                 )
             actor, critic = make_networks(args.obs_dim, args.act_dim, hidden, device)
             if algo == "iql":
