@@ -13,8 +13,8 @@ from torch import nn, Tensor
 
 from torchrl.objectives import LossModule
 
-from torchrl_misa import mcmc as _mcmc
 from torchrl_misa.objectives import MISALoss
+from torchrl_misa.objectives.misa import run_sampler
 
 from .compat import make_vmap_compatible
 
@@ -336,7 +336,6 @@ def _batched_sampler(
     return bool(requested)
 
 
-@torch.compiler.disable
 def _sample_all_agents(
     template: MISALoss, params: TensorDictBase, data: TensorDictBase
 ) -> tuple[Tensor, TensorDictBase]:
@@ -344,9 +343,9 @@ def _sample_all_agents(
 
     Returns the samples ``[N, k, *B, d]`` and the sampler's info ``[N, *B]``;
     agent ``i``'s target is its own policy and critics, and its step size is
-    adapted on its own chains. Kept out of an outer :func:`torch.compile`
-    (dynamo would unroll the chain, as in :class:`MISALoss`); with
-    ``compile_sampler=True`` each transition runs compiled.
+    adapted on its own chains. Under an outer :func:`torch.compile` the chain
+    is one scan in the graph; with ``compile_sampler=True`` it stays out of the
+    graph and each transition runs compiled (as in :class:`MISALoss`).
     """
     obs = data.select(*template._obs_keys)
     actor = params.get("actor_network_params").detach()
@@ -367,7 +366,7 @@ def _sample_all_agents(
         )
         return out.movedim(0, agent_dim)
 
-    samples, info = _mcmc.sample_tilted_tanh_normal(
+    samples, info = run_sampler(template.compile_sampler)(
         log_weight,
         loc,
         scale,
