@@ -24,8 +24,8 @@ if [[ "${1:-}" == "--fetch" ]]; then
         --implementation cp --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --platform any -d .whl \
-        torchrl==0.14.1 tensordict==0.14.3 pyvers orjson cloudpickle \
-        distrax tensorflow-probability dm-tree gym==0.23.1 gym-notices
+        torchrl==0.14.1 tensordict==0.14.3 pyvers orjson \
+        distrax tensorflow-probability ml-collections
     git --git-dir "$authors_git" archive HEAD | tar -x -C .authors
     du -sh .whl .authors
     exit 0

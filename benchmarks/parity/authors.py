@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 AUTHORS_URL = "https://github.com/sail-sg/MISA"
 ENV_VAR = "MISA_AUTHORS_DIR"
@@ -46,6 +46,10 @@ def import_authors(path: str | Path | None) -> SimpleNamespace:
         jax.tree_multimap = jax.tree_util.tree_map
     if not hasattr(jax, "tree_map"):
         jax.tree_map = jax.tree_util.tree_map
+    try:  # their utilities import wandb for logging only, which the update never calls
+        import wandb  # noqa: F401
+    except ImportError:
+        sys.modules["wandb"] = ModuleType("wandb")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     from algos.misa import MISA
