@@ -18,53 +18,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+
+from test_sota_misa_checkpoint import baselines, BC, make_cfg, SCRIPT_DIR
 
 from torchrl_misa.data import write_d4rl_hdf5
 
-SCRIPT_DIR = Path(__file__).resolve().parents[1] / "sota-implementations" / "misa"
-TINY = [
-    "preset=demo",
-    "replay_buffer.batch_size=16",
-    "network.actor_hidden_sizes=[16,16]",
-    "network.critic_hidden_sizes=[16,16]",
-    "loss.num_mcmc_samples=4",
-    "loss.num_burnin=2",
-    "logger.eval_envs=2",
-    "logger.eval_steps=20",
-    "logger.backend=",
-    "logger.progress_bar=false",
-    "logger.log_interval=10",
-]
-BC = "+algorithm=bc"
 SHORT = [BC, "optim.gradient_steps=2", "logger.eval_iter=2", "checkpoint.interval=2"]
 
 
 @pytest.fixture
 def pendulum_file(tmp_path, tiny_d4rl_file):
     return tiny_d4rl_file(tmp_path / "data" / "pendulum.hdf5", 3, 1, "Pendulum-v1")
-
-
-def make_cfg(dataset, *overrides, log_dir="unused"):
-    with initialize_config_dir(config_dir=str(SCRIPT_DIR), version_base="1.2"):
-        return compose(
-            "config",
-            overrides=[
-                *TINY,
-                f"replay_buffer.dataset={dataset}",
-                f"logger.log_dir={log_dir}",
-                *overrides,
-            ],
-        )
-
-
-def baselines():
-    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    import baselines
-
-    return baselines
 
 
 def train(script, out_dir: Path, dataset, *overrides) -> dict:
