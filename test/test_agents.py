@@ -319,6 +319,30 @@ def test_batched_sampler_is_chosen_where_it_applies():
         AgentGroup.from_factory(make_cql, 2, batched_sampler=True)
 
 
+def test_a_loss_given_a_sampler_keeps_it():
+    """MISA losses built with a ``sampler``: the group leaves the batched
+    sampler off and every agent's loss calls that sampler inside the vmap."""
+    calls = []
+
+    def sampler(log_weight_fn, loc, scale, init_action, **options):
+        calls.append(options["num_samples"])
+        ones = torch.ones_like(loc[..., 0])
+        info = {"acceptance_rate": ones, "step_size": ones, "num_divergent": 0 * ones}
+        return torch.tanh(loc).expand(options["num_samples"], *loc.shape), info
+
+    def make():
+        return make_misa(sampler=sampler)
+
+    group = AgentGroup.from_factory(make, NUM_AGENTS)
+    assert not group.batched_sampler
+    with pytest.raises(ValueError, match="its own sampler"):
+        AgentGroup.from_factory(make, NUM_AGENTS, batched_sampler=True)
+    out = group(make_batch(0, (NUM_AGENTS, BATCH)))
+    assert calls == [K_MCMC]  # one call, vmapped over the agents
+    assert torch.equal(out["hmc_acceptance_rate"], torch.ones(NUM_AGENTS))
+    assert torch.isfinite(out["loss_actor"]).all()
+
+
 @pytest.mark.parametrize("name", ["cql", "iql", "misa"])
 def test_no_gradient_leaks_between_agents(name):
     """d loss_i / d params_j is exactly zero for j != i, and not zero for j = i."""

@@ -216,6 +216,7 @@ def reference(
     num_q=2,
     k_pi=K,
     k_mc=K,
+    mc_offset=7,
 ):
     """Every MISA loss entry, recomputed from the spec's formulas (float64).
 
@@ -238,7 +239,8 @@ def reference(
     logp_new = tanh_normal_logp(u_new, loc, scale)
     logp_data = tanh_normal_logp(torch.atanh(act), loc, scale)
     a_pi = torch.tanh(loc + scale * eps_for((k_pi, *batch, N_ACT))).detach()
-    a_mc = torch.tanh(loc + scale * eps_for((k_mc, *batch, N_ACT), offset=7)).detach()
+    a_mc = loc + scale * eps_for((k_mc, *batch, N_ACT), offset=mc_offset)
+    a_mc = torch.tanh(a_mc).detach()
     logp_mc = tanh_normal_logp(torch.atanh(a_mc), loc, scale)
     with torch.no_grad():
         nloc, nscale = actor_net(nobs)
@@ -421,6 +423,116 @@ def test_sampler_call(fixed_noise):
     assert call["validate"] is False  # the sampler's value checks follow the loss's
     build(validate_inputs=True)[0](make_data([5]))
     assert fixed_noise[-1]["validate"] is True
+
+
+class GivenSampler:
+    """A user sampler: samples ``tanh(loc + scale * eps)`` with its own noise
+    (offset 13, not the default fake's 7) and per-state diagnostics; records
+    its calls."""
+
+    def __init__(self, k=K):
+        self.k, self.calls = k, []
+
+    def __call__(self, log_weight_fn, loc, scale, init_action, **options):
+        self.calls.append({"fn": log_weight_fn, "loc": loc, "scale": scale, **options})
+        self.calls[-1]["init"] = init_action
+        eps = eps_for((self.k, *loc.shape), offset=13).to(loc.dtype)
+        batch = loc.shape[:-1]
+        info = {
+            "acceptance_rate": torch.full(batch, 0.25, dtype=loc.dtype),
+            "step_size": torch.full(batch, 0.5, dtype=loc.dtype),
+            "num_divergent": torch.zeros(batch, dtype=torch.long),
+        }
+        return torch.tanh(loc + scale * eps), info
+
+
+def test_given_sampler_draws_the_correction(fixed_noise):
+    """A ``sampler`` argument replaces the HMC sampler: the actor loss and its
+    gradient are the formula's with the given sampler's samples."""
+    sampler = GivenSampler()
+    loss, actor_net = build(sampler=sampler, step_size=0.3)
+    assert loss.sampler is sampler
+    data = make_data([2, 3])
+    out = loss(data)
+    assert not fixed_noise  # the built-in sampler was not called
+    (call,) = sampler.calls
+    loc, scale = actor_net(data["observation"])
+    assert_close(call["loc"], loc.detach(), "loc")
+    assert_close(call["scale"], scale.detach(), "scale")
+    assert_close(call["init"], data["action"], "init_action")
+    assert call["num_samples"] == K and call["step_size"] == 0.3
+    a = torch.rand(2, 3, N_ACT) * 2 - 1
+    assert_close(call["fn"](a), energy_reference(loss, data["observation"], a), "T")
+    ref = reference(loss, actor_net, data, mc_offset=13)
+    check_against_reference(out, ref)
+    params = list(loss.actor_network_params.values(True, True))
+    grads = torch.autograd.grad(out["loss_actor"], params)
+    ref_grads = torch.autograd.grad(ref["loss_actor"].mean(), ref["_actor_params"])
+    for g, rg in zip(grads, ref_grads):
+        assert_close(g, rg, "actor gradient")
+    assert_close(out["hmc_acceptance_rate"], 0.25, "acc")
+    assert_close(out["hmc_step_size"], 0.5, "step size")
+    assert_close(out["hmc_num_divergent"], 0.0, "divergent")
+    # the built-in fake's samples (offset 7) give another actor loss
+    other = reference(loss, actor_net, data)["loss_actor"].mean()
+    assert not torch.allclose(out["loss_actor"].double(), other.detach(), atol=1e-4)
+
+    # set_sampler(None) goes back to the built-in sampler
+    loss.set_sampler(None)
+    assert_close(loss(data.clone())["loss_actor"], other.detach(), "default")
+    assert len(fixed_noise) == 1 and len(sampler.calls) == 1
+
+
+def test_given_sampler_equal_to_the_default_gives_the_same_losses():
+    """The built-in HMC sampler passed as ``sampler`` = the default path, bit for bit."""
+    data = make_data([5])
+    outs = []
+    for sampler in (None, mcmc.sample_tilted_tanh_normal):
+        loss, _ = build(sampler=sampler)
+        torch.manual_seed(3)
+        out = loss(data.clone())
+        params = list(loss.actor_network_params.values(True, True))
+        outs.append((out, torch.autograd.grad(out["loss_actor"], params)))
+    (default, default_grads), (given, given_grads) = outs
+    assert set(default.keys()) == set(given.keys())
+    for key in default.keys():
+        assert torch.equal(default[key], given[key]), key
+    for g, h in zip(default_grads, given_grads):
+        assert torch.equal(g, h)
+
+
+def test_bad_sampler():
+    actor, _ = make_actor()
+    with pytest.raises(
+        TypeError, match="sampler must be a callable.*got an object of type str"
+    ):
+        MISALoss(actor, make_critic(), sampler="hmc")
+    loss, _ = build()
+    with pytest.raises(TypeError, match="sampler must be a callable"):
+        loss.set_sampler(torch.zeros(3))
+    assert loss.sampler is None
+    with pytest.raises(ValueError, match="unbiased_correction=False"):
+        build(sampler=GivenSampler(), unbiased_correction=False)
+    data = make_data([5])
+
+    def wrong_shape(*args, **kwargs):
+        samples, info = GivenSampler()(*args, **kwargs)
+        return samples[..., :1], info
+
+    def no_info(*args, **kwargs):
+        samples, info = GivenSampler()(*args, **kwargs)
+        del info["step_size"]
+        return samples, info
+
+    loss.set_sampler(wrong_shape)
+    with pytest.raises(ValueError, match=r"samples \[4, 5, 1\]; expected a tensor"):
+        loss(data.clone())
+    loss.set_sampler(lambda *args, **kwargs: GivenSampler()(*args, **kwargs)[0])
+    with pytest.raises(ValueError, match=r"must return a pair \(samples, info\)"):
+        loss(data.clone())
+    loss.set_sampler(no_info)
+    with pytest.raises(ValueError, match="no 'step_size' entry"):
+        loss(data.clone())
 
 
 def energy_reference(loss, obs, a, num_q=2):

@@ -69,7 +69,10 @@ class AgentGroup(nn.Module):
             ``randomness="same"``. ``None`` (default): on for a MISA loss with
             the unbiased correction and ``randomness="different"`` whose
             sampler options (``step_size``, ``target_accept``) are equal
-            across agents; off for every other loss.
+            across agents and that was given no ``sampler`` of its own; off
+            for every other loss. The samples reach each agent's loss through
+            its public ``sampler`` argument
+            (:meth:`~torchrl_misa.objectives.MISALoss.set_sampler`).
 
     Examples:
         >>> import torch
@@ -153,12 +156,15 @@ class AgentGroup(nn.Module):
         # Not a submodule: its own tensors are replaced by one agent's slice of
         # `params` during each call, and must stay out of parameters().
         self.__dict__["_template"] = template
-        self._options = TensorDict(
-            {k: v for k, v in self.per_agent_options.items()}, [self.num_agents]
-        )
+        self._options = TensorDict(dict(self.per_agent_options), [self.num_agents])
         self.batched_sampler = _batched_sampler(
             template, randomness, self.per_agent_options, batched_sampler
         )
+        # The template's sampler hands each agent its slice of the samples
+        # drawn for all agents (forward sets them, _agent_forward passes them).
+        self._agent_samples = _AgentSamples()
+        if self.batched_sampler:
+            template.set_sampler(self._agent_samples)
         presampled_dim = 0 if self.batched_sampler else None
         self._vmapped = torch.vmap(
             self._agent_forward, (0, 0, 0, presampled_dim), randomness=randomness
@@ -233,8 +239,7 @@ class AgentGroup(nn.Module):
         try:
             for name, value in options.items():
                 setattr(template, name, value)
-            if presampled is not None:
-                template.__dict__["_presampled"] = presampled
+            self._agent_samples.samples = presampled
             restore = _swap_in(template, params)
             try:
                 return template(data)
@@ -244,7 +249,7 @@ class AgentGroup(nn.Module):
             for name, value in saved.items():
                 setattr(template, name, value)
             template.__dict__.pop("_cache", None)
-            template.__dict__.pop("_presampled", None)
+            self._agent_samples.samples = None
 
     def parameters_of(self, *names: str) -> list[nn.Parameter]:
         """The stacked trainable parameters under ``names`` (e.g. ``"actor_network_params"``).
@@ -308,6 +313,25 @@ class AgentGroup(nn.Module):
         return loss
 
 
+class _AgentSamples:
+    """The ``sampler`` of the group's MISA loss: returns the samples drawn for this agent.
+
+    Inside the group's vmap, ``samples`` holds this agent's slice of the
+    samples and info that :func:`_sample_all_agents` drew for every agent.
+    """
+
+    def __init__(self) -> None:
+        self.samples: tuple[Tensor, TensorDictBase] | None = None
+
+    def __call__(self, *args, **kwargs) -> tuple[Tensor, TensorDictBase]:
+        if self.samples is None:
+            raise RuntimeError(
+                "AgentGroup: the agents' HMC samples are drawn by the group's "
+                "forward; its loss module cannot be called on its own."
+            )
+        return self.samples
+
+
 # MISALoss options read by its sampler: an agent group draws every agent's
 # samples in one call only when they are equal across agents.
 _SAMPLER_OPTIONS = ("step_size", "target_accept")
@@ -322,6 +346,8 @@ def _batched_sampler(
         reasons.append(f"{type(template).__name__} has no HMC sampler")
     elif not template.unbiased_correction:
         reasons.append("the loss runs no sampler (unbiased_correction=False)")
+    elif template.sampler is not None:
+        reasons.append("the loss was given its own sampler")
     differing = sorted(set(_SAMPLER_OPTIONS) & set(options))
     if differing:
         reasons.append(f"the sampler options {differing} differ between agents")

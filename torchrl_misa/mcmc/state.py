@@ -37,9 +37,9 @@ def value_and_grad(log_prob_fn: LogProbFn, position: Tensor) -> tuple[Tensor, Te
         >>> value_and_grad(lambda x: x.sqrt().sum(-1), -torch.ones(1, 2))
         (tensor([-inf]), tensor([[0., 0.]]))
     """
-    if torch._C._are_functorch_transforms_active():
-        # Under torch.vmap (e.g. torchrl_misa.agents.AgentGroup) a fresh leaf
-        # cannot require grad; torch.func takes the same gradient.
+    if _in_functorch_transform():
+        # Under torch.vmap (e.g. several agents' losses in one vmapped call) a
+        # fresh leaf cannot require grad; torch.func takes the same gradient.
         return functional_value_and_grad(log_prob_fn)(position)
     with torch.enable_grad():
         x = position.detach().requires_grad_(True)
@@ -81,6 +81,17 @@ def functional_value_and_grad(log_prob_fn: LogProbFn) -> ValueAndGradFn:
         return _sanitize(log_prob.detach(), grad.detach())
 
     return fn
+
+
+def _in_functorch_transform() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``, ...) is active.
+
+    PyTorch has no public equivalent of this private query (``torch.func``
+    exposes the transforms, not their state); PyTorch's own
+    ``torch.autograd.backward`` and ``autograd.Function`` make the same call.
+    It is kept here, in one place, so that a public API can replace it alone.
+    """
+    return torch._C._are_functorch_transforms_active()
 
 
 def _check_log_prob(log_prob, position: Tensor) -> None:

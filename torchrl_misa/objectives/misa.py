@@ -198,6 +198,29 @@ class MISALoss(LossModule):
             of seconds). The sampler is never traced by an outer
             ``torch.compile(loss)``: dynamo would unroll its loop over
             transitions. Default ``False``.
+        sampler (callable, optional): draws the correction's samples in place
+            of the built-in HMC sampler. It is called once per actor loss as
+            ``sampler(log_weight_fn, loc, scale, init_action, **options)``:
+            ``log_weight_fn`` maps actions ``[*lead, *B, d]`` to
+            ``T(s, a)`` ``[*lead, *B]`` (``Qmin`` or the MI critic, frozen:
+            gradients reach the actions only), ``loc`` and ``scale`` are the
+            policy's pre-tanh parameters ``[*B, d]`` (detached),
+            ``init_action`` the batch's actions ``[*B, d]`` and ``options``
+            the sampler options above (``num_samples``, ``num_burnin``,
+            ``num_leapfrog``, ``step_size``, ``num_adaptation_steps``,
+            ``target_accept``, ``num_chains``, ``compile``, ``mode``,
+            ``validate``), which it may ignore. It returns the samples
+            ``[k, *B, d]`` in ``(-1, 1)`` (detached) and a mapping (e.g. a
+            :class:`~tensordict.TensorDict`) with the per-state
+            ``"acceptance_rate"``, ``"step_size"`` and ``"num_divergent"``
+            ``[*B]`` reported as ``hmc_*``. ``None`` (default) uses
+            :func:`~torchrl_misa.mcmc.sample_tilted_tanh_normal`. The sampler
+            is an argument, like the networks, so that a caller can draw the
+            samples another way (another MCMC kernel, or samples drawn for
+            several losses in one batched call) without subclassing the loss
+            or reaching into it; :meth:`set_sampler` replaces it after
+            construction. ``compile_sampler`` applies to the default sampler
+            only.
         lagrange_tau (float, optional): Lagrange budget ``tau`` (Eq. 17);
             ``None`` (default) uses the fixed ``min_q_weight``.
         alpha_init (float): initial entropy temperature (``> 0``). Default 1.0
@@ -386,6 +409,7 @@ class MISALoss(LossModule):
         sampler_mode: str = "whitened",
         num_chains: int = 1,
         compile_sampler: bool = False,
+        sampler: Callable[..., tuple[Tensor, TensorDictBase]] | None = None,
         lagrange_tau: float | None = None,
         alpha_init: float = 1.0,
         fixed_alpha: bool = False,
@@ -495,6 +519,7 @@ class MISALoss(LossModule):
         self.sampler_mode = sampler_mode
         self.num_chains = int(num_chains)
         self.compile_sampler = bool(compile_sampler)
+        self.set_sampler(sampler)
         self.backup_entropy = bool(backup_entropy)
         self.validate_inputs = bool(validate_inputs)
         self.deactivate_vmap = deactivate_vmap
@@ -523,6 +548,29 @@ class MISALoss(LossModule):
             randomness=self.vmap_randomness,
             pseudo_vmap=self.deactivate_vmap,
         )
+
+    def set_sampler(
+        self, sampler: Callable[..., tuple[Tensor, TensorDictBase]] | None
+    ) -> None:
+        """Sets the callable that draws the correction's samples (see ``sampler`` in the class doc).
+
+        ``None`` restores the built-in HMC sampler.
+        """
+        if sampler is not None:
+            if not callable(sampler):
+                raise TypeError(
+                    "MISALoss: sampler must be a callable "
+                    "(log_weight_fn, loc, scale, init_action, **options) -> "
+                    "(samples, info), or None for the built-in HMC sampler; got "
+                    f"an object of type {type(sampler).__name__}."
+                )
+            if not self.unbiased_correction:
+                raise ValueError(
+                    "MISALoss: a sampler was given but the loss draws no samples "
+                    "(unbiased_correction=False); drop the sampler or set "
+                    "unbiased_correction=True."
+                )
+        self.sampler = sampler
 
     @property
     def regularise_critics(self) -> bool:
@@ -972,36 +1020,38 @@ class MISALoss(LossModule):
 
     def _sampler_options(self, validate: bool) -> dict:
         """The keyword arguments of the sampler (:func:`~torchrl_misa.mcmc.sample_tilted_tanh_normal`)."""
-        return dict(
-            num_samples=self.num_mcmc_samples,
-            num_burnin=self.num_burnin,
-            num_leapfrog=self.num_leapfrog,
-            step_size=self.step_size,
-            num_adaptation_steps=self.num_adaptation_steps,
-            target_accept=self.target_accept,
-            num_chains=self.num_chains,
-            compile=self.compile_sampler,
-            mode=self.sampler_mode,
-            validate=validate,
-        )
+        return {
+            "num_samples": self.num_mcmc_samples,
+            "num_burnin": self.num_burnin,
+            "num_leapfrog": self.num_leapfrog,
+            "step_size": self.step_size,
+            "num_adaptation_steps": self.num_adaptation_steps,
+            "target_accept": self.target_accept,
+            "num_chains": self.num_chains,
+            "compile": self.compile_sampler,
+            "mode": self.sampler_mode,
+            "validate": validate,
+        }
 
     def _sample_tilted(self, shared: MISASharedTerms) -> tuple[Tensor, TensorDictBase]:
-        """HMC samples of ``p(a|s) ∝ pi(a|s) exp T(s, a)``: ``[k, *B, d]`` and info.
+        """Samples of ``p(a|s) ∝ pi(a|s) exp T(s, a)``: ``[k, *B, d]`` and info.
 
-        Samples drawn for this call elsewhere (:class:`~torchrl_misa.agents.AgentGroup`
-        draws every agent's at once, outside its vmap) are taken from
-        ``_presampled`` instead.
+        Drawn by ``sampler`` if one was given, by the built-in HMC sampler
+        otherwise.
         """
-        presampled = self.__dict__.get("_presampled")
-        if presampled is not None:
-            return presampled
-        return run_sampler(self.compile_sampler)(
+        sampler = self.sampler
+        if sampler is None:
+            sampler = run_sampler(self.compile_sampler)
+        out = sampler(
             self._log_weight_fn(shared),
             shared.dist.loc.detach(),
             shared.dist.scale.detach(),
             shared.action,
             **self._sampler_options(self._validating()),
         )
+        if self.sampler is not None:
+            _check_samples(out, shared.action)
+        return out
 
     def _check_batch(self, tensordict: TensorDictBase) -> None:
         keys = self.tensor_keys
@@ -1050,6 +1100,31 @@ def run_sampler(compile_sampler: bool) -> Callable[..., tuple[Tensor, TensorDict
     if compile_sampler:
         return _sample_outside_graph
     return _mcmc.sample_tilted_tanh_normal
+
+
+def _check_samples(out, action: Tensor) -> None:
+    """A given sampler's output: ``[k, *B, d]`` samples and the ``hmc_*`` info."""
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise ValueError(
+            "MISALoss: the sampler must return a pair (samples, info), got "
+            f"{type(out).__name__}."
+        )
+    samples, info = out
+    if not isinstance(samples, Tensor) or (
+        samples.ndim != action.ndim + 1 or samples.shape[1:] != action.shape
+    ):
+        got = list(samples.shape) if isinstance(samples, Tensor) else type(samples)
+        raise ValueError(
+            f"MISALoss: the sampler returned samples {got}; expected a tensor of "
+            f"shape [k, *batch, action_dim] = [k, {', '.join(map(str, action.shape))}]."
+        )
+    for name in ("acceptance_rate", "step_size", "num_divergent"):
+        if info.get(name, None) is None:
+            raise ValueError(
+                f"MISALoss: the sampler's info has no {name!r} entry; return "
+                "(samples, info) with info holding the per-state "
+                "'acceptance_rate', 'step_size' and 'num_divergent'."
+            )
 
 
 def _functional_value(
