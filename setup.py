@@ -6,6 +6,7 @@ TESTS = [
     "pytest>=7",
     "black==26.10.1",
     "flake8>=7",
+    "flake8-comprehensions==3.17.0",
     "h5py>=3.8",
     "gymnasium[mujoco]>=1.0",
     "hydra-core>=1.3",

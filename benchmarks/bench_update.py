@@ -519,7 +519,12 @@ def run_agents(args, device) -> dict:
                 runs += [("compiled_cudagraph", n) for n in compiled]
             for mode, n in runs:
                 name = f"{setting}/{algo}/{mode}/{n}"
-                where = dict(setting=setting, algorithm=algo, mode=mode, agents=n)
+                where = {
+                    "setting": setting,
+                    "algorithm": algo,
+                    "mode": mode,
+                    "agents": n,
+                }
                 if mode.startswith("compiled"):
                     # each group's update recompiles the same code objects, and
                     # past dynamo's recompile limit (8) a compiled row would

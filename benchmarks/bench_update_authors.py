@@ -55,12 +55,12 @@ def main(argv=None) -> dict:
     qf = authors.FullyConnectedQFunction(
         args.obs_dim, args.act_dim, arch, False, False, "elu"
     )
-    config = dict(
-        n_actions=args.k,
-        mcmc_burnin_steps=args.burnin,
-        mcmc_num_leapfrog_steps=args.leapfrog,
-        target_entropy=-float(args.act_dim),
-    )
+    config = {
+        "n_actions": args.k,
+        "mcmc_burnin_steps": args.burnin,
+        "mcmc_num_leapfrog_steps": args.leapfrog,
+        "target_entropy": -float(args.act_dim),
+    }
     agent = authors.MISA(config, policy, qf)
     rng = np.random.default_rng(0)
     n = args.batch

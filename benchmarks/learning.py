@@ -109,61 +109,61 @@ SCALES = {
     # The shipped dataset. Its HalfCheetah medium-replay rows (15000 steps)
     # were made on a file that is lost: they are kept, apart, in
     # learning_small_cheetah_lost.csv, and the mujoco scale runs HalfCheetah.
-    "small": dict(
-        datasets=[DEMO],
-        ablation_datasets=[DEMO],
-        seeds=[0, 1, 2],
-        overrides=[
+    "small": {
+        "datasets": [DEMO],
+        "ablation_datasets": [DEMO],
+        "seeds": [0, 1, 2],
+        "overrides": [
             "preset=demo",
             "optim.gradient_steps=4000",
             "logger.eval_iter=500",
         ],
-    ),
+    },
     # Where the paper claims MISA's advantage (Hopper and Walker2d, medium and
     # medium-replay) and HalfCheetah medium-replay, 5 seeds, demo-size
     # networks. One budget for every method and dataset, the largest the
     # 2-core CPU fits: with each method's seeds in one process (--agents), a
     # 5-agent MISA or CQL group takes 45-50 minutes per dataset on one core at
     # 5k updates, about 8 of them evaluating (50 episodes of up to 1000 steps).
-    "mujoco": dict(
-        datasets=[HOPPER_MR, HOPPER_M, WALKER_MR, WALKER_M, CHEETAH_MR],
+    "mujoco": {
+        "datasets": [HOPPER_MR, HOPPER_M, WALKER_MR, WALKER_M, CHEETAH_MR],
         # the parity row "our code with the authors' sampler" (benchmarks/parity/)
         # and two probes of what holds the policy's entropy up: alpha's
         # learning rate and the likelihood term of the data's actions
-        ablation_datasets=[HOPPER_MR],
-        ablations=["misa-authors-sampler", "misa-alpha-lr-1e-3", "misa-no-ba"],
+        "ablation_datasets": [HOPPER_MR],
+        "ablations": ["misa-authors-sampler", "misa-alpha-lr-1e-3", "misa-no-ba"],
         # the second probe on a second mostly random set
-        dataset_ablations={WALKER_MR: ["misa-no-ba"]},
-        seeds=[0, 1, 2, 3, 4],
-        overrides=[
+        "dataset_ablations": {WALKER_MR: ["misa-no-ba"]},
+        "seeds": [0, 1, 2, 3, 4],
+        "overrides": [
             "preset=demo",
             "optim.gradient_steps=5000",
             "logger.eval_iter=500",
             *MUJOCO_EVAL,
         ],
-    ),
+    },
     # The small scale's shipped dataset with four times the step budget: are
     # the methods' orderings at 4000 steps those of trained policies?
-    "long": dict(
-        datasets=[DEMO],
-        ablation_datasets=[],
-        seeds=[0, 1, 2],
-        overrides=[
+    "long": {
+        "datasets": [DEMO],
+        "ablation_datasets": [],
+        "seeds": [0, 1, 2],
+        "overrides": [
             "preset=demo",
             "optim.gradient_steps=16000",
             "logger.eval_iter=1000",
         ],
-    ),
-    "paper": dict(
-        datasets=[
+    },
+    "paper": {
+        "datasets": [
             f"datasets/extra/{task}-{recipe}-v0.hdf5"
             for task in ("halfcheetah", "hopper", "walker2d")
             for recipe in ("medium", "medium-replay", "medium-expert")
         ],
-        ablation_datasets=[],
-        seeds=[0, 1, 2, 3, 4],
-        overrides=["preset=locomotion", "optim.gradient_steps=1000000"],
-    ),
+        "ablation_datasets": [],
+        "seeds": [0, 1, 2, 3, 4],
+        "overrides": ["preset=locomotion", "optim.gradient_steps=1000000"],
+    },
 }
 
 

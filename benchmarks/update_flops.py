@@ -146,15 +146,15 @@ def main(argv=None) -> dict:
                     seconds[key] = op_seconds(*key, args.repeats)
             gflop = sum(log.flops.values()) / 1e9
             mm_s = sum(n * seconds[key] for key, n in log.calls.items())
-            row = dict(
-                setting=setting,
-                config=name,
-                gflop_per_update=gflop,
-                matmul_calls=sum(log.calls.values()),
-                matmul_ms=1e3 * mm_s,
-                matmul_gflop_per_s=gflop / mm_s,
-                max_updates_per_s=1.0 / mm_s,
-            )
+            row = {
+                "setting": setting,
+                "config": name,
+                "gflop_per_update": gflop,
+                "matmul_calls": sum(log.calls.values()),
+                "matmul_ms": 1e3 * mm_s,
+                "matmul_gflop_per_s": gflop / mm_s,
+                "max_updates_per_s": 1.0 / mm_s,
+            }
             rows.append(row)
             print(
                 f"{setting:>6} {name:<21} {gflop:7.2f} GFLOP in {row['matmul_calls']:4d} "
@@ -163,20 +163,20 @@ def main(argv=None) -> dict:
                 f"{row['max_updates_per_s']:7.2f} updates/s",
                 flush=True,
             )
-    meta = dict(
-        threads=args.threads,
-        torch=torch.__version__,
-        batch=args.batch,
-        obs_dim=args.obs_dim,
-        act_dim=args.act_dim,
-        burnin=args.burnin,
-        leapfrog=args.leapfrog,
-        argv=sys.argv[1:] if argv is None else list(argv),
-    )
+    meta = {
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "obs_dim": args.obs_dim,
+        "act_dim": args.act_dim,
+        "burnin": args.burnin,
+        "leapfrog": args.leapfrog,
+        "argv": sys.argv[1:] if argv is None else list(argv),
+    }
     stem = "update_flops" + (f"_{args.tag}" if args.tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(
-        json.dumps(dict(meta=meta, rows=rows), indent=1)
+        json.dumps({"meta": meta, "rows": rows}, indent=1)
     )
     lines = [
         "# Arithmetic of one update (`benchmarks/update_flops.py`)",
@@ -204,7 +204,7 @@ def main(argv=None) -> dict:
     ]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
     print(f"wrote {RESULTS / stem}.md")
-    return dict(meta=meta, rows=rows)
+    return {"meta": meta, "rows": rows}
 
 
 if __name__ == "__main__":

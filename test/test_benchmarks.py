@@ -27,11 +27,11 @@ def _load(name):
 def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file):
     learning, report = _load("learning"), _load("report")
     dataset = tiny_d4rl_file(tmp_path / "tiny.hdf5", 3, 1, "Pendulum-v1", n=200)
-    tiny = dict(
-        datasets=[str(dataset)],
-        ablation_datasets=[str(dataset)],
-        seeds=[0],
-        overrides=[
+    tiny = {
+        "datasets": [str(dataset)],
+        "ablation_datasets": [str(dataset)],
+        "seeds": [0],
+        "overrides": [
             "preset=demo",
             "optim.gradient_steps=10",
             "logger.eval_iter=5",
@@ -40,7 +40,7 @@ def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file
             "replay_buffer.batch_size=16",
             "loss.num_mcmc_samples=2",
         ],
-    )
+    }
     monkeypatch.setitem(learning.SCALES, "tiny", tiny)
     monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
@@ -83,14 +83,14 @@ def test_job_overrides_select_method_and_ablation(monkeypatch):
     assert {j.seed for j in extra} == {3, 4}
     assert len(extra) == 2 * 5 + 2 * len(learning.ABLATIONS)
     # a scale's dataset_ablations add those methods on that dataset only
-    spec = dict(
-        datasets=["a.hdf5", "b.hdf5"],
-        ablation_datasets=["a.hdf5"],
-        ablations=["misa-k5"],
-        dataset_ablations={"b.hdf5": ["misa-no-ba"]},
-        seeds=[0, 1],
-        overrides=[],
-    )
+    spec = {
+        "datasets": ["a.hdf5", "b.hdf5"],
+        "ablation_datasets": ["a.hdf5"],
+        "ablations": ["misa-k5"],
+        "dataset_ablations": {"b.hdf5": ["misa-no-ba"]},
+        "seeds": [0, 1],
+        "overrides": [],
+    }
     monkeypatch.setitem(learning.SCALES, "two", spec)
     ablations = {
         (j.dataset, j.method, j.seed)
@@ -132,11 +132,11 @@ def test_agents_group_a_methods_consecutive_seeds():
 def test_harness_runs_a_methods_seeds_as_one_job(tmp_path, monkeypatch, tiny_d4rl_file):
     learning = _load("learning")
     dataset = tiny_d4rl_file(tmp_path / "tiny.hdf5", 3, 1, "Pendulum-v1", n=200)
-    tiny = dict(
-        datasets=[str(dataset)],
-        ablation_datasets=[],
-        seeds=[0, 1],
-        overrides=[
+    tiny = {
+        "datasets": [str(dataset)],
+        "ablation_datasets": [],
+        "seeds": [0, 1],
+        "overrides": [
             "preset=demo",
             "optim.gradient_steps=6",
             "logger.eval_iter=3",
@@ -146,7 +146,7 @@ def test_harness_runs_a_methods_seeds_as_one_job(tmp_path, monkeypatch, tiny_d4r
             "network.actor_hidden_sizes=[8]",
             "network.critic_hidden_sizes=[8]",
         ],
-    )
+    }
     monkeypatch.setitem(learning.SCALES, "tiny", tiny)
     monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
     out = tmp_path / "results" / "learning_tiny.csv"
@@ -172,7 +172,7 @@ def test_missing_dataset_names_its_generator_command(tmp_path, monkeypatch, caps
     monkeypatch.setitem(
         learning.SCALES,
         "tiny",
-        dict(datasets=[absent], ablation_datasets=[], seeds=[0], overrides=[]),
+        {"datasets": [absent], "ablation_datasets": [], "seeds": [0], "overrides": []},
     )
     out = tmp_path / "rows.csv"
     with pytest.raises(SystemExit, match="Missing datasets") as err:
@@ -193,14 +193,14 @@ def _two_episode_file(path):
     from torchrl_misa.data import write_d4rl_hdf5
 
     n = 4
-    data = dict(
-        observations=np.zeros((n, 3), "f4"),
-        next_observations=np.zeros((n, 3), "f4"),
-        actions=np.zeros((n, 1), "f4"),
-        rewards=np.array([0, 1, 2, 3], "f4"),
-        terminals=np.array([0, 1, 0, 0], bool),
-        timeouts=np.array([0, 0, 0, 1], bool),
-    )
+    data = {
+        "observations": np.zeros((n, 3), "f4"),
+        "next_observations": np.zeros((n, 3), "f4"),
+        "actions": np.zeros((n, 1), "f4"),
+        "rewards": np.array([0, 1, 2, 3], "f4"),
+        "terminals": np.array([0, 1, 0, 0], bool),
+        "timeouts": np.array([0, 0, 0, 1], bool),
+    }
     meta = {"env_id": "Pendulum-v1", "random_return": 0.0, "expert_return": 10.0}
     return write_d4rl_hdf5(path, data, meta)
 
@@ -208,7 +208,12 @@ def _two_episode_file(path):
 def test_rows_of_a_regenerated_dataset_are_refused(tmp_path, monkeypatch):
     learning = _load("learning")
     dataset = _two_episode_file(tmp_path / "set-medium-v0.hdf5")
-    spec = dict(datasets=[str(dataset)], ablation_datasets=[], seeds=[0], overrides=[])
+    spec = {
+        "datasets": [str(dataset)],
+        "ablation_datasets": [],
+        "seeds": [0],
+        "overrides": [],
+    }
     monkeypatch.setitem(learning.SCALES, "tiny", spec)
     out = tmp_path / "rows.csv"
     row = dict.fromkeys(learning.FIELDS, "1")
@@ -423,24 +428,24 @@ def test_authors_config_maps_our_settings():
     protocol = train_authors.protocol
     config = train_authors.authors_config(protocol.load_config(["preset=demo"]), 1)
     # the demo preset over config.yaml, in the authors' names
-    assert config == dict(
-        discount=0.99,
-        policy_lr=1e-4,
-        qf_lr=3e-4,
-        soft_target_update_rate=0.005,
-        n_actions=10,
-        min_q_weight=5.0,
-        bc_weight_misa=0.5,
-        unbiased_grad=True,
-        unbiased_weight=0.1,
-        mcmc_burnin_steps=5,
-        mcmc_num_leapfrog_steps=2,
-        mcmc_step_size=1,
-        backup_entropy=False,
-        lagrange=False,
-        target_action_gap=0.0,
-        target_entropy=-1.0,
-    )
+    assert config == {
+        "discount": 0.99,
+        "policy_lr": 1e-4,
+        "qf_lr": 3e-4,
+        "soft_target_update_rate": 0.005,
+        "n_actions": 10,
+        "min_q_weight": 5.0,
+        "bc_weight_misa": 0.5,
+        "unbiased_grad": True,
+        "unbiased_weight": 0.1,
+        "mcmc_burnin_steps": 5,
+        "mcmc_num_leapfrog_steps": 2,
+        "mcmc_step_size": 1,
+        "backup_entropy": False,
+        "lagrange": False,
+        "target_action_gap": 0.0,
+        "target_entropy": -1.0,
+    }
     for override, message in (
         ("loss.mi_estimator=dv", "loss.mi_estimator='dv'"),
         ("optim.alpha_lr=3e-4", "optim.alpha_lr=0.0003"),
@@ -590,7 +595,7 @@ def _agents_meta() -> dict:
     """The run description the agents' table writes, every field a placeholder."""
     fields = ("command", "device", "cpu", "cpu_count", "threads", "torch")
     fields += ("loadavg", "loadavg_end", "batch", "obs_dim", "act_dim")
-    return {k: "x" for k in fields + ("burnin", "leapfrog", "note")}
+    return dict.fromkeys(fields + ("burnin", "leapfrog", "note"), "x")
 
 
 def test_agent_throughput_summary_and_table(tmp_path):

@@ -248,14 +248,14 @@ def test_cache_of_an_edited_source_is_not_reused(tmp_path, storage_matches_file)
     # same name and size, new content: the file's key changes with its mtime
     rng = np.random.default_rng(1)
     n = 60
-    arrays = dict(
-        observations=rng.normal(size=(n, 2)).astype("f4"),
-        actions=rng.uniform(-1, 1, (n, 1)).astype("f4"),
-        rewards=rng.normal(size=n).astype("f4"),
-        terminals=np.zeros(n, bool),
-        timeouts=np.arange(n) % 20 == 19,
-        next_observations=rng.normal(size=(n, 2)).astype("f4"),
-    )
+    arrays = {
+        "observations": rng.normal(size=(n, 2)).astype("f4"),
+        "actions": rng.uniform(-1, 1, (n, 1)).astype("f4"),
+        "rewards": rng.normal(size=n).astype("f4"),
+        "terminals": np.zeros(n, bool),
+        "timeouts": np.arange(n) % 20 == 19,
+        "next_observations": rng.normal(size=(n, 2)).astype("f4"),
+    }
     path = write_d4rl_hdf5(tmp_path / "x.hdf5", arrays, {})
     load(path, tmp_path / "c")
     arrays["rewards"] = arrays["rewards"] + 1

@@ -27,14 +27,14 @@ def arrays(seed=0):
     terminals[4] = True
     timeouts = np.zeros(N, bool)
     timeouts[[14, 29]] = True
-    return dict(
-        observations=rng.normal(size=(N, 3)).astype("f4"),
-        actions=rng.uniform(-1, 1, (N, 2)).astype("f4"),
-        rewards=rng.normal(size=N).astype("f4"),
-        terminals=terminals,
-        timeouts=timeouts,
-        next_observations=rng.normal(size=(N, 3)).astype("f4"),
-    )
+    return {
+        "observations": rng.normal(size=(N, 3)).astype("f4"),
+        "actions": rng.uniform(-1, 1, (N, 2)).astype("f4"),
+        "rewards": rng.normal(size=N).astype("f4"),
+        "terminals": terminals,
+        "timeouts": timeouts,
+        "next_observations": rng.normal(size=(N, 3)).astype("f4"),
+    }
 
 
 def write_raw(path, data):

@@ -47,14 +47,14 @@ def toy_arrays(n=40, obs_dim=3, act_dim=2, seed=0, episode=10):
     terminals = np.zeros(n, bool)
     terminals[4] = True
     timeouts = (np.arange(n) % episode == episode - 1) & ~terminals
-    return dict(
-        observations=rng.normal(size=(n, obs_dim)).astype("f4"),
-        actions=rng.uniform(-1, 1, (n, act_dim)).astype("f4"),
-        rewards=rng.normal(size=n).astype("f4"),
-        terminals=terminals,
-        timeouts=timeouts,
-        next_observations=rng.normal(size=(n, obs_dim)).astype("f4"),
-    )
+    return {
+        "observations": rng.normal(size=(n, obs_dim)).astype("f4"),
+        "actions": rng.uniform(-1, 1, (n, act_dim)).astype("f4"),
+        "rewards": rng.normal(size=n).astype("f4"),
+        "terminals": terminals,
+        "timeouts": timeouts,
+        "next_observations": rng.normal(size=(n, obs_dim)).astype("f4"),
+    }
 
 
 def read_h5(path):

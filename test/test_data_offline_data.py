@@ -24,16 +24,16 @@ N = 60
 
 def arrays(seed=0):
     rng = np.random.default_rng(seed)
-    return dict(
-        observations=(
+    return {
+        "observations": (
             rng.normal(size=(N, 3)) * [1.0, 4.0, 0.5] + [2.0, -1.0, 0.0]
         ).astype("f4"),
-        actions=rng.uniform(-1, 1, (N, 2)).astype("f4"),
-        rewards=rng.uniform(0, 1, N).astype("f4"),
-        terminals=np.zeros(N, bool),
-        timeouts=np.arange(N) % 20 == 19,
-        next_observations=rng.normal(size=(N, 3)).astype("f4"),
-    )
+        "actions": rng.uniform(-1, 1, (N, 2)).astype("f4"),
+        "rewards": rng.uniform(0, 1, N).astype("f4"),
+        "terminals": np.zeros(N, bool),
+        "timeouts": np.arange(N) % 20 == 19,
+        "next_observations": rng.normal(size=(N, 3)).astype("f4"),
+    }
 
 
 META = {"env_id": "Pendulum-v1", "random_return": -1000.0, "expert_return": -200.0}
@@ -112,7 +112,7 @@ def test_bad_reward_processing_refused_before_loading(tmp_path):
 
 def test_make_offline_replay_buffer_is_load_offline_data(tmp_path, toy):
     path, data = toy
-    kwargs = dict(normalize_observations=True, root=tmp_path / "c")
+    kwargs = {"normalize_observations": True, "root": tmp_path / "c"}
     offline = load_offline_data(str(path), 8, **kwargs)
     rb = make_offline_replay_buffer(str(path), 8, **kwargs)
     assert rb.dataset_name == offline.name and rb.reward_rule == offline.reward_rule

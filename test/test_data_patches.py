@@ -37,14 +37,14 @@ def arrays():
     terminals[TERMINAL] = True
     timeouts = np.zeros(N, bool)
     timeouts[list(TIME_LIMITS)] = True
-    return dict(
-        observations=rng.normal(size=(N, 3)).astype("f4"),
-        actions=rng.uniform(-1, 1, (N, 2)).astype("f4"),
-        rewards=rng.normal(size=N).astype("f4"),
-        terminals=terminals,
-        timeouts=timeouts,
-        next_observations=rng.normal(size=(N, 3)).astype("f4"),
-    )
+    return {
+        "observations": rng.normal(size=(N, 3)).astype("f4"),
+        "actions": rng.uniform(-1, 1, (N, 2)).astype("f4"),
+        "rewards": rng.normal(size=N).astype("f4"),
+        "terminals": terminals,
+        "timeouts": timeouts,
+        "next_observations": rng.normal(size=(N, 3)).astype("f4"),
+    }
 
 
 @pytest.fixture

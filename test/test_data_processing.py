@@ -17,16 +17,16 @@ from torchrl_misa.data import (
 
 def toy_arrays(n=64, obs_dim=3, act_dim=1, seed=1):
     rng = np.random.default_rng(seed)
-    return dict(
-        observations=(
+    return {
+        "observations": (
             rng.normal(size=(n, obs_dim)) * [1.0, 5.0, 0.1] + [0.0, -3.0, 2.0]
         ).astype("f4")[:, :obs_dim],
-        actions=rng.uniform(-1, 1, (n, act_dim)).astype("f4"),
-        rewards=rng.uniform(-3, 7, n).astype("f4"),
-        terminals=np.zeros(n, bool),
-        timeouts=np.arange(n) % 16 == 15,
-        next_observations=rng.normal(size=(n, obs_dim)).astype("f4"),
-    )
+        "actions": rng.uniform(-1, 1, (n, act_dim)).astype("f4"),
+        "rewards": rng.uniform(-3, 7, n).astype("f4"),
+        "terminals": np.zeros(n, bool),
+        "timeouts": np.arange(n) % 16 == 15,
+        "next_observations": rng.normal(size=(n, obs_dim)).astype("f4"),
+    }
 
 
 def sample_with_rows(rb, arrays):

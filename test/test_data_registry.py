@@ -76,14 +76,14 @@ def test_d4rl_prefix_is_torchrl_own_class(tmp_path):
 
 def test_d4rl_file_prefix(tmp_path):
     n = 10
-    data = dict(
-        observations=np.zeros((n, 2), "f4"),
-        actions=np.zeros((n, 1), "f4"),
-        rewards=np.zeros(n, "f4"),
-        terminals=np.zeros(n, bool),
-        timeouts=np.arange(n) % 5 == 4,
-        next_observations=np.zeros((n, 2), "f4"),
-    )
+    data = {
+        "observations": np.zeros((n, 2), "f4"),
+        "actions": np.zeros((n, 1), "f4"),
+        "rewards": np.zeros(n, "f4"),
+        "terminals": np.zeros(n, bool),
+        "timeouts": np.arange(n) % 5 == 4,
+        "next_observations": np.zeros((n, 2), "f4"),
+    }
     path = write_d4rl_hdf5(tmp_path / "x.hdf5", data)
     rb = load_dataset(f"d4rl_file:{path}", batch_size=2, root=tmp_path / "c")
     assert type(rb) is D4RLFileExperienceReplay and len(rb) == n

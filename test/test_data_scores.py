@@ -100,14 +100,14 @@ def _file_with_metadata(tmp_path, random_return=-1200.0, expert_return=-150.0):
     timeouts = np.zeros(11, bool)
     timeouts[[2, 8]] = True
     n = rewards.size
-    arrays = dict(
-        observations=np.zeros((n, 3), "f4"),
-        actions=np.zeros((n, 1), "f4"),
-        rewards=rewards,
-        terminals=terminals,
-        timeouts=timeouts,
-        next_observations=np.zeros((n, 3), "f4"),
-    )
+    arrays = {
+        "observations": np.zeros((n, 3), "f4"),
+        "actions": np.zeros((n, 1), "f4"),
+        "rewards": rewards,
+        "terminals": terminals,
+        "timeouts": timeouts,
+        "next_observations": np.zeros((n, 3), "f4"),
+    }
     meta = {
         "env_id": "Pendulum-v1",
         "random_return": random_return,

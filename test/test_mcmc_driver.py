@@ -291,13 +291,13 @@ def test_groups_adapt_as_separate_calls(monkeypatch, num_chains):
         m, s = (mu, sd) if i is None else (mu[i], sd[i])
         return lambda x: (-0.5 * ((x - m) / s) ** 2).sum(-1)
 
-    kwargs = dict(
-        num_samples=4,
-        num_burnin=6,
-        num_chains=num_chains,
-        step_size=1.0,
-        adaptation_rate=0.5,
-    )
+    kwargs = {
+        "num_samples": 4,
+        "num_burnin": 6,
+        "num_chains": num_chains,
+        "step_size": 1.0,
+        "adaptation_rate": 0.5,
+    }
     seeds = [11, 12]
     group_dim = 1 if num_chains > 1 else 0
     gens = [torch.Generator().manual_seed(s) for s in seeds]

@@ -575,7 +575,7 @@ class TestMISA:
             test_fn.set_keys(unknown_key="test2")
         for key, value in default_keys.items():
             assert getattr(test_fn.tensor_keys, key) == value
-        test_fn.set_keys(**{key: "test1" for key in default_keys})
+        test_fn.set_keys(**dict.fromkeys(default_keys, "test1"))
         for key in default_keys:
             assert getattr(test_fn.tensor_keys, key) == "test1"
 

@@ -105,19 +105,19 @@ def _make_loss(ref, **overrides) -> MISALoss:
         _mlp(ref, "qf1", obs_dim + act_dim, 1, nn.ELU),
         in_keys=["observation", "action"],
     )
-    kwargs = dict(
-        num_mcmc_samples=_setting(ref, "k"),
-        unbiased_correction=False,
-        min_q_weight=_setting(ref, "min_q_weight"),
-        bc_weight=_setting(ref, "bc_weight"),
-        unbiased_weight=_setting(ref, "unbiased_weight"),
-        num_burnin=_setting(ref, "num_burnin"),
-        num_leapfrog=_setting(ref, "num_leapfrog"),
-        step_size=float(_setting(ref, "step_size")),
-        target_entropy=_setting(ref, "target_entropy"),
-        alpha_init=math.exp(_setting(ref, "log_alpha")),
-        reduction="none",
-    )
+    kwargs = {
+        "num_mcmc_samples": _setting(ref, "k"),
+        "unbiased_correction": False,
+        "min_q_weight": _setting(ref, "min_q_weight"),
+        "bc_weight": _setting(ref, "bc_weight"),
+        "unbiased_weight": _setting(ref, "unbiased_weight"),
+        "num_burnin": _setting(ref, "num_burnin"),
+        "num_leapfrog": _setting(ref, "num_leapfrog"),
+        "step_size": float(_setting(ref, "step_size")),
+        "target_entropy": _setting(ref, "target_entropy"),
+        "alpha_init": math.exp(_setting(ref, "log_alpha")),
+        "reduction": "none",
+    }
     kwargs.update(overrides)
     loss = MISALoss(actor, critic, **kwargs)
     loss.make_value_estimator(gamma=_setting(ref, "discount"))

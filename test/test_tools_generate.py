@@ -38,21 +38,21 @@ def tiny_config(out, **kw):
     # MountainCarContinuous: an untrained deterministic policy (small actions)
     # already beats uniform random actions (action cost), so the expert > random
     # check holds at any budget; episodes cut at 50 steps
-    cfg = dict(
-        env_id="MountainCarContinuous-v0",
-        out=str(out),
-        max_episode_steps=EPISODE,
-        train_steps=400,
-        init_random_steps=200,
-        frames_per_batch=50,
-        eval_every=100,
-        eval_episodes=1,
-        final_eval_episodes=2,
-        dataset_steps=120,
-        checkpoint_every=100,
-        progress=False,
-        sac=SACConfig(hidden=16, batch_size=16),
-    )
+    cfg = {
+        "env_id": "MountainCarContinuous-v0",
+        "out": str(out),
+        "max_episode_steps": EPISODE,
+        "train_steps": 400,
+        "init_random_steps": 200,
+        "frames_per_batch": 50,
+        "eval_every": 100,
+        "eval_episodes": 1,
+        "final_eval_episodes": 2,
+        "dataset_steps": 120,
+        "checkpoint_every": 100,
+        "progress": False,
+        "sac": SACConfig(hidden=16, batch_size=16),
+    }
     cfg.update(kw)
     return GenerateConfig(**cfg)
 

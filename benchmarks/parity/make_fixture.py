@@ -33,24 +33,24 @@ from authors import import_authors  # noqa: E402
 
 REPO = HERE.parents[1]
 OUT = REPO / "test" / "fixtures" / "misa_authors_losses.npz"
-SETTING = dict(
-    obs_dim=3,
-    action_dim=2,
-    hidden="16-16",
-    batch_size=32,
-    k=8,
-    min_q_weight=5.0,
-    bc_weight=0.5,
-    unbiased_weight=0.1,
-    discount=0.99,
-    target_entropy=-2.0,
-    num_burnin=5,
-    num_leapfrog=2,
-    step_size=1,
-    log_alpha=-0.4,
-    log_std_multiplier=1.3,
-    log_std_offset=-0.6,
-)
+SETTING = {
+    "obs_dim": 3,
+    "action_dim": 2,
+    "hidden": "16-16",
+    "batch_size": 32,
+    "k": 8,
+    "min_q_weight": 5.0,
+    "bc_weight": 0.5,
+    "unbiased_weight": 0.1,
+    "discount": 0.99,
+    "target_entropy": -2.0,
+    "num_burnin": 5,
+    "num_leapfrog": 2,
+    "step_size": 1,
+    "log_alpha": -0.4,
+    "log_std_multiplier": 1.3,
+    "log_std_offset": -0.6,
+}
 
 
 def _redraw(params, rng, last_gain: float):
@@ -121,17 +121,17 @@ def main(argv=None) -> None:
     qf = authors.FullyConnectedQFunction(
         s["obs_dim"], s["action_dim"], s["hidden"], False, False, "elu"
     )
-    common = dict(
-        n_actions=s["k"],
-        min_q_weight=s["min_q_weight"],
-        bc_weight_misa=s["bc_weight"],
-        unbiased_weight=s["unbiased_weight"],
-        discount=s["discount"],
-        target_entropy=s["target_entropy"],
-        mcmc_burnin_steps=s["num_burnin"],
-        mcmc_num_leapfrog_steps=s["num_leapfrog"],
-        mcmc_step_size=s["step_size"],
-    )
+    common = {
+        "n_actions": s["k"],
+        "min_q_weight": s["min_q_weight"],
+        "bc_weight_misa": s["bc_weight"],
+        "unbiased_weight": s["unbiased_weight"],
+        "discount": s["discount"],
+        "target_entropy": s["target_entropy"],
+        "mcmc_burnin_steps": s["num_burnin"],
+        "mcmc_num_leapfrog_steps": s["num_leapfrog"],
+        "mcmc_step_size": s["step_size"],
+    }
     biased = authors.MISA({**common, "unbiased_grad": False}, policy, qf)
     assert biased.model_keys == ("policy", "qf1", "qf2", "log_alpha"), biased.model_keys
     unbiased = authors.MISA({**common, "unbiased_grad": True}, policy, qf)
@@ -167,13 +167,13 @@ def main(argv=None) -> None:
         }
 
     b = s["batch_size"]
-    batch = dict(
-        observations=rng.standard_normal((b, s["obs_dim"])).astype("f4"),
-        actions=rng.uniform(-0.99, 0.99, (b, s["action_dim"])).astype("f4"),
-        rewards=rng.standard_normal(b).astype("f4"),
-        next_observations=rng.standard_normal((b, s["obs_dim"])).astype("f4"),
-        dones=(rng.uniform(size=b) < 0.25).astype("f4"),
-    )
+    batch = {
+        "observations": rng.standard_normal((b, s["obs_dim"])).astype("f4"),
+        "actions": rng.uniform(-0.99, 0.99, (b, s["action_dim"])).astype("f4"),
+        "rewards": rng.standard_normal(b).astype("f4"),
+        "next_observations": rng.standard_normal((b, s["obs_dim"])).astype("f4"),
+        "dones": (rng.uniform(size=b) < 0.25).astype("f4"),
+    }
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
 
     draws = {"critic": [], "actor": [], "alpha": [], "actor_unbiased": []}

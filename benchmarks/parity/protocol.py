@@ -283,13 +283,13 @@ def read_transitions(
         scale = np.maximum(flat.std(0).astype(np.float32), OBS_STD_MIN)
         obs_norm = (loc, scale)
         obs, next_obs = (obs - loc) / scale, (next_obs - loc) / scale
-    data = dict(
-        observations=obs,
-        actions=actions,
-        rewards=rewards.astype(np.float32),
-        next_observations=next_obs,
-        dones=dones,
-    )
+    data = {
+        "observations": obs,
+        "actions": actions,
+        "rewards": rewards.astype(np.float32),
+        "next_observations": next_obs,
+        "dones": dones,
+    }
     return data, obs_norm
 
 

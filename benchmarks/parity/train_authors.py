@@ -80,26 +80,26 @@ def authors_config(cfg: dict, action_dim: int) -> dict:
         )
     target_entropy = loss["target_entropy"]
     unbiased = loss["unbiased_correction"]
-    return dict(
-        discount=float(loss["gamma"]),
-        policy_lr=float(optim["actor_lr"]),
-        qf_lr=float(optim["critic_lr"]),
-        soft_target_update_rate=float(loss["tau"]),
-        n_actions=int(loss["num_mcmc_samples"]),
-        min_q_weight=float(loss["min_q_weight"]),
-        bc_weight_misa=float(loss["bc_weight"]),
-        unbiased_grad=True if unbiased is None else bool(unbiased),
-        unbiased_weight=float(loss["unbiased_weight"]),
-        mcmc_burnin_steps=int(loss["num_burnin"]),
-        mcmc_num_leapfrog_steps=int(loss["num_leapfrog"]),
-        mcmc_step_size=int(loss["step_size"]),
-        backup_entropy=bool(loss["backup_entropy"]),
-        lagrange=loss["lagrange_tau"] is not None,
-        target_action_gap=float(loss["lagrange_tau"] or 0.0),
-        target_entropy=(
+    return {
+        "discount": float(loss["gamma"]),
+        "policy_lr": float(optim["actor_lr"]),
+        "qf_lr": float(optim["critic_lr"]),
+        "soft_target_update_rate": float(loss["tau"]),
+        "n_actions": int(loss["num_mcmc_samples"]),
+        "min_q_weight": float(loss["min_q_weight"]),
+        "bc_weight_misa": float(loss["bc_weight"]),
+        "unbiased_grad": True if unbiased is None else bool(unbiased),
+        "unbiased_weight": float(loss["unbiased_weight"]),
+        "mcmc_burnin_steps": int(loss["num_burnin"]),
+        "mcmc_num_leapfrog_steps": int(loss["num_leapfrog"]),
+        "mcmc_step_size": int(loss["step_size"]),
+        "backup_entropy": bool(loss["backup_entropy"]),
+        "lagrange": loss["lagrange_tau"] is not None,
+        "target_action_gap": float(loss["lagrange_tau"] or 0.0),
+        "target_entropy": (
             -float(action_dim) if target_entropy == "auto" else float(target_entropy)
         ),
-    )
+    }
 
 
 def _arch(sizes) -> str:

@@ -346,7 +346,11 @@ def _scan_chain(transition, carry, draws, num_burnin, num_adaptation_steps, thin
 
 def _draws(position: Tensor, generator) -> tuple[Tensor, Tensor]:
     """One transition's draws: standard normal momenta and ``log U(0, 1)`` per chain."""
-    kwargs = dict(generator=generator, dtype=position.dtype, device=position.device)
+    kwargs = {
+        "generator": generator,
+        "dtype": position.dtype,
+        "device": position.device,
+    }
     momentum = torch.randn(position.shape, **kwargs)
     log_u = torch.rand(position.shape[:-1], **kwargs).log()
     return momentum, log_u
