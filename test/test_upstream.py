@@ -1,16 +1,21 @@
-"""upstream/make_pr.py: the pull request's files at TorchRL's paths."""
+"""upstream/make_pr.py: the pull-request series, laid out at TorchRL's paths."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import re
+import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER_FIRST_LINE = "# Copyright (c) Meta Platforms, Inc. and affiliates."
+TAGS = ("[Algorithm]", "[BugFix]", "[Feature]", "[Doc]", "[Test]", "[Refactor]")
 
 
 def _load_make_pr():
@@ -29,33 +34,43 @@ make_pr = _load_make_pr()
 @pytest.fixture(scope="module")
 def laid_out(tmp_path_factory) -> tuple[Path, object]:
     dest = tmp_path_factory.mktemp("pytorch_rl")
-    return dest, make_pr.lay_out(dest)
+    return dest, make_pr.lay_out(dest, ufmt=None)
 
 
 def _files(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
+def _pr(name: str):
+    return next(pr for pr in make_pr.SERIES if pr.name == name)
+
+
+def test_series_table():
+    assert [pr.number for pr in make_pr.SERIES] == [1, 2, 3, 4]
+    for pr in make_pr.SERIES:
+        assert pr.title.startswith(TAGS), pr.title
+        assert pr.description.is_file() and pr.description.read_text().strip(), pr
+        assert pr.tests, pr
+        for dst in list(pr.files) + list(pr.edits):
+            assert "torchrl_misa" not in dst
+    # no file goes in two PRs
+    new = [dst for pr in make_pr.SERIES for dst in make_pr.pr_files(pr)]
+    assert len(new) == len(set(new))
+    patch = (make_pr.HERE / _pr("datasets").patch).read_text()
+    assert "torchrl_misa" not in patch
+
+
 def test_paths_are_torchrl_paths(laid_out):
     dest, layout = laid_out
     files = _files(dest)
     assert files == set(layout.written)
-    # Each source file of the loss and sampler packages has its TorchRL twin.
-    loss_sources = {
-        p.name
-        for p in (REPO / "torchrl_misa" / "objectives").glob("*.py")
-        if p.name != "__init__.py"
-    }
     mcmc_sources = {p.name for p in (REPO / "torchrl_misa" / "mcmc").glob("*.py")}
-    assert {f"torchrl/objectives/{n}" for n in loss_sources} <= files
     assert {f"torchrl/modules/mcmc/{n}" for n in mcmc_sources} <= files
     for required in (
         "torchrl/objectives/misa.py",
         "torchrl/modules/mcmc/__init__.py",
         "test/objectives/test_misa.py",
-        "sota-implementations/misa/misa_offline.py",
-        "sota-implementations/misa/config.yaml",
-        "sota-check/run_misa_offline.sh",
+        "test/modules/test_mcmc.py",
         "docs/source/reference/modules_mcmc.rst",
     ):
         assert required in files, required
@@ -70,7 +85,18 @@ def test_paths_are_torchrl_paths(laid_out):
     )
     stray = sorted(f for f in files if not f.startswith(roots))
     assert not stray, f"files outside TorchRL's layout: {stray}"
-    assert not any("torchrl_misa" in f for f in files)
+    # one test file per area, as TorchRL keeps them
+    assert sorted(f for f in files if f.startswith("test/")) == [
+        "test/modules/test_mcmc.py",
+        "test/objectives/test_misa.py",
+    ]
+
+
+def test_no_file_mentions_torchrl_misa(laid_out):
+    dest, _ = laid_out
+    for rel in _files(dest):
+        assert "torchrl_misa" not in rel
+        assert "torchrl_misa" not in (dest / rel).read_text(), rel
 
 
 def test_python_files_have_header_future_import_and_compile(laid_out):
@@ -80,7 +106,7 @@ def test_python_files_have_header_future_import_and_compile(laid_out):
     for path in py_files:
         text = path.read_text()
         assert text.splitlines()[0] == HEADER_FIRST_LINE, path
-        tree = ast.parse(text, filename=str(path))  # compiles
+        tree = ast.parse(text, filename=str(path))
         futures = [
             node
             for node in tree.body
@@ -99,23 +125,84 @@ def test_python_files_have_header_future_import_and_compile(laid_out):
         compile(text, str(path), "exec")
 
 
-def test_loss_and_sampler_import_torchrl_only(laid_out):
+def _test_names(tree: ast.Module) -> list[str]:
+    return [
+        n.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
+    ]
+
+
+@pytest.mark.parametrize(
+    "merge, dst",
+    [
+        (make_pr.MISA_TESTS, "test/objectives/test_misa.py"),
+        (make_pr.MCMC_TESTS, "test/modules/test_mcmc.py"),
+    ],
+    ids=["misa", "mcmc"],
+)
+def test_merged_test_file_keeps_every_test(laid_out, merge, dst):
+    dest, _ = laid_out
+    tree = ast.parse((dest / dst).read_text())
+    expected = [
+        name
+        for src in merge.sources
+        for name in _test_names(ast.parse((REPO / src).read_text()))
+    ]
+    assert sorted(_test_names(tree)) == sorted(expected)
+    # every top-level name is bound once (no test or helper shadowed by another)
+    names = [n for node in tree.body for n in make_pr._top_names(node)]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_test_misa_is_a_torchrl_loss_test(laid_out):
+    dest, _ = laid_out
+    text = (dest / "test/objectives/test_misa.py").read_text()
+    tree = ast.parse(text)
+    (cls,) = [
+        n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TestMISA"
+    ]
+    assert [ast.unparse(b) for b in cls.bases] == ["LossModuleTestBase"]
+    assert "test_reset_parameters_recursive" in [
+        n.name for n in cls.body if hasattr(n, "name")
+    ]
+    assert "get_default_devices()" in text and "DEVICES" not in text
+    assert "class _check_td_steady" not in text
+    imported = {
+        a.name
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and n.module == "_objectives_common"
+        for a in n.names
+    }
+    assert imported == {"LossModuleTestBase", "_check_td_steady"}
+    assert text.rstrip().endswith("+ unknown)")  # the __main__ block
+
+
+def test_recipe_laid_out_only_on_torchrl(laid_out):
     dest, layout = laid_out
-    for sub in ("torchrl", "test"):
-        for path in (dest / sub).rglob("*.py"):
-            tree = ast.parse(path.read_text())
-            modules = [
-                n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-            ] + [
-                a.name
-                for n in ast.walk(tree)
-                if isinstance(n, ast.Import)
-                for a in n.names
-            ]
-            assert not [m for m in modules if m and m.startswith("torchrl_misa")], path
-    assert all(
-        line.startswith("sota-implementations/") for line in layout.leftover_imports
-    )
+    recipe = make_pr.pr_files(_pr("recipe"), header=False)
+    uses = [
+        (rel, node.module)
+        for rel, text in recipe.items()
+        if rel.endswith(".py")
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.ImportFrom)
+        and node.module
+        and node.module.startswith("torchrl_misa")
+    ]
+    if 4 not in layout.stopped:
+        assert not uses
+        assert "sota-implementations/misa/misa_offline.py" in layout.written
+        return
+    # stopped: nothing of it written, and the message names every such import
+    assert uses
+    assert not any(f.startswith(("sota-", "sota-check")) for f in _files(dest))
+    message = layout.stopped[4]
+    for rel, module in uses:
+        assert re.search(
+            rf"{re.escape(rel)}:\d+: .* from {re.escape(module)}\b", message
+        )
+    assert make_pr.main([str(dest), "--ufmt", ""]) == 1
 
 
 def test_edits_of_a_checkout_are_placed_and_idempotent(tmp_path):
@@ -131,11 +218,10 @@ def test_edits_of_a_checkout_are_placed_and_idempotent(tmp_path):
     docs.mkdir(parents=True)
     (docs / "objectives_offline.rst").write_text("    CQLLoss\n    TD3BCLoss\n")
     (docs / "modules.rst").write_text("   modules_mcts\n   modules_models\n")
-    (tmp_path / "README.md").write_text("Examples include IQL, CQL, Dreamer.\n")
 
-    first = make_pr.lay_out(tmp_path)
+    first = make_pr.lay_out(tmp_path, ufmt=None)
     after_first = {p: p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
-    second = make_pr.lay_out(tmp_path)
+    second = make_pr.lay_out(tmp_path, ufmt=None)
     after_second = {p: p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
     assert after_first == after_second
     assert second.edited == []
@@ -143,9 +229,7 @@ def test_edits_of_a_checkout_are_placed_and_idempotent(tmp_path):
         "torchrl/objectives/__init__.py",
         "docs/source/reference/objectives_offline.rst",
         "docs/source/reference/modules.rst",
-        "README.md",
     }
-    assert first.skipped_edits == [".github/unittest/linux_sota/scripts/test_sota.py"]
     assert init.read_text() == (
         "from torchrl.objectives.iql import IQLLoss\n"
         "from torchrl.objectives.misa import MISALoss\n"
@@ -155,9 +239,68 @@ def test_edits_of_a_checkout_are_placed_and_idempotent(tmp_path):
     assert (docs / "modules.rst").read_text() == (
         "   modules_mcts\n   modules_mcmc\n   modules_models\n"
     )
-    assert (tmp_path / "README.md").read_text() == (
+    assert make_pr._readme("Examples include IQL, CQL, Dreamer.\n") == (
         "Examples include IQL, CQL, MISA, Dreamer.\n"
     )
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_pr1_patch_applies_to_torchrl_files(tmp_path):
+    """PR 1's changes of torchrl/ apply to the installed torchrl's files and compile."""
+    import torchrl
+
+    patch = make_pr.HERE / _pr("datasets").patch
+    targets = re.findall(r"^\+\+\+ b/(torchrl/\S+)", patch.read_text(), re.M)
+    installed = Path(torchrl.__file__).parent
+    for rel in targets:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(installed / rel.removeprefix("torchrl/"), tmp_path / rel)
+    subprocess.run(
+        ["git", "apply", "--include=torchrl/*", str(patch)], cwd=tmp_path, check=True
+    )
+    for rel in targets:
+        text = (tmp_path / rel).read_text()
+        assert text != (installed / rel.removeprefix("torchrl/")).read_text(), rel
+        compile(text, rel, "exec")
+    # the test code it adds compiles too, hunk by hunk
+    tests = patch.read_text().split("+++ b/test/libs/test_datasets.py")[1]
+    tests = tests.split("\ndiff --git")[0]
+    hunks = [
+        textwrap.dedent("\n".join(re.findall(r"^\+(.*)$", hunk, re.M)))
+        for hunk in tests.split("\n@@")[1:]
+    ]
+    assert any("class TestD4RLConversion:" in hunk for hunk in hunks)
+    for hunk in hunks:
+        compile(hunk, "test/libs/test_datasets.py", "exec")
+
+
+def test_merge_dedupes_renames_and_drops(tmp_path):
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test/test_a.py").write_text(
+        '"""File a."""\nimport torch\n\nN = 1\n\n\ndef seed():\n    return 0\n\n\n'
+        "def gen():\n    return N\n\n\ndef test_a():\n    assert gen() == N\n"
+    )
+    (tmp_path / "test/test_b.py").write_text(
+        '"""File b."""\nimport torch\nfrom test_a import N\n\nN = 2\n\n\n'
+        "def seed():\n    return 0\n\n\ndef gen():\n    return N\n\n\n"
+        "def helper():\n    return N\n\n\n"
+        "def test_b():\n    assert helper() and gen() == N and seed() == 0 and torch.x.N\n"
+    )
+    merge = make_pr.Merge(
+        sources=["test/test_a.py", "test/test_b.py"],
+        docstring="Both.",
+        drop={"test/test_b.py": ["helper"]},
+        replace={"test/test_b.py": [("helper() and ", "")]},
+    )
+    text = make_pr.merge_tests(merge, repo=tmp_path)
+    tree = ast.parse(text)
+    names = [n for node in tree.body for n in make_pr._top_names(node)]
+    # seed is the same in both files: kept once; N differs: b's is renamed, and
+    # so is b's gen, the same code as a's but reading b's N
+    assert names == ["N", "seed", "gen", "test_a", "N_B", "gen_b", "test_b"]
+    assert "assert gen_b() == N_B and seed() == 0 and torch.x.N" in text
+    assert "from test_a" not in text and text.count("import torch") == 1
+    assert "# File b." in text
 
 
 def test_rewrite_keeps_docstring_first():

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Runs TorchRL's pre-commit checks on the files make_pr.py laid out in a pytorch/rl checkout.
+# Runs TorchRL's pre-commit checks on the files changed in a pytorch/rl checkout since its last commit
+# (one PR of the series, when upstream/check_series.sh runs it).
 #
 #   bash upstream/lint_pr.sh PATH_TO_PYTORCH_RL [TOOLS_BIN]
 #
-# pre-commit itself clones its hooks from GitHub; this runs the same tools at the
-# versions pinned in TorchRL's .pre-commit-config.yaml, installed once with:
-#   python -m venv /tmp/lint && /tmp/lint/bin/pip install "black==22.3.0" "usort==1.0.3" \
-#     "libcst==1.0.1" "ufmt==2.8.0" "flake8==6.1.0" "flake8-bugbear==22.10.27" \
-#     "flake8-comprehensions==3.10.1" "flake8-print==4.0.1" "pydocstyle==6.3.0" \
-#     "pyupgrade==3.20.0" "codespell==2.4.1" tomli autoflake
-# ufmt is applied (as the hook does on commit), then every check runs; the exit
-# status is the number of checks that failed.
+# pre-commit itself clones its hooks from GitHub; this runs the same tools at the versions pinned in
+# TorchRL's .pre-commit-config.yaml (upstream/lint-requirements.txt), installed once with
+#   python3 -m venv /tmp/lint && /tmp/lint/bin/pip install -r upstream/lint-requirements.txt
+# Nothing is changed: make_pr.py already formats what it writes, and the hooks that rewrite files
+# (pyupgrade) run on copies. The exit status is the number of checks that failed.
 set -uo pipefail
 dest=$(cd "${1:?give the pytorch/rl checkout}" && pwd)
 bin=${2:-/tmp/lint/bin}
 cd "$dest"
-mapfile -t py < <(git status --porcelain --untracked-files=all | awk '{print $2}' | grep '\.py$')
+mapfile -t all < <({ git diff --name-only --diff-filter=AM HEAD; git ls-files --others --exclude-standard; } | sort -u)
+mapfile -t py < <(printf '%s\n' "${all[@]}" | grep '\.py$')
 mapfile -t lib < <(printf '%s\n' "${py[@]}" | grep '^torchrl/')
-mapfile -t rst < <(git status --porcelain --untracked-files=all | awk '{print $2}' | grep '\.rst$')
+mapfile -t rst < <(printf '%s\n' "${all[@]}" | grep '^docs/.*\.rst$')
+mapfile -t yaml < <(printf '%s\n' "${all[@]}" | grep -E '\.ya?ml$')
 failed=0
 check() {
     local name=$1
@@ -30,14 +30,33 @@ check() {
         failed=$((failed + 1))
     fi
 }
-"$bin/ufmt" format "${py[@]}" >/dev/null 2>&1
+endings() { # end-of-file-fixer and mixed-line-ending, as checks
+    "$bin/python" - "$@" <<'PY'
+import sys
+bad = [f for f in sys.argv[1:] if (t := open(f, "rb").read()) and (not t.endswith(b"\n") or t.endswith(b"\n\n") or b"\r" in t)]
+print("\n".join(bad))
+sys.exit(bool(bad))
+PY
+}
+rewrites() { # pyupgrade rewrites files: run it on copies
+    local tmp
+    tmp=$(mktemp -d)
+    cp --parents "$@" "$tmp" && (cd "$tmp" && "$bin/pyupgrade" --py311-plus "$@")
+    local status=$?
+    rm -rf "$tmp"
+    return $status
+}
+echo "${#all[@]} files changed: ${#py[@]} Python, ${#rst[@]} docs, ${#yaml[@]} YAML"
 check "ufmt (black 22.3.0, usort 1.0.3)" "$bin/ufmt" check "${py[@]}"
-check "flake8 6.1.0 + bugbear, comprehensions, print" "$bin/flake8" --config=setup.cfg "${py[@]}"
-check "pydocstyle (torchrl/)" "$bin/pydocstyle" "${lib[@]}"
-check "pyupgrade --py311-plus" "$bin/pyupgrade" --py311-plus "${py[@]}"
-check "codespell" "$bin/codespell" "${py[@]}" "${rst[@]}"
+check "flake8 6.1.0 + bugbear, comprehensions, print (setup.cfg)" "$bin/flake8" --config=setup.cfg "${py[@]}"
+check "check-docstring-first" "$bin/check-docstring-first" "${py[@]}"
+check "end-of-file, mixed-line-ending" endings "${all[@]}"
+[ ${#yaml[@]} -gt 0 ] && check "check-yaml" "$bin/check-yaml" "${yaml[@]}"
+[ ${#lib[@]} -gt 0 ] && check "pydocstyle (torchrl/)" "$bin/pydocstyle" "${lib[@]}"
+check "pyupgrade --py311-plus" rewrites "${py[@]}"
+check "codespell" "$bin/codespell" "${all[@]}"
 check "autoflake (unused imports and variables)" "$bin/autoflake" --check --remove-unused-variables --remove-all-unused-imports "${py[@]}"
-check "check-docstring-args (torchrl/)" python3 scripts/check-docstring-args "${lib[@]}"
-check "check-sphinx-section-underline" python3 scripts/check-sphinx-section-underline "${rst[@]}"
-echo "$failed check(s) failed on ${#py[@]} Python files"
+[ ${#lib[@]} -gt 0 ] && check "check-docstring-args (torchrl/)" "$bin/python" scripts/check-docstring-args "${lib[@]}"
+[ ${#rst[@]} -gt 0 ] && check "check-sphinx-section-underline" "$bin/python" scripts/check-sphinx-section-underline "${rst[@]}"
+echo "$failed check(s) failed"
 exit "$failed"

@@ -1,30 +1,54 @@
-"""Lays the MISA pull request out in a pytorch/rl checkout.
+"""Lays the MISA work out in a pytorch/rl checkout as a series of four pull requests.
 
-    python upstream/make_pr.py PATH_TO_PYTORCH_RL          # write the files
-    python upstream/make_pr.py PATH_TO_PYTORCH_RL --dry-run
+    python upstream/make_pr.py PATH_TO_PYTORCH_RL            # PRs 1 to 4, in order
+    python upstream/make_pr.py PATH_TO_PYTORCH_RL --pr 2     # PR 2 only (on top of 1)
+    python upstream/make_pr.py --list                        # which file goes where
+    python upstream/make_pr.py --tests 2 / --message 2       # PR 2's tests / text
 
-Every file of the package that goes upstream is written at TorchRL's path, with
-TorchRL's licence header, ``from __future__ import annotations`` and imports
-rewritten from ``torchrl_misa`` to ``torchrl``. Files of the checkout that list
-TorchRL's components (``torchrl/objectives/__init__.py``, the docs' reference
-pages, the SOTA smoke tests, the README) get one entry each; an entry already
-there is left alone, so running the command twice changes nothing. In a folder
-that is not a pytorch/rl checkout (no such files), only the new files are
-written and the skipped edits are listed.
+Each PR applies on top of pytorch/rl main plus the PRs before it (``SERIES``
+below is the table of which file goes in which PR), has its own description
+(``upstream/PR<n>_<name>.md``) and its own tests:
 
-The command prints what it wrote and every line of a laid-out file that still
-imports ``torchrl_misa`` (code that has no TorchRL home yet).
+1. ``datasets``: the D4RL and Minari fixes, as a patch of TorchRL's own
+   ``torchrl/data/datasets`` files and ``test/libs/test_datasets.py``
+   (``upstream/pr1_datasets.patch``, applied with ``git apply``; to change it,
+   apply it to a checkout, edit there and write ``git diff`` back);
+2. ``mcmc``: ``torchrl/modules/mcmc`` (this repo's ``torchrl_misa/mcmc``) and
+   its tests, merged into one file;
+3. ``misa_loss``: ``MISALoss`` and its helpers, ``TestMISA`` and the other
+   loss tests in one file, the docs entry;
+4. ``recipe``: ``sota-implementations/misa``, its ``sota-check`` script and
+   its ``test_sota.py`` entry. It is laid out only when it imports nothing
+   that TorchRL lacks; otherwise the command names the missing names and
+   stops there (exit status 1).
+
+Files of this package are written at TorchRL's paths with TorchRL's licence
+header, ``from __future__ import annotations`` and ``torchrl_misa`` rewritten
+to ``torchrl``; files that list TorchRL's components get one entry each (an
+entry already there is left alone, so a second run changes nothing). The
+Python files a PR writes or edits are then formatted with ufmt (black and
+usort at TorchRL's pinned versions, ``--ufmt``, found on ``PATH`` or in
+``/tmp/lint/bin`` by default), so that ``lint_pr.sh`` only checks. In a folder
+that is not a pytorch/rl checkout, only the new files are written and the
+patch and edits are listed as skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import io
 import re
+import shutil
+import subprocess
 import sys
+import tokenize
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 HEADER = (
     "# Copyright (c) Meta Platforms, Inc. and affiliates.\n"
@@ -33,22 +57,8 @@ HEADER = (
     "# LICENSE file in the root directory of this source tree.\n"
 )
 
-# (source folder or file in this repo, destination in pytorch/rl, file renames)
-PACKAGE_FILES = [
-    ("torchrl_misa/objectives", "torchrl/objectives", {}),
-    ("torchrl_misa/mcmc", "torchrl/modules/mcmc", {}),
-]
-TEST_FILES = {
-    "test/test_misa_torchrl.py": "test/objectives/test_misa.py",
-    "test/test_misa_loss.py": "test/objectives/test_misa_loss.py",
-    "test/test_misa_variants.py": "test/objectives/test_misa_variants.py",
-    "test/test_misa_sampling.py": "test/objectives/test_misa_sampling.py",
-}
-TEST_GLOBS = {"test/test_mcmc*.py": "test/modules"}
-RECIPE = ("sota-implementations/misa", "sota-implementations/misa")
-
 # Longest first: a module path is rewritten before its package.
-IMPORT_REWRITES = [
+REWRITES = [
     (
         r"\bfrom torchrl_misa import MISALoss\b",
         "from torchrl.objectives import MISALoss",
@@ -57,7 +67,88 @@ IMPORT_REWRITES = [
     (r"\bimport torchrl_misa\.mcmc as\b", "import torchrl.modules.mcmc as"),
     (r"\btorchrl_misa\.objectives\b", "torchrl.objectives"),
     (r"\btorchrl_misa\.mcmc\b", "torchrl.modules.mcmc"),
+    (r"\btorchrl_misa\.MISALoss\b", "torchrl.objectives.MISALoss"),
 ]
+
+
+@dataclass
+class Merge:
+    """Test files of this repo merged into one TorchRL test file.
+
+    Imports are pooled, a later file's top-level name that an earlier file
+    already defines is dropped when its code is the same and renamed (with the
+    file's tag) when not; ``drop`` removes top-level definitions, ``replace``
+    rewrites text (each ``old`` must occur), ``imports`` are added.
+    """
+
+    sources: list[str]
+    docstring: str
+    drop: dict[str, list[str]] = field(default_factory=dict)
+    replace: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    imports: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PR:
+    number: int
+    name: str
+    title: str
+    files: dict[str, str | Merge | Callable[[], str]] = field(default_factory=dict)
+    edits: dict[str, Callable[[str], str]] = field(default_factory=dict)
+    patch: str | None = None
+    tests: list[str] = field(default_factory=list)
+
+    @property
+    def description(self) -> Path:
+        return HERE / f"PR{self.number}_{self.name}.md"
+
+
+MCMC_TESTS = Merge(
+    sources=[
+        "test/test_mcmc.py",
+        "test/test_mcmc_parts.py",
+        "test/test_mcmc_driver.py",
+        "test/test_mcmc_positions.py",
+        "test/test_mcmc_validate.py",
+        "test/test_mcmc_hardening.py",
+        "test/test_mcmc_compile.py",
+    ],
+    docstring="""Tests of torchrl.modules.mcmc.
+
+The sampler against analytic distributions, its parts, a chain-by-chain
+float64 reference, TensorDict positions, input checks, hard targets and the
+compiled transition.
+""",
+)
+
+MISA_TESTS = Merge(
+    sources=[
+        "test/test_misa_torchrl.py",
+        "test/test_misa_loss.py",
+        "test/test_misa_variants.py",
+        "test/test_misa_sampling.py",
+    ],
+    docstring="""Tests of MISALoss.
+
+TestMISA runs TorchRL's per-loss checks; the functions after it recompute
+every loss entry, variant and gradient in float64, and check the correction's
+samples against the tilted policy.
+""",
+    drop={"test/test_misa_torchrl.py": ["DEVICES", "_check_td_steady"]},
+    replace={
+        "test/test_misa_torchrl.py": [
+            ("class TestMISA:", "class TestMISA(LossModuleTestBase):"),
+            ('"device", DEVICES)', '"device", get_default_devices())'),
+        ],
+        "test/test_misa_variants.py": [
+            ("in ``test_misa_loss.reference``", "by ``reference``"),
+        ],
+    },
+    imports=[
+        "from _objectives_common import _check_td_steady, LossModuleTestBase",
+        "from torchrl.testing import get_default_devices",
+    ],
+)
 
 SOTA_COMMAND = '''    "misa_offline": """python sota-implementations/misa/misa_offline.py \\
   optim.gradient_steps=55 \\
@@ -69,110 +160,24 @@ SOTA_COMMAND = '''    "misa_offline": """python sota-implementations/misa/misa_o
 """,
 '''
 
-SOTA_CHECK = """#!/bin/bash
 
-#SBATCH --job-name=misa_offline
-#SBATCH --ntasks=32
-#SBATCH --cpus-per-task=1
-#SBATCH --gres=gpu:1
-#SBATCH --output=slurm_logs/misa_offline_%j.txt
-#SBATCH --error=slurm_errors/misa_offline_%j.txt
-
-current_commit=$(git rev-parse --short HEAD)
-project_name="torchrl-example-check-$current_commit"
-group_name="misa_offline"
-export PYTHONPATH=$(dirname $(dirname $PWD))
-python $PYTHONPATH/sota-implementations/misa/misa_offline.py \\
-  logger.backend=wandb \\
-  logger.project_name="$project_name" \\
-  logger.group_name="$group_name"
-
-# Capture the exit status of the Python command
-exit_status=$?
-# Write the exit status to a file
-if [ $exit_status -eq 0 ]; then
-  echo "${group_name}_${SLURM_JOB_ID}=success" >> report.log
-else
-  echo "${group_name}_${SLURM_JOB_ID}=error" >> report.log
-fi
-"""
-
-MCMC_DOC = """.. currentmodule:: torchrl.modules.mcmc
-
-torchrl.modules.mcmc package
-============================
-
-Batched Hamiltonian Monte Carlo over tensors: every chain of every batch
-element advances as one tensor program. The kernel is built from parts (an
-integrator, a diagonal preconditioner, a divergence threshold) and the step
-size is adapted during burn-in, as in BlackJAX. :class:`~torchrl.objectives.MISALoss`
-uses it to sample ``p(a|s) ∝ pi(a|s) exp Q(s, a)``.
-
-.. autosummary::
-   :toctree: generated/
-
-{entries}
-"""
+def mcmc_exports(repo: Path = REPO) -> list[str]:
+    """Public names of the sampler package (its ``__all__``)."""
+    text = (repo / "torchrl_misa" / "mcmc" / "__init__.py").read_text()
+    match = re.search(r"__all__ = \[(.*?)\]", text, re.S)
+    return re.findall(r'"(\w+)"', match.group(1)) if match else []
 
 
-@dataclass
-class Layout:
-    """What one run wrote, edited, skipped and left importing the side package."""
-
-    written: list[str] = field(default_factory=list)
-    edited: list[str] = field(default_factory=list)
-    skipped_edits: list[str] = field(default_factory=list)
-    leftover_imports: list[str] = field(default_factory=list)
+def _mcmc_doc() -> str:
+    """The reference page: ``upstream/files/docs/modules_mcmc.rst`` with the exports."""
+    text = (HERE / "files" / "docs" / "modules_mcmc.rst").read_text()
+    return text.format(entries="\n".join(f"   {n}" for n in mcmc_exports()))
 
 
-def to_torchrl(source: str) -> str:
-    """Rewrites a file of this package for TorchRL: header, future import, imports."""
-    for pattern, repl in IMPORT_REWRITES:
-        source = re.sub(pattern, repl, source)
-    if "from __future__ import annotations" not in source:
-        source = _insert_future_import(source)
-    if not source.startswith(HEADER):
-        source = HEADER + ("\n" if not source.startswith('"""') else "") + source
-    return source
-
-
-def _insert_future_import(source: str) -> str:
-    # After the module docstring (it must stay first), before any other code.
-    match = re.match(r'(\s*"""(?:.|\n)*?"""\n)', source)
-    head, tail = (match.group(1), source[match.end() :]) if match else ("", source)
-    return head + ("\n" if head else "") + "from __future__ import annotations\n" + tail
-
-
-def planned_files(repo: Path = REPO) -> dict[str, Path]:
-    """Destination path in pytorch/rl -> source file here, for every new file."""
-    plan: dict[str, Path] = {}
-    for src, dst, renames in PACKAGE_FILES:
-        for path in sorted((repo / src).glob("*.py")):
-            if src.endswith("objectives") and path.name == "__init__.py":
-                continue  # exported through TorchRL's own __init__
-            plan[f"{dst}/{renames.get(path.name, path.name)}"] = path
-    for src, dst in TEST_FILES.items():
-        if (repo / src).exists():
-            plan[dst] = repo / src
-    for pattern, dst in TEST_GLOBS.items():
-        for path in sorted(repo.glob(pattern)):
-            plan[f"{dst}/{path.name}"] = path
-    src, dst = RECIPE
-    for path in sorted((repo / src).rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            plan[f"{dst}/{path.relative_to(repo / src).as_posix()}"] = path
-    return plan
-
-
-def _edit(target: Path, rel: str, edit, layout: Layout) -> None:
-    if not target.exists():
-        layout.skipped_edits.append(rel)
-        return
-    text = target.read_text()
-    new = edit(text)
-    if new != text:
-        target.write_text(new)
-        layout.edited.append(rel)
+def _modules_toctree(text: str) -> str:
+    if "   modules_mcmc\n" in text:
+        return text
+    return text.replace("   modules_mcts\n", "   modules_mcts\n   modules_mcmc\n", 1)
 
 
 def _export_misa_loss(text: str) -> str:
@@ -207,12 +212,6 @@ def _offline_docs(text: str) -> str:
     return text.rstrip("\n") + "\n    MISALoss\n"
 
 
-def _modules_toctree(text: str) -> str:
-    if "   modules_mcmc\n" in text:
-        return text
-    return text.replace("   modules_mcts\n", "   modules_mcts\n   modules_mcmc\n", 1)
-
-
 def _sota_commands(text: str) -> str:
     if '"misa_offline"' in text:
         return text
@@ -226,81 +225,483 @@ def _readme(text: str) -> str:
     return text.replace("IQL, CQL,", "IQL, CQL, MISA,", 1)
 
 
-def mcmc_exports(repo: Path = REPO) -> list[str]:
-    """Public names of the sampler package (its ``__all__``)."""
-    text = (repo / "torchrl_misa" / "mcmc" / "__init__.py").read_text()
-    match = re.search(r"__all__ = \[(.*?)\]", text, re.S)
-    return re.findall(r'"(\w+)"', match.group(1)) if match else []
+# The series: which file goes in which pull request. A destination ending in
+# "/" takes every file of the source folder.
+SERIES = [
+    PR(
+        1,
+        "datasets",
+        "[BugFix] D4RL and Minari conversions: the last transition, next states "
+        "at time limits, Minari's data, caches written all or nothing",
+        patch="pr1_datasets.patch",
+        tests=[
+            "test/libs/test_datasets.py",
+            "-k",
+            "TestD4RLConversion or first_conversion",
+            "--runslow",  # TestMinari is marked slow
+        ],
+    ),
+    PR(
+        2,
+        "mcmc",
+        "[Feature] torchrl.modules.mcmc: batched Hamiltonian Monte Carlo",
+        files={
+            "torchrl/modules/mcmc/": "torchrl_misa/mcmc/",
+            "test/modules/test_mcmc.py": MCMC_TESTS,
+            "docs/source/reference/modules_mcmc.rst": _mcmc_doc,
+        },
+        edits={"docs/source/reference/modules.rst": _modules_toctree},
+        tests=["test/modules/test_mcmc.py"],
+    ),
+    PR(
+        3,
+        "misa_loss",
+        "[Algorithm] MISALoss: mutual information regularised offline RL",
+        files={
+            "torchrl/objectives/misa.py": "torchrl_misa/objectives/misa.py",
+            "torchrl/objectives/_misa_bounds.py": "torchrl_misa/objectives/_misa_bounds.py",
+            "torchrl/objectives/_misa_checks.py": "torchrl_misa/objectives/_misa_checks.py",
+            "test/objectives/test_misa.py": MISA_TESTS,
+        },
+        edits={
+            "torchrl/objectives/__init__.py": _export_misa_loss,
+            "docs/source/reference/objectives_offline.rst": _offline_docs,
+        },
+        tests=["test/objectives/test_misa.py"],
+    ),
+    PR(
+        4,
+        "recipe",
+        "[Algorithm] MISA offline recipe",
+        files={
+            "sota-implementations/misa/": "sota-implementations/misa/",
+            "sota-check/run_misa_offline.sh": "upstream/files/sota-check/run_misa_offline.sh",
+        },
+        edits={
+            ".github/unittest/linux_sota/scripts/test_sota.py": _sota_commands,
+            "README.md": _readme,
+        },
+        tests=[
+            ".github/unittest/linux_sota/scripts/test_sota.py",
+            "-k",
+            "misa_offline",
+        ],
+    ),
+]
+
+RECIPE_SUFFIXES = (".py", ".yaml", ".sh", ".md")
 
 
-def lay_out(dest: Path, repo: Path = REPO, dry_run: bool = False) -> Layout:
-    """Writes the pull request's files into ``dest`` (a pytorch/rl checkout)."""
-    layout = Layout()
-    new_files: dict[str, str] = {}
-    for rel, src in planned_files(repo).items():
-        text = src.read_text() if src.suffix in (".py", ".yaml", ".md", ".sh") else None
-        if text is None:
+@dataclass
+class Layout:
+    """What one run wrote, edited, patched, skipped and stopped, per file."""
+
+    written: list[str] = field(default_factory=list)
+    edited: list[str] = field(default_factory=list)
+    patched: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    stopped: dict[int, str] = field(default_factory=dict)
+    formatted: bool = False
+
+
+# -- rewriting one file ----------------------------------------------------------
+
+
+def to_torchrl(source: str, python: bool = True) -> str:
+    """A file of this repo for TorchRL: imports and references, header, future import."""
+    for pattern, repl in REWRITES:
+        source = re.sub(pattern, repl, source)
+    if not python:
+        return source
+    if "from __future__ import annotations" not in source:
+        source = _insert_future_import(source)
+    if not source.startswith(HEADER):
+        source = HEADER + ("\n" if not source.startswith('"""') else "") + source
+    return source
+
+
+def _insert_future_import(source: str) -> str:
+    # After the module docstring (it must stay first), before any other code.
+    match = re.match(r'(\s*"""(?:.|\n)*?"""\n)', source)
+    head, tail = (match.group(1), source[match.end() :]) if match else ("", source)
+    return head + ("\n" if head else "") + "from __future__ import annotations\n" + tail
+
+
+# -- merging test files ------------------------------------------------------------
+
+
+def _top_names(node: ast.stmt) -> list[str]:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+    return []
+
+
+def _rename(source: str, renames: dict[str, str]) -> str:
+    """Renames the names (not attributes, strings or comments) in ``renames``."""
+    lines = source.splitlines(keepends=True)
+    spots, previous = [], None
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME and tok.string in renames and previous != ".":
+            spots.append(tok)
+        if tok.type not in (tokenize.NL, tokenize.COMMENT):
+            previous = tok.string
+    for tok in reversed(spots):
+        (row, start), (_, end) = tok.start, tok.end
+        line = lines[row - 1]
+        lines[row - 1] = line[:start] + renames[tok.string] + line[end:]
+    return "".join(lines)
+
+
+def _imports(node: ast.Import | ast.ImportFrom) -> list[tuple[str, str, str]]:
+    """``(bound name, module or "", imported name [as alias])`` per imported name."""
+    out = []
+    for a in node.names:
+        text = a.name + (f" as {a.asname}" if a.asname else "")
+        bound = a.asname or a.name.split(".")[0]
+        out.append((bound, getattr(node, "module", "") or "", text))
+    return out
+
+
+def _import_block(imports: list[tuple[str, str, str]]) -> str:
+    """One statement per module; a name bound twice keeps its first import."""
+    by_module: dict[str, list[str]] = {}
+    bound: set[str] = set()
+    for name, module, text in imports:
+        if name in bound and module:
             continue
-        if src.suffix == ".py":
-            text = to_torchrl(text)
-        new_files[rel] = text
-    new_files["sota-check/run_misa_offline.sh"] = SOTA_CHECK
-    entries = "\n".join(f"   {name}" for name in mcmc_exports(repo))
-    new_files["docs/source/reference/modules_mcmc.rst"] = MCMC_DOC.format(
-        entries=entries
+        bound.add(name)
+        if text not in by_module.setdefault(module, []):
+            by_module[module].append(text)
+    lines = [f"import {text}" for text in sorted(by_module.pop("", []))]
+    lines += [
+        f"from {module} import {', '.join(sorted(names))}"
+        for module, names in sorted(by_module.items())
+    ]
+    return "\n".join(lines)
+
+
+def merge_tests(merge: Merge, repo: Path = REPO) -> str:
+    """The test files of ``merge`` as one TorchRL test file (before formatting)."""
+    modules = {Path(s).stem for s in merge.sources}
+    imports = [i for line in merge.imports for i in _imports(ast.parse(line).body[0])]
+    sections: list[str] = []
+    marks: list[str] = []
+    defined: dict[str, str] = {}  # top-level name -> its code, first file first
+    for rel in merge.sources:
+        text = to_torchrl((repo / rel).read_text())
+        for old, new in merge.replace.get(rel, []):
+            if old not in text:
+                raise ValueError(f"{rel}: {old!r} not found; update make_pr.MISA_TESTS")
+            text = text.replace(old, new)
+        tree = ast.parse(text)
+        lines = text.splitlines(keepends=True)
+        tag = Path(rel).stem.rsplit("_", 1)[-1]
+        # the file's import block: everything before its first other statement
+        body = list(tree.body)
+        doc = ""
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
+            doc = body.pop(0).value.value
+        start = 0
+        while start < len(body) and isinstance(
+            body[start], (ast.Import, ast.ImportFrom)
+        ):
+            node = body[start]
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if module != "__future__" and module not in modules:
+                imports += _imports(node)
+            start += 1
+        # the section starts after the imports (or the docstring), comments included
+        previous = body[start - 1] if start else (tree.body[0] if doc else None)
+        first_line = previous.end_lineno + 1 if previous else 1
+        drop = set(merge.drop.get(rel, []))
+        nodes = [
+            (n, _top_names(n), ast.get_source_segment(text, n)) for n in body[start:]
+        ]
+
+        # names that an earlier file binds to other code are renamed, and so is
+        # code identical to an earlier file's that uses a renamed name
+        def renamed(name: str) -> str:
+            return f"{name}_{tag.upper() if name.isupper() else tag}"
+
+        renames = {
+            name: renamed(name)
+            for _, names, code in nodes
+            for name in names
+            if name in defined and defined[name] != code and name not in drop
+        }
+        grown = True
+        while grown:
+            grown = False
+            for node, names, code in nodes:
+                same = names and all(defined.get(n) == code for n in names)
+                used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+                if same and used & renames.keys() and not set(names) <= renames.keys():
+                    renames.update({n: renamed(n) for n in names})
+                    grown = True
+        cut: list[tuple[int, int]] = []  # line spans (1-based, inclusive) removed
+        for node, names, code in nodes:
+            if names == ["pytestmark"]:  # module marks go after the imports
+                marks += [code] if code not in marks else []
+                cut.append((_first_line(node), node.end_lineno))
+                continue
+            same = names and all(defined.get(n) == code for n in names)
+            if drop.intersection(names) or (same and not renames.keys() & set(names)):
+                cut.append((_first_line(node), node.end_lineno))
+                continue
+            for name in names:
+                defined.setdefault(renames.get(name, name), code)
+        missing = drop - {n for node in body for n in _top_names(node)}
+        if missing:
+            raise ValueError(f"{rel}: no top-level {sorted(missing)} to drop")
+        kept = [
+            line
+            for number, line in enumerate(lines[first_line - 1 :], first_line)
+            if not any(a <= number <= b for a, b in cut)
+        ]
+        section = _rename("".join(kept), renames) if renames else "".join(kept)
+        comment = "".join(
+            f"# {line}".rstrip() + "\n" for line in doc.strip().splitlines()
+        )
+        sections.append(comment + "\n" + section.strip("\n") + "\n")
+    main = (
+        '\n\nif __name__ == "__main__":\n'
+        "    args, unknown = argparse.ArgumentParser().parse_known_args()\n"
+        '    pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)\n'
+    )
+    imports.append(("argparse", "", "argparse"))
+    return (
+        f'{HEADER}"""{merge.docstring}"""\n\nfrom __future__ import annotations\n\n'
+        + _import_block(imports)
+        + "\n\n"
+        + "".join(f"{mark}\n" for mark in marks)
+        + "\n\n"
+        + "\n\n".join(sections)
+        + main
     )
 
-    for rel, text in new_files.items():
+
+def _first_line(node: ast.stmt) -> int:
+    decorators = getattr(node, "decorator_list", [])
+    return min([node.lineno] + [d.lineno for d in decorators])
+
+
+# -- the series --------------------------------------------------------------------
+
+
+def pr_files(pr: PR, repo: Path = REPO, header: bool = True) -> dict[str, str]:
+    """Destination in pytorch/rl -> text, for every new file of ``pr``.
+
+    ``header=False``: copied files keep their lines (imports rewritten only).
+    """
+    out: dict[str, str] = {}
+    for dst, src in pr.files.items():
+        if isinstance(src, Merge):
+            out[dst] = merge_tests(src, repo)
+        elif callable(src):
+            out[dst] = src()
+        elif dst.endswith("/"):
+            for path in sorted((repo / src).rglob("*")):
+                rel = path.relative_to(repo / src).as_posix()
+                if path.suffix in RECIPE_SUFFIXES and "__pycache__" not in rel:
+                    text = path.read_text()
+                    python = header and path.suffix == ".py"
+                    out[dst + rel] = to_torchrl(text, python=python)
+        else:
+            python = header and dst.endswith(".py")
+            out[dst] = to_torchrl((repo / src).read_text(), python=python)
+    return out
+
+
+def missing_from_torchrl(files: dict[str, str], private: set[str]) -> list[str]:
+    """What laid-out files still need from outside TorchRL: one line per use."""
+    found = []  # (file, line, what)
+    for rel, text in files.items():
+        imports = {}
+        if rel.endswith(".py"):
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = ", ".join(a.name for a in node.names)
+                    imports[node.lineno] = (node.module, f"{names} from {node.module}")
+                elif isinstance(node, ast.Import):
+                    for a in node.names:
+                        imports[node.lineno] = (a.name, f"import {a.name}")
+        for number, (module, what) in imports.items():
+            if module.startswith("torchrl_misa"):
+                found.append((rel, number, what))
+            elif module in private and rel.startswith("sota-"):
+                found.append((rel, number, f"{what} (private to TorchRL)"))
         for number, line in enumerate(text.splitlines(), 1):
-            if rel.endswith(".py") and re.match(
-                r"\s*(from|import) torchrl_misa\b", line
+            if "torchrl_misa" in line and not re.match(r"\s*(from|import) ", line):
+                found.append((rel, number, f"mentions {line.strip()!r}"))
+    return [f"{rel}:{number}: {what}" for rel, number, what in sorted(found)]
+
+
+def _private_modules() -> set[str]:
+    """Modules the series adds that are private (a ``_`` name): the recipe keeps off them."""
+    out = set()
+    for pr in SERIES:
+        for dst in pr.files:
+            parts = dst.removesuffix(".py").split("/")
+            if (
+                dst.startswith("torchrl/")
+                and dst.endswith(".py")
+                and parts[-1][0] == "_"
             ):
-                layout.leftover_imports.append(f"{rel}:{number}: {line.strip()}")
-        layout.written.append(rel)
-        if not dry_run:
+                out.add(".".join(parts))
+    return out
+
+
+def _apply_patch(dest: Path, pr: PR, layout: Layout) -> None:
+    patch = HERE / pr.patch
+    targets = re.findall(r"^\+\+\+ b/(\S+)", patch.read_text(), re.M)
+    absent = [t for t in targets if not (dest / t).exists()]
+    if absent:
+        layout.skipped += [f"{t} (patch of PR {pr.number})" for t in targets]
+        return
+
+    def git_apply(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "apply", *args, str(patch)],
+            cwd=dest,
+            capture_output=True,
+            text=True,
+        )
+
+    if git_apply("--check", "--reverse").returncode == 0:
+        return  # already applied
+    result = git_apply()
+    if result.returncode:
+        layout.stopped[pr.number] = (
+            f"{pr.patch} does not apply to this checkout:\n{result.stderr}"
+        )
+        return
+    layout.patched += targets
+
+
+def find_ufmt() -> str | None:
+    found = shutil.which("ufmt")
+    if found:
+        return found
+    default = Path("/tmp/lint/bin/ufmt")
+    return str(default) if default.exists() else None
+
+
+def lay_out(
+    dest: Path, prs: list[int] | None = None, ufmt: str | None = None, repo: Path = REPO
+) -> Layout:
+    """Writes the PRs numbered ``prs`` (all by default) into ``dest``, in order.
+
+    ``ufmt``: the ufmt executable that formats the written Python files
+    (``None``: left as rewritten).
+    """
+    layout = Layout()
+    private = _private_modules()
+    for pr in SERIES:
+        if prs is not None and pr.number not in prs:
+            continue
+        if any(n < pr.number for n in layout.stopped):
+            layout.stopped[pr.number] = "a PR before it was stopped"
+            continue
+        touched: list[str] = []
+        if pr.patch:
+            _apply_patch(dest, pr, layout)
+            touched += [p for p in layout.patched if p.endswith(".py")]
+        missing = missing_from_torchrl(pr_files(pr, repo, header=False), private)
+        if missing:
+            layout.stopped[pr.number] = (
+                f"PR {pr.number} ({pr.name}) is not laid out: its files need what "
+                "TorchRL does not have:\n" + "\n".join(f"  {m}" for m in missing)
+            )
+            continue
+        for rel, text in pr_files(pr, repo).items():
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
-    if dry_run:
-        return layout
-    edits = {
-        "torchrl/objectives/__init__.py": _export_misa_loss,
-        "docs/source/reference/objectives_offline.rst": _offline_docs,
-        "docs/source/reference/modules.rst": _modules_toctree,
-        ".github/unittest/linux_sota/scripts/test_sota.py": _sota_commands,
-        "README.md": _readme,
-    }
-    for rel, edit in edits.items():
-        _edit(dest / rel, rel, edit, layout)
+            layout.written.append(rel)
+            touched.append(rel)
+        for rel, edit in pr.edits.items():
+            target = dest / rel
+            if not target.exists():
+                layout.skipped.append(rel)
+                continue
+            text = target.read_text()
+            new = edit(text)
+            if new != text:
+                target.write_text(new)
+                layout.edited.append(rel)
+            touched.append(rel)
+        py = sorted({t for t in touched if t.endswith(".py")})
+        if ufmt and py:
+            subprocess.run([ufmt, "-q", "format", *py], cwd=dest, check=True)
+            layout.formatted = True
     return layout
+
+
+def describe_series(repo: Path = REPO) -> str:
+    """The table: each PR, its description, its files and edits, its tests."""
+    out = []
+    for pr in SERIES:
+        out.append(f"PR {pr.number} {pr.title}")
+        out.append(f"  description: {pr.description.relative_to(repo)}")
+        if pr.patch:
+            patch = (HERE / pr.patch).read_text()
+            for target in re.findall(r"^\+\+\+ b/(\S+)", patch, re.M):
+                out.append(f"  ~ {target} (upstream/{pr.patch})")
+        for rel in pr_files(pr, repo):
+            out.append(f"  + {rel}")
+        for rel in pr.edits:
+            out.append(f"  ~ {rel}")
+        out.append(f"  tests: pytest {' '.join(pr.tests)}")
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "dest", type=Path, help="a pytorch/rl checkout (or an empty folder)"
+        "dest", type=Path, nargs="?", help="a pytorch/rl checkout (or an empty folder)"
     )
-    parser.add_argument("--dry-run", action="store_true", help="list, write nothing")
+    parser.add_argument(
+        "--pr", type=int, action="append", help="lay out this PR only (repeatable)"
+    )
+    parser.add_argument("--ufmt", default=find_ufmt(), help="the ufmt executable")
+    parser.add_argument("--list", action="store_true", help="print the series' table")
+    parser.add_argument("--tests", type=int, help="print PR N's pytest arguments")
+    parser.add_argument(
+        "--message", type=int, help="print PR N's title and description"
+    )
     args = parser.parse_args(argv)
-    if args.dest.exists() and not args.dest.is_dir():
-        parser.error(
-            f"{args.dest} is not a folder: give the root of a pytorch/rl checkout."
-        )
-    layout = lay_out(args.dest, dry_run=args.dry_run)
-    print(
-        f"{'would write' if args.dry_run else 'wrote'} {len(layout.written)} files under {args.dest}"
-    )
+    if args.list:
+        print(describe_series())
+        return 0
+    if args.tests or args.message:
+        pr = SERIES[(args.tests or args.message) - 1]
+        if args.tests:
+            print("\n".join(pr.tests))
+        else:
+            print(f"{pr.title}\n\n{pr.description.read_text()}", end="")
+        return 0
+    if args.dest is None or (args.dest.exists() and not args.dest.is_dir()):
+        parser.error("give the root of a pytorch/rl checkout (or an empty folder).")
+    layout = lay_out(args.dest, args.pr, args.ufmt)
+    print(f"wrote {len(layout.written)} files under {args.dest}")
     for rel in layout.written:
         print(f"  + {rel}")
-    for rel in layout.edited:
+    for rel in layout.patched + layout.edited:
         print(f"  ~ {rel}")
-    for rel in layout.skipped_edits:
+    for rel in layout.skipped:
         print(f"  skipped (not in this folder): {rel}")
-    if layout.leftover_imports:
-        print("still importing torchrl_misa (no TorchRL home yet):")
-        for line in layout.leftover_imports:
-            print(f"  {line}")
-    return 0
+    if not layout.formatted and layout.written:
+        print("not formatted: no ufmt (pass --ufmt; see upstream/lint_pr.sh)")
+    for number, message in layout.stopped.items():
+        print(f"stopped at PR {number}: {message}", file=sys.stderr)
+    return 1 if layout.stopped else 0
 
 
 if __name__ == "__main__":

@@ -1,31 +1,30 @@
 #!/usr/bin/env bash
-# Runs the MISA tests laid out by make_pr.py inside a pytorch/rl checkout, against an installed torchrl.
+# Runs tests of a pytorch/rl checkout the series was laid into, against an installed torchrl plus the series.
 #
-#   bash upstream/test_pr.sh PATH_TO_PYTORCH_RL [PYTHON] [pytest args...]
+#   bash upstream/test_pr.sh PATH_TO_PYTORCH_RL BASE PYTHON [pytest args...]
 #
-# Building TorchRL from the checkout needs its C++ extension; instead, the
-# installed torchrl package (PYTHON's, default this repo's .venv) is copied to a
-# temporary folder, the laid-out torchrl/objectives/misa.py, its helper modules
-# and torchrl/modules/mcmc/ are added to the copy, MISALoss is exported from its
-# torchrl.objectives, and pytest runs the checkout's test files on that copy.
+# BASE is the pytorch/rl commit the series starts from, PYTHON the interpreter of a venv with torch,
+# torchrl, tensordict and pytest. Building TorchRL from the checkout needs its C++ extension; instead
+# the installed torchrl package is copied to a temporary folder and the checkout's changes since BASE
+# are applied to the copy (new files copied, changed files patched). pytest then runs in the checkout
+# on that copy; `python -P` keeps the checkout's unbuilt torchrl/ off sys.path, and PYTHON's folder
+# goes first on PATH so that the `python` of test_sota.py's commands is PYTHON.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-dest=$(cd "${1:?give the pytorch/rl checkout make_pr.py wrote into}" && pwd)
-python=${2:-$here/.venv/bin/python}
-shift $(($# < 2 ? $# : 2))
-installed=$("$python" -c "import torchrl, os; print(os.path.dirname(torchrl.__file__))")
+dest=$(cd "${1:?give the pytorch/rl checkout}" && pwd)
+base=${2:?give the pytorch/rl commit the series starts from}
+python=${3:?give the python of a venv with torch, torchrl, tensordict and pytest}
+shift 3
+installed=$("$python" -P -c "import torchrl, os; print(os.path.dirname(torchrl.__file__))")
 overlay=$(mktemp -d)
 trap 'rm -rf "$overlay"' EXIT
 cp -r "$installed" "$overlay/torchrl"
-cp "$dest"/torchrl/objectives/misa.py "$dest"/torchrl/objectives/_misa_*.py "$overlay/torchrl/objectives/" 2>/dev/null ||
-    cp "$dest"/torchrl/objectives/misa.py "$overlay/torchrl/objectives/"
-rm -rf "$overlay/torchrl/modules/mcmc"
-cp -r "$dest/torchrl/modules/mcmc" "$overlay/torchrl/modules/mcmc"
-echo "from torchrl.objectives.misa import MISALoss  # noqa: F401" >>"$overlay/torchrl/objectives/__init__.py"
-version=$("$python" -c 'import torchrl; print(torchrl.__version__)')
 cd "$dest"
-tests=(test/objectives/test_misa*.py test/modules/test_mcmc*.py)
-echo "torchrl $version from $installed, with the laid-out MISA files"
-# The pytest script, not `python -m pytest`: the latter puts the checkout (and its
-# unbuilt torchrl/) first on sys.path.
-PYTHONPATH="$overlay" "$(dirname "$python")/pytest" -p no:cacheprovider -q "${tests[@]}" "$@"
+git diff "$base" --diff-filter=M -- torchrl | patch -s -p1 -d "$overlay"
+{ git diff "$base" --name-only --diff-filter=A -- torchrl; git ls-files --others --exclude-standard torchrl; } |
+    while read -r file; do
+        mkdir -p "$overlay/$(dirname "$file")" && cp "$file" "$overlay/$file"
+    done
+version=$("$python" -P -c 'import torchrl; print(torchrl.__version__)')
+echo "torchrl $version from $installed, with the checkout's changes since ${base:0:9}"
+export PYTHONPATH="$overlay" PATH="$(dirname "$python"):$PATH"
+"$python" -P -m pytest -p no:cacheprovider -q "$@"
