@@ -296,11 +296,17 @@ def test_invalid_settings_stop_the_script_before_loading_data(tmp_path):
         f"replay_buffer.dataset={tmp_path / 'missing.hdf5'}",
         "replay_buffer.batch_size=0",
     ]
-    proc, _ = run([*args, "logger.eval_iter=-5"], tmp_path, "invalid", timeout=120)
+    proc, _ = run(
+        [*args, "logger.eval_iter=-5", "optim.num_threads=0"],
+        tmp_path,
+        "invalid",
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "Invalid configuration:" in proc.stderr
     assert "replay_buffer.batch_size=0: must be a positive integer" in proc.stderr
     assert "logger.eval_iter=-5: must be a positive integer" in proc.stderr
+    assert "optim.num_threads=0: torch's CPU threads" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

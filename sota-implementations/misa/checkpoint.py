@@ -52,6 +52,7 @@ _HEADER_LEN = len(_HEADER.format(version=0, size=0, sha256="0" * 64))
 MAY_CHANGE = (
     "optim.gradient_steps",  # the budget, at least the checkpoint's step
     "optim.device",
+    "optim.num_threads",
     "logger.*",
     "checkpoint.interval",
     "checkpoint.dir",

@@ -14,6 +14,7 @@ The makers are in ``utils.py``.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 import warnings
@@ -54,12 +55,33 @@ from utils import (
     rng_state,
     seed_everything,
     set_rng_state,
+    set_threads,
     update_step,
     validate_config,
 )
 
 from torchrl_misa.data import dataset_average_normalized_score, normalized_score
 from torchrl_misa.data.cache import CacheWriteError, content_sha256
+
+
+def pickle_recipe_by_value() -> None:
+    """Lets hydra's submitit launchers (``submitit_local``, ``submitit_slurm``) ship the job.
+
+    A submitit job unpickles ``main`` in a fresh interpreter, on a cluster node
+    too, where this folder is not importable: the recipe's modules import each
+    other by name, as TorchRL's recipes do. cloudpickle, which submitit pickles
+    with, then carries their code by value, not by name. A no-op without it.
+    """
+    try:
+        import cloudpickle
+    except ImportError:
+        return
+    for name in ("utils", "checkpoint", __name__):
+        if name != "__main__":  # cloudpickle ships __main__ by value anyway
+            cloudpickle.register_pickle_by_value(sys.modules[name])
+
+
+pickle_recipe_by_value()
 
 
 @hydra.main(version_base="1.2", config_path="", config_name="config")
@@ -100,6 +122,7 @@ def _train(
     device = torch.device(
         cfg.optim.device or ("cuda" if torch.cuda.is_available() else "cpu")
     )
+    set_threads(cfg.optim.num_threads)
     seed_everything(cfg.env.seed)
     num_agents = cfg.num_agents
 

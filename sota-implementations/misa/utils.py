@@ -150,6 +150,11 @@ def validate_config(cfg: DictConfig) -> None:
             "must be a positive integer",
         )
     check(
+        "optim.num_threads",
+        lambda v: v is None or (isinstance(v, int) and _is_number(v) and v > 0),
+        "torch's CPU threads: a positive integer, or null for torch's default",
+    )
+    check(
         "env.seed",
         lambda v: isinstance(v, int) and _is_number(v) and 0 <= v < 2**32,
         "must be an integer in [0, 2**32) (numpy's seeds)",
@@ -332,17 +337,17 @@ def authors_init_(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def _authors_init_critics_(loss: MISALoss, critic: nn.Module) -> None:
-    """Each critic of the loss's ensemble, and its target, from :func:`authors_init_`.
+    """Each critic of the loss's ensemble from :func:`authors_init_`.
 
     TorchRL's ensemble of ``num_qvalue_nets`` critics redraws each copy
     uniformly within the range of the module's parameters; this draws every
-    copy from the authors' initialisation instead.
+    copy from the authors' initialisation instead. The targets start as these
+    copies when :func:`build_recipe` attaches the loss's ``SoftUpdate``.
     """
     for i in range(loss.num_qvalue_nets):
         member = authors_init_(copy.deepcopy(critic))
         for key, value in TensorDict.from_module(member).items(True, True):
             loss.qvalue_network_params.get(key).data[i].copy_(value)
-            loss.target_qvalue_network_params.get(key).data[i].copy_(value)
 
 
 def _mlp(out_features: int, cells, activation: str) -> MLP:
@@ -540,7 +545,10 @@ def compile_update(update: Callable, cfg: DictConfig) -> Callable:
             "the CPU; install g++ or set CXX); running the update eagerly."
         )
         return update
-    torch._dynamo.config.capture_scalar_outputs = True
+    # imported here: a submitit job pickles this function, not torch's config module
+    from torch._dynamo import config as dynamo_config
+
+    dynamo_config.capture_scalar_outputs = True
     return torch.compile(update, mode=cfg.compile.compile_mode)
 
 
@@ -676,6 +684,10 @@ def build_recipe(
     for i in range(num_agents):
         torch.manual_seed(seed + i)
         loss, policy = make_loss()
+        if tau is not None:
+            # copies the critics into their targets, as for one agent; the
+            # group then steps every agent's targets at once
+            SoftUpdate(loss, tau=tau)
         losses.append(loss)
         policies.append(policy)
     group = AgentGroup(losses)
@@ -813,6 +825,12 @@ def log_metrics(logger, metrics: dict, step: int) -> None:
         return
     for name, value in metrics.items():
         logger.log_scalar(name, float(value), step=step)
+
+
+def set_threads(num_threads: int | None) -> None:
+    """torch's intra-op CPU threads (``optim.num_threads``; ``None`` keeps torch's default)."""
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
 
 
 def seed_everything(seed: int) -> None:
