@@ -18,6 +18,8 @@ agents).
     python benchmarks/learning.py --scale small --agents   # each method's seeds in one process
     python benchmarks/learning.py --scale long --methods misa cql
     python benchmarks/learning.py --scale paper --shard 0/8
+    python benchmarks/learning.py --scale mujoco --agents --jobs 30 \\
+        --launcher submitit_slurm --launcher-args hydra.launcher.partition=gpu
     python benchmarks/learning.py --scale small --methods misa --seeds 3 4   # more seeds
     python benchmarks/report.py                             # tables and curves
 """
@@ -336,17 +338,41 @@ def run_dir_of(job: Job, out_csv: Path) -> Path:
     return RESULTS / "runs" / (job.scale if own else out_csv.stem) / job.name
 
 
-def run_job(job: Job, out_csv: Path, threads: int) -> list[dict]:
-    """Runs ``job``; appends and returns one row per seed."""
-    run_dir = run_dir_of(job, out_csv)
-    cmd = [
+def job_command(
+    job: Job, run_dir: Path, launcher: str | None = None, launcher_args=()
+) -> list[str]:
+    """The script's command for ``job``, run here or sent through a hydra launcher.
+
+    With ``launcher`` (e.g. ``submitit_slurm``) the job is a one-job hydra
+    multirun whose output folder is ``run_dir``: the command waits for the
+    job, and a requeued job continues its checkpoint there.
+    """
+    where = [f"hydra.run.dir={run_dir}"]
+    if launcher:
+        where = [
+            "--multirun",
+            f"hydra/launcher={launcher}",
+            f"hydra.sweep.dir={run_dir}",
+            "hydra.sweep.subdir=.",
+            *launcher_args,
+        ]
+    return [
         sys.executable,
         str(job.script),
+        *where,
         *job.overrides(),
-        f"hydra.run.dir={run_dir}",
         "logger.progress_bar=false",
     ]
+
+
+def run_job(
+    job: Job, out_csv: Path, threads: int, launcher=None, launcher_args=()
+) -> list[dict]:
+    """Runs ``job``; appends and returns one row per seed."""
+    run_dir = run_dir_of(job, out_csv)
+    cmd = job_command(job, run_dir, launcher, launcher_args)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd.append(f"optim.num_threads={threads}")
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -404,6 +430,18 @@ def main(argv=None) -> None:
         action="store_true",
         help="train each method's seeds on a dataset in one process (num_agents)",
     )
+    parser.add_argument(
+        "--launcher",
+        help="hydra launcher for every job (submitit_local, submitit_slurm); "
+        "--jobs of them wait side by side",
+    )
+    parser.add_argument(
+        "--launcher-args",
+        nargs="*",
+        default=[],
+        help="its settings, e.g. hydra.launcher.partition=gpu "
+        "hydra.launcher.timeout_min=720 hydra.launcher.gpus_per_node=1",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the jobs")
     parser.add_argument("--out", type=Path, help="results csv")
     args = parser.parse_args(argv)
@@ -442,7 +480,12 @@ def main(argv=None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_job, j, out_csv, args.threads) for j in todo]
+        futures = [
+            pool.submit(
+                run_job, j, out_csv, args.threads, args.launcher, args.launcher_args
+            )
+            for j in todo
+        ]
         for k, fut in enumerate(futures, 1):
             for row in fut.result():
                 print(

@@ -4,6 +4,7 @@
 node: the pickled job in a fresh interpreter, requeued on a preemption signal.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -127,3 +128,29 @@ def test_preempted_job_is_requeued_and_continues_its_checkpoint(
     assert 0 < int(resumed[0]) < STEPS
     # the requeued job ends where the uninterrupted one does
     assert summary(sweep / "0") == summary(two_seeds / "0")
+
+
+def test_learning_benchmark_job_through_the_launcher(tmp_path, dataset):
+    """``learning.py --launcher``: a method's seeds as one group job, its folder the run's."""
+    spec = importlib.util.spec_from_file_location(
+        "learning", REPO / "benchmarks" / "learning.py"
+    )
+    learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learning)
+    job = learning.Job("small", str(dataset), "cql", 0, 2)
+    run_dir = tmp_path / job.name
+    cmd = learning.job_command(job, run_dir, "submitit_local")
+    tiny = [s for s in SETTINGS if not s.startswith(("preset", "loss."))]
+    proc = subprocess.run(
+        [*cmd, *tiny, "optim.gradient_steps=20", "logger.eval_iter=20"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = summary(run_dir)
+    assert record["algorithm"] == "cql"
+    assert [agent["seed"] for agent in record["agents"]] == [0, 1]
+    assert record["steps"] == 20

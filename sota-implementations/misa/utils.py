@@ -19,6 +19,7 @@ import math
 import os
 import random
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -549,6 +550,10 @@ def compile_update(update: Callable, cfg: DictConfig) -> Callable:
     from torch._dynamo import config as dynamo_config
 
     dynamo_config.capture_scalar_outputs = True
+    # tensordict 0.14 reads a dynamo flag torch has deprecated: not the user's concern
+    warnings.filterwarnings(
+        "ignore", ".*inline_inbuilt_nn_modules is deprecated", FutureWarning
+    )
     return torch.compile(update, mode=cfg.compile.compile_mode)
 
 

@@ -64,8 +64,11 @@ def check_step_size(step_size: float) -> None:
 
 
 def _check_integer(name: str, value, low: int) -> None:
-    """Refuses anything but an integer >= ``low``: a float (even ``2.0``) would fail
-    later as a ``TypeError`` deep in the sampler (``range(2.0)``)."""
+    """Refuses anything but an integer >= ``low``.
+
+    A float (even ``2.0``) would fail later as a ``TypeError`` deep in the
+    sampler (``range(2.0)``).
+    """
     if isinstance(value, bool) or not isinstance(value, Integral):
         kind = (
             f" ({type(value).__name__}; pass int({value!r}))" if _whole(value) else ""

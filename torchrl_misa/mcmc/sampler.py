@@ -231,9 +231,9 @@ def hmc_sample(
     else:
         positions = []
         for t, draw in enumerate(draws):
-            burnin = t < num_burnin
+            burn_in = t < num_burnin
             adapt, keep = t < num_adaptation_steps, _kept(t, num_burnin, thin)
-            flags = (burnin, not burnin, adapt, keep)
+            flags = (burn_in, not burn_in, adapt, keep)
             carry, new_position = transition(carry, (*draw, *flags))
             positions.append(new_position)
         positions = torch.stack(positions)  # [num_transitions, *chain_batch, d]
@@ -285,7 +285,7 @@ def _transition(
     body runs both ways.
     """
     (position, log_prob, grad), step, acc_burnin, acc_kept, divergent, nonfinite = carry
-    momentum, log_u, burnin, sampling, adapt, keep = x
+    momentum, log_u, burn_in, sampling, adapt, keep = x
     state = TensorDict(
         {"position": position, "log_prob": log_prob, "grad": grad},
         batch_size=log_prob.shape,
@@ -305,7 +305,7 @@ def _transition(
     carry = (
         (state["position"], new_log_prob, state["grad"]),
         _update_if(adapt, step, lambda: adaptation.update(step, accept_prob)),
-        _update_if(burnin, acc_burnin, lambda: acc_burnin + accepted),
+        _update_if(burn_in, acc_burnin, lambda: acc_burnin + accepted),
         _update_if(sampling, acc_kept, lambda: acc_kept + accepted),
         divergent + info["divergent"],
         _update_if(keep, nonfinite, lambda: nonfinite | ~torch.isfinite(new_log_prob)),
@@ -334,8 +334,8 @@ def _scan_chain(transition, carry, draws, num_burnin, num_adaptation_steps, thin
     t = torch.arange(len(draws), device=momenta.device)
     after = t - num_burnin
     kept = (after >= 0) & (after.remainder(thin) == thin - 1)
-    burnin = t < num_burnin
-    xs = (momenta, log_us, burnin, ~burnin, t < num_adaptation_steps, kept)
+    burn_in = t < num_burnin
+    xs = (momenta, log_us, burn_in, ~burn_in, t < num_adaptation_steps, kept)
 
     def body(carry, x):
         carry, position = transition(carry, x)

@@ -1095,8 +1095,11 @@ def _sample_outside_graph(*args, **kwargs) -> tuple[Tensor, TensorDictBase]:
 
 
 def run_sampler(compile_sampler: bool) -> Callable[..., tuple[Tensor, TensorDictBase]]:
-    """The sampler call of a loss: traced by an outer ``torch.compile`` (as one
-    scan) unless ``compile_sampler`` compiles each transition on its own."""
+    """The sampler call of a loss.
+
+    Traced by an outer ``torch.compile`` (as one scan) unless
+    ``compile_sampler`` compiles each transition on its own.
+    """
     if compile_sampler:
         return _sample_outside_graph
     return _mcmc.sample_tilted_tanh_normal
