@@ -123,6 +123,8 @@ def test_preempted_job_is_requeued_and_continues_its_checkpoint(
     finish(proc)
 
     log = (sweep / "0" / "misa_offline.log").read_text()
+    # the signal waits for the update under way, which then saves
+    assert "Preemption signal: saving a checkpoint after this update." in log
     resumed = re.findall(r"Resuming from .*last\.pt \(step (\d+)\)", log)
     assert len(resumed) == 1, log
     assert 0 < int(resumed[0]) < STEPS
@@ -135,7 +137,7 @@ def test_learning_benchmark_job_through_the_launcher(tmp_path, dataset):
     spec = importlib.util.spec_from_file_location(
         "learning", REPO / "benchmarks" / "learning.py"
     )
-    learning = importlib.util.module_from_spec(spec)
+    learning = sys.modules["learning"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(learning)
     job = learning.Job("small", str(dataset), "cql", 0, 2)
     run_dir = tmp_path / job.name

@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import uuid
@@ -590,3 +591,46 @@ def drop_logged_after(folder: str | Path, step: int) -> None:
             tmp = csv.with_name(f"{csv.name}.{os.getpid()}.tmp")
             tmp.write_text("".join(kept))
             os.replace(tmp, csv)
+
+
+class DeferredPreemption:
+    """Holds a scheduler's preemption signal until the loop can save a checkpoint.
+
+    Inside a submitit job (``hydra/launcher=submitit_*``) the preemption
+    signal (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default) calls submitit's
+    handler, which requeues the job by raising ``SystemExit`` wherever the
+    main thread is, e.g. halfway through an update. While this context is
+    open the signal only sets :attr:`pending`; :meth:`fire` (after the loop
+    has saved) hands it to that handler. Elsewhere it does nothing.
+    """
+
+    def __init__(self) -> None:
+        name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+        self.signum = getattr(signal, f"SIG{name}", None)
+        self.pending = None
+        self._handler = None
+
+    def __enter__(self) -> DeferredPreemption:
+        if self.signum is not None:
+            handler = signal.getsignal(self.signum)
+            if callable(handler):  # a handler of the job's, not SIG_DFL
+                self._handler = handler
+                signal.signal(self.signum, self._defer)
+        return self
+
+    def _defer(self, signum, frame) -> None:
+        log.warning("Preemption signal: saving a checkpoint after this update.")
+        self.pending = (signum, frame)
+
+    def fire(self) -> None:
+        """Calls the job's handler with a signal that arrived (it may exit)."""
+        if self.pending is not None and self._handler is not None:
+            signal.signal(self.signum, self._handler)
+            pending, self.pending = self.pending, None
+            self._handler(*pending)
+
+    def __exit__(self, *exc) -> None:
+        if self._handler is not None:
+            signal.signal(self.signum, self._handler)
+            if exc[0] is None:
+                self.fire()

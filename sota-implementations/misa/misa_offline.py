@@ -31,6 +31,7 @@ from checkpoint import (
     checkpoint_nbytes,
     CHECKPOINT_NAME,
     CheckpointError,
+    DeferredPreemption,
     drop_logged_after,
     remove_stale_temporaries,
     resume_state,
@@ -180,70 +181,75 @@ def _train(
     eval_envs = cfg.logger.eval_envs
     pbar = tqdm.tqdm(total=total, initial=start, disable=not cfg.logger.progress_bar)
     t_last, steps_since = time.perf_counter(), 0
-    try:
-        for step in range(start, total):
-            with timeit("sample"):
-                batch = recipe.sample(replay_buffer)
-            with timeit("update"):
-                torch.compiler.cudagraph_mark_step_begin()
-                loss_td = update(batch, recipe.active_groups(step))
-            pbar.update(1)
-            steps_since += 1
-            done = step + 1 == total
+    with DeferredPreemption() as preemption:
+        try:
+            for step in range(start, total):
+                with timeit("sample"):
+                    batch = recipe.sample(replay_buffer)
+                with timeit("update"):
+                    torch.compiler.cudagraph_mark_step_begin()
+                    loss_td = update(batch, recipe.active_groups(step))
+                pbar.update(1)
+                steps_since += 1
+                done = step + 1 == total
 
-            if (step + 1) % cfg.logger.log_interval == 0 or done:
-                speed = steps_since / (time.perf_counter() - t_last)
-                t_last, steps_since = time.perf_counter(), 0
-                metrics = _loss_metrics(loss_td, num_agents)
-                metrics.update(timeit.todict(prefix="time"))
-                metrics["time/updates_per_s"] = speed
-                log_metrics(logger, metrics, step + 1)
-                pbar.set_postfix(updates_s=f"{speed:.1f}", refresh=False)
+                if (step + 1) % cfg.logger.log_interval == 0 or done:
+                    speed = steps_since / (time.perf_counter() - t_last)
+                    t_last, steps_since = time.perf_counter(), 0
+                    metrics = _loss_metrics(loss_td, num_agents)
+                    metrics.update(timeit.todict(prefix="time"))
+                    metrics["time/updates_per_s"] = speed
+                    log_metrics(logger, metrics, step + 1)
+                    pbar.set_postfix(updates_s=f"{speed:.1f}", refresh=False)
 
-            if (step + 1) % cfg.logger.eval_iter == 0 or done:
-                with timeit("eval"):
-                    returns = evaluate(
-                        eval_env,
-                        recipe.policy,
-                        cfg.logger.eval_steps,
-                        seed=eval_seed(cfg.env.seed, step + 1),
-                    ).reshape(num_agents, eval_envs)
-                agent_scores = [
-                    float(np.mean(normalized_score(cfg.replay_buffer.dataset, r)))
-                    for r in returns
-                ]
-                scores.append(
-                    (step + 1, agent_scores[0] if num_agents == 1 else agent_scores)
-                )
-                log_metrics(logger, _eval_metrics(returns, agent_scores), step + 1)
-                pbar.write(
-                    f"step {step + 1}: return {returns.mean():.1f}, normalised score "
-                    f"{np.mean(agent_scores):.1f}"
-                    + (_per_agent(agent_scores) if num_agents > 1 else "")
-                )
+                if (step + 1) % cfg.logger.eval_iter == 0 or done:
+                    with timeit("eval"):
+                        returns = evaluate(
+                            eval_env,
+                            recipe.policy,
+                            cfg.logger.eval_steps,
+                            seed=eval_seed(cfg.env.seed, step + 1),
+                        ).reshape(num_agents, eval_envs)
+                    agent_scores = [
+                        float(np.mean(normalized_score(cfg.replay_buffer.dataset, r)))
+                        for r in returns
+                    ]
+                    scores.append(
+                        (step + 1, agent_scores[0] if num_agents == 1 else agent_scores)
+                    )
+                    log_metrics(logger, _eval_metrics(returns, agent_scores), step + 1)
+                    pbar.write(
+                        f"step {step + 1}: return {returns.mean():.1f}, normalised score "
+                        f"{np.mean(agent_scores):.1f}"
+                        + (_per_agent(agent_scores) if num_agents > 1 else "")
+                    )
 
-            if (step + 1) % cfg.checkpoint.interval == 0 or done:
-                state = {
-                    "recipe": recipe.state_dict(),
-                    "step": step + 1,
-                    "rng": rng_state(),
-                    "scores": scores,
-                    "exp_name": exp_name,
-                    "run_id": run_id,
-                    "config": config,
-                    "dataset_sha256": dataset_sha256,
-                }
-                try:
-                    save_checkpoint(ckpt_path, state)
-                except CheckpointError as err:
-                    raise CheckpointError(
-                        f"Stopped at step {step + 1}. {err} "
-                        + _how_to_continue(ckpt_path, saved_step)
-                    ) from None
-                saved_step = step + 1
-    finally:
-        pbar.close()
-        eval_env.close(raise_if_closed=False)  # a batched env never stepped is "closed"
+                preempted = preemption.pending is not None
+                if (step + 1) % cfg.checkpoint.interval == 0 or done or preempted:
+                    state = {
+                        "recipe": recipe.state_dict(),
+                        "step": step + 1,
+                        "rng": rng_state(),
+                        "scores": scores,
+                        "exp_name": exp_name,
+                        "run_id": run_id,
+                        "config": config,
+                        "dataset_sha256": dataset_sha256,
+                    }
+                    try:
+                        save_checkpoint(ckpt_path, state)
+                    except CheckpointError as err:
+                        raise CheckpointError(
+                            f"Stopped at step {step + 1}. {err} "
+                            + _how_to_continue(ckpt_path, saved_step)
+                        ) from None
+                    saved_step = step + 1
+                    preemption.fire()  # a requeue exits here, progress saved
+        finally:
+            pbar.close()
+            eval_env.close(
+                raise_if_closed=False
+            )  # a batched env never stepped is "closed"
 
     seeds = [cfg.env.seed + i for i in range(num_agents)]
     agents = [
