@@ -43,6 +43,7 @@ from torchrl_misa.objectives._misa_checks import (
     check_batch,
     check_batch_values,
     check_options,
+    check_value_hyperparams,
     check_weights,
     next_key,
 )
@@ -591,8 +592,6 @@ class MISALoss(LossModule):
         self, value_type: ValueEstimators | None = None, **hyperparams
     ) -> None:
         """Builds the value estimator of the backup (TD(0), gamma 0.99 by default)."""
-        from torchrl_misa.objectives._misa_checks import check_value_hyperparams
-
         check_value_hyperparams(hyperparams)
         if value_type is None:
             value_type = self.default_value_estimator
