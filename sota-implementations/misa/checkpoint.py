@@ -413,7 +413,8 @@ def config_differences(saved: dict, now: dict, step: int) -> list[tuple[str, str
     """What keeps a run with config ``now`` from continuing a checkpoint.
 
     Every entry must be equal, except those of :data:`MAY_CHANGE`;
-    ``optim.gradient_steps`` must be at least the checkpoint's step.
+    ``optim.gradient_steps`` must be at least the checkpoint's step, and equal
+    to the checkpoint's once that step is past it (in the online phase).
 
     Args:
         saved: the resolved config stored in the checkpoint.
@@ -447,13 +448,24 @@ def config_differences(saved: dict, now: dict, step: int) -> list[tuple[str, str
             else:
                 override = f"{key}={_as_override(old)}"
             found.append((line, override))
-    budget = _get(now, "optim.gradient_steps")
-    if budget < step:
+    budget, saved_budget = _get(now, "optim.gradient_steps"), _get(
+        saved, "optim.gradient_steps"
+    )
+    if step > saved_budget and budget != saved_budget:
+        # past the offline updates: the online phase's steps count from there
+        found.append(
+            (
+                f"optim.gradient_steps: checkpoint {saved_budget} vs now {budget} (the "
+                f"checkpoint, at step {step}, is in the online phase)",
+                f"optim.gradient_steps={saved_budget}",
+            )
+        )
+    elif budget < step:
         found.append(
             (
                 f"optim.gradient_steps: checkpoint step {step} vs now {budget} "
                 "(the budget must be at least the checkpoint's step)",
-                f"optim.gradient_steps={max(step, _get(saved, 'optim.gradient_steps'))}",
+                f"optim.gradient_steps={max(step, saved_budget)}",
             )
         )
     return found

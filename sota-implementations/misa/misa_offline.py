@@ -40,6 +40,7 @@ from checkpoint import (
 )
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from online import OnlinePhase
 from torchrl._utils import logger as torchrl_logger, timeit
 from torchrl.record.loggers import CSVLogger
 from utils import (
@@ -77,7 +78,7 @@ def pickle_recipe_by_value() -> None:
         import cloudpickle
     except ImportError:
         return
-    for name in ("utils", "checkpoint", __name__):
+    for name in ("utils", "checkpoint", "online", __name__):
         if name != "__main__":  # cloudpickle ships __main__ by value anyway
             cloudpickle.register_pickle_by_value(sys.modules[name])
 
@@ -148,10 +149,14 @@ def _train(
         recipe.load_state_dict(resumed["recipe"])
         start, scores, run_id = resumed["step"], resumed["scores"], resumed["run_id"]
         set_rng_state(resumed["rng"])
+    online = OnlinePhase(cfg, data, recipe, device) if cfg.online.frames else None
+    if online is not None and resumed is not None and "online" in resumed:
+        online.load_state_dict(resumed["online"])
     # Stop now, not at the first save hours in, if the folder lacks the space: a
     # save writes the new checkpoint next to the previous one, twice its size.
     bulk = {"recipe": recipe.state_dict(), "rng": rng_state(), "config": config}
     size = checkpoint_nbytes(bulk) + recipe.pending_optimizer_nbytes()
+    size += online.final_nbytes() if online is not None else 0
     check_space(ckpt_path.parent, 2 * size)
 
     # Create env and logger
@@ -177,7 +182,8 @@ def _train(
         )
         update = capture_update(recipe, update)
 
-    total, saved_step = cfg.optim.gradient_steps, start
+    offline_steps, saved_step = cfg.optim.gradient_steps, start
+    total = offline_steps + (online.total_updates if online is not None else 0)
     eval_envs = cfg.logger.eval_envs
     pbar = tqdm.tqdm(total=total, initial=start, disable=not cfg.logger.progress_bar)
     t_last, steps_since = time.perf_counter(), 0
@@ -185,7 +191,14 @@ def _train(
         try:
             for step in range(start, total):
                 with timeit("sample"):
-                    batch = recipe.sample(replay_buffer)
+                    if step < offline_steps:
+                        batch = recipe.sample(replay_buffer)
+                    else:
+                        online.enter()  # online.loss.* from here on
+                        batch, collected = online.batch(step - offline_steps)
+                        if collected is not None:
+                            log_metrics(logger, collected, step + 1)
+                            pbar.set_postfix(frames=online.frames, refresh=False)
                 with timeit("update"):
                     torch.compiler.cudagraph_mark_step_begin()
                     loss_td = update(batch, recipe.active_groups(step))
@@ -202,7 +215,8 @@ def _train(
                     log_metrics(logger, metrics, step + 1)
                     pbar.set_postfix(updates_s=f"{speed:.1f}", refresh=False)
 
-                if (step + 1) % cfg.logger.eval_iter == 0 or done:
+                switch = online is not None and step + 1 == offline_steps
+                if (step + 1) % cfg.logger.eval_iter == 0 or done or switch:
                     with timeit("eval"):
                         returns = evaluate(
                             eval_env,
@@ -236,6 +250,8 @@ def _train(
                         "config": config,
                         "dataset_sha256": dataset_sha256,
                     }
+                    if online is not None:
+                        state["online"] = online.state_dict()
                     try:
                         save_checkpoint(ckpt_path, state)
                     except CheckpointError as err:
@@ -244,9 +260,13 @@ def _train(
                             + _how_to_continue(ckpt_path, saved_step)
                         ) from None
                     saved_step = step + 1
+                    if online is not None:
+                        online.saved()
                     preemption.fire()  # a requeue exits here, progress saved
         finally:
             pbar.close()
+            if online is not None:
+                online.close()
             eval_env.close(
                 raise_if_closed=False
             )  # a batched env never stepped is "closed"
@@ -279,6 +299,7 @@ def _train(
         "dataset_score": dataset_score,
         "scores": scores,
         "steps": total,
+        "online_frames": cfg.online.frames,
         "algorithm": name,
         "agents": agents,
     }
@@ -334,13 +355,22 @@ def _how_to_continue(ckpt_path: Path, saved_step: int) -> str:
 
 
 def summarize(scores: list, cfg: DictConfig) -> dict:
-    """Final, best and mean-of-last-``logger.eval_last`` normalised scores."""
+    """Final, best and mean-of-last-``logger.eval_last`` normalised scores.
+
+    With an online phase, also ``pretrained_score``: the score after the
+    offline updates, before fine-tuning.
+    """
     values = [s for _, s in scores] or [float("nan")]
-    return {
+    summary = {
         "final_score": values[-1],
         "best_score": max(values),
         "last_mean_score": float(np.mean(values[-cfg.logger.eval_last :])),
     }
+    switch = cfg.optim.gradient_steps
+    if OmegaConf.select(cfg, "online.frames") and switch:
+        # the score the online phase started from
+        summary["pretrained_score"] = dict(scores).get(switch, float("nan"))
+    return summary
 
 
 if __name__ == "__main__":

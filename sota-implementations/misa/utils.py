@@ -27,7 +27,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import ProbabilisticTensorDictModule, TensorDictModule
+from tensordict.nn import (
+    ProbabilisticTensorDictModule,
+    ProbabilisticTensorDictSequential,
+    TensorDictModule,
+    TensorDictSequential,
+)
 from torch import nn
 from torchrl.data import Bounded
 from torchrl.envs import ExplorationType, SerialEnv, set_exploration_type
@@ -61,7 +66,6 @@ OmegaConf.register_new_resolver(
 # --------------------------------------------------------------------- config
 _POSITIVE_INTS = (
     "num_agents",
-    "optim.gradient_steps",
     "replay_buffer.batch_size",
     "logger.eval_iter",
     "logger.eval_envs",
@@ -150,6 +154,12 @@ def validate_config(cfg: DictConfig) -> None:
             lambda v: isinstance(v, int) and _is_number(v) and v > 0,
             "must be a positive integer",
         )
+    online = OmegaConf.select(cfg, "online.frames")
+    check(
+        "optim.gradient_steps",
+        lambda v: isinstance(v, int) and _is_number(v) and v >= (0 if online else 1),
+        "must be a positive integer (0 only with an online phase, online.frames > 0)",
+    )
     check(
         "optim.num_threads",
         lambda v: v is None or (isinstance(v, int) and _is_number(v) and v > 0),
@@ -206,6 +216,8 @@ def validate_config(cfg: DictConfig) -> None:
             f"logger.backend={backend}: needs the {LOGGER_BACKENDS[backend]} package "
             f"(`pip install {LOGGER_BACKENDS[backend]}`), or pass logger.backend=csv"
         )
+    if "online" in cfg:
+        problems += check_online_config(cfg)
     if _is_misa(cfg) and not any(key.startswith("loss.") for key in bad):
         # the loss's own rules, before the data loads (not its fault twice)
         problem = _misa_loss_problem(cfg.loss)
@@ -213,6 +225,47 @@ def validate_config(cfg: DictConfig) -> None:
             problems.append(problem)
     if problems:
         raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def check_online_config(cfg: DictConfig) -> list[str]:
+    """What in ``online.*`` the run cannot start with (one line per setting)."""
+    o = cfg.online
+    problems = []
+
+    def is_int(value, low):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    if not is_int(o.frames, 0):
+        problems.append(f"online.frames={o.frames}: must be an integer >= 0")
+    for key in ("envs", "frames_per_batch"):
+        if not is_int(o[key], 1):
+            problems.append(f"online.{key}={o[key]}: must be a positive integer")
+    if problems or not o.frames:
+        return problems
+    if o.frames_per_batch % o.envs:
+        problems.append(
+            f"online.frames_per_batch={o.frames_per_batch}: must be a multiple of "
+            f"online.envs={o.envs} (each env copy steps frames_per_batch / envs times)"
+        )
+    if o.frames % o.frames_per_batch:
+        problems.append(
+            f"online.frames={o.frames}: must be a multiple of online.frames_per_batch="
+            f"{o.frames_per_batch}"
+        )
+    utd = o.utd
+    updates = utd * o.frames_per_batch if isinstance(utd, (int, float)) else None
+    if updates is None or updates <= 0 or updates != int(updates):
+        problems.append(
+            f"online.utd={utd}: updates per collected frame; utd * "
+            f"online.frames_per_batch must be a positive integer"
+        )
+    fraction = o.offline_fraction
+    if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        problems.append(
+            f"online.offline_fraction={fraction}: the dataset's share of each batch, "
+            "in [0, 1) (0: online transitions only)"
+        )
+    return problems
 
 
 def _misa_loss_problem(loss_cfg: DictConfig) -> str | None:
@@ -626,16 +679,24 @@ class GroupPolicy(nn.Module):
         self.__dict__["actor"] = actor  # a template, not a submodule
         self.__dict__["params"] = params
         self.num_agents = num_agents
+        # A probabilistic actor's distribution has no parameters: it acts on
+        # every agent's output at once, outside the vmap, where sampling
+        # (exploration) can draw fresh noise for each row.
+        self.__dict__["net"], self.__dict__["head"] = actor, None
+        if isinstance(actor, ProbabilisticTensorDictSequential):
+            self.__dict__["net"] = TensorDictSequential(*actor.module[:-1])
+            self.__dict__["head"] = actor.module[-1]
         self._vmapped = torch.vmap(self._one, (0, 0), randomness="different")
 
     def _one(self, params: TensorDictBase, td: TensorDictBase) -> TensorDictBase:
         with params.to_module(self.actor):
-            return self.actor(td)
+            return self.net(td)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         shape = tensordict.batch_size
         per_agent = tensordict.reshape(self.num_agents, -1)
-        return self._vmapped(self.params, per_agent).reshape(shape)
+        out = self._vmapped(self.params, per_agent).reshape(shape)
+        return out if self.head is None else self.head(out)
 
 
 def _entries(loss: LossModule, names) -> list:

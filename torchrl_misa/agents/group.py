@@ -272,6 +272,30 @@ class AgentGroup(nn.Module):
             out.extend(p for p in leaves if isinstance(p, nn.Parameter))
         return out
 
+    def get_option(self, name: str) -> float:
+        """The real-valued loss option ``name`` (agent 0's where agents differ)."""
+        value = getattr(self._template, name, None)
+        if name.startswith("_") or not isinstance(value, numbers.Real):
+            raise AttributeError(
+                f"AgentGroup: {name!r} is not a real-valued option of "
+                f"{self._loss_type.__name__}."
+            )
+        return value
+
+    def set_option(self, name: str, value: float) -> None:
+        """Sets the real-valued loss option ``name`` (e.g. ``"bc_weight"``) of every agent.
+
+        The group's counterpart of ``setattr(loss, name, value)`` on one loss:
+        an option that differed between agents takes ``value`` for all.
+        """
+        current = self.get_option(name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"AgentGroup: {name} must be a real number, got {value!r}.")
+        setattr(self._template, name, type(current)(value))
+        if name in self.per_agent_options:
+            self.per_agent_options[name].fill_(value)
+            self._options.get(name).fill_(value)  # the copy the vmapped call reads
+
     @property
     def target_names(self) -> list[str]:
         """Entries of :attr:`params` holding target networks (``target_<name>_params``)."""
