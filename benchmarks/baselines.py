@@ -1,10 +1,10 @@
-"""BC, CQL, IQL and TD3+BC through TorchRL's losses, trained by the MISA script's loop.
+"""BC, CQL, IQL, SAC and TD3+BC through TorchRL's losses, trained by the MISA script's loop.
 
 The learning benchmark compares MISA with these baselines on the same data,
 networks, batches, step budget, evaluation and checkpoints: each baseline is an
 update recipe (``sota-implementations/misa/utils.py``'s ``build_recipe``) passed
 to the MISA script's ``train``. Options are the script's (``config.yaml``),
-plus ``+algorithm=<bc|cql|iql|td3bc>``::
+plus ``+algorithm=<bc|cql|iql|sac|td3bc>``::
 
     python benchmarks/baselines.py +algorithm=cql preset=demo
     python benchmarks/baselines.py +algorithm=td3bc preset=demo num_agents=5
@@ -32,7 +32,7 @@ if str(RECIPE_DIR) not in sys.path:
 
 import misa_offline  # noqa: E402
 from checkpoint import CheckpointError  # noqa: E402
-from torchrl.objectives import CQLLoss, IQLLoss, TD3BCLoss  # noqa: E402
+from torchrl.objectives import CQLLoss, IQLLoss, SACLoss, TD3BCLoss  # noqa: E402
 from torchrl.objectives.bc import BCLoss  # noqa: E402
 from utils import (  # noqa: E402
     build_recipe,
@@ -43,7 +43,7 @@ from utils import (  # noqa: E402
     UpdateRecipe,
 )
 
-BASELINES = ("bc", "cql", "iql", "td3bc")
+BASELINES = ("bc", "cql", "iql", "sac", "td3bc")
 
 
 def make_baseline_update(algorithm: str) -> Callable[..., UpdateRecipe]:
@@ -138,6 +138,30 @@ def _iql(cfg, data, action_dim, device):
     )
 
 
+def _sac(cfg, data, action_dim, device):
+    # An online algorithm: the control of the online benchmark, trained from
+    # scratch with optim.gradient_steps=0 online.offline_fraction=0.
+    def make_loss():
+        actor, critic = _networks(cfg, data, action_dim, device)
+        loss = SACLoss(actor, critic, loss_function="l2")
+        loss.make_value_estimator(gamma=cfg.loss.gamma)
+        return loss, actor
+
+    o = cfg.optim
+    groups = {
+        "actor": (["loss_actor"], ["actor_network_params"], o.actor_lr),
+        "critic": (["loss_qvalue"], ["qvalue_network_params"], o.critic_lr),
+        "alpha": (["loss_alpha"], ["log_alpha"], o.alpha_lr),
+    }
+    return build_recipe(
+        make_loss,
+        groups,
+        num_agents=cfg.num_agents,
+        seed=cfg.env.seed,
+        tau=cfg.loss.tau,
+    )
+
+
 def _td3bc(cfg, data, action_dim, device):
     # Fujimoto & Gu's settings: alpha 2.5, policy noise 0.2 clipped at 0.5,
     # actor and targets updated every 2 critic steps.
@@ -164,7 +188,7 @@ def _td3bc(cfg, data, action_dim, device):
     )
 
 
-_RECIPES = {"bc": _bc, "cql": _cql, "iql": _iql, "td3bc": _td3bc}
+_RECIPES = {"bc": _bc, "cql": _cql, "iql": _iql, "sac": _sac, "td3bc": _td3bc}
 
 
 def train(cfg: DictConfig, out_dir: Path) -> dict:
@@ -172,7 +196,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     algorithm = cfg.get("algorithm")
     if algorithm is None:
         raise ConfigError(
-            "algorithm: missing, pass +algorithm=<bc|cql|iql|td3bc> "
+            "algorithm: missing, pass +algorithm=<bc|cql|iql|sac|td3bc> "
             "(MISA itself: sota-implementations/misa/misa_offline.py)"
         )
     make_update = make_baseline_update(algorithm)  # an unknown one fails here

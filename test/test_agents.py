@@ -553,3 +553,29 @@ def test_no_host_reads_in_the_update(name):
     tanh_normal = "torchrl/modules/distributions/continuous.py"
     others = [s for s in reads.sites if not any(tanh_normal in f for f in s)]
     assert not others, "host reads at:\n" + "\n".join(s[-4] for s in others)
+
+
+@pytest.mark.parametrize("name", ["iql", "misa"])
+def test_set_option_trains_as_single_runs_built_with_that_value(name):
+    """Options set on a group after it is built (swept or not) act as constructor values."""
+    make, sweep = MAKERS[name], SWEEPS[name]
+    losses = []
+    for i in range(2):
+        torch.manual_seed(SEED)
+        losses.append(make(**{k: v[i] for k, v in sweep.items()}))
+    group = AgentGroup(losses, randomness="same")
+    new = {key: 0.5 * sum(values) + 0.25 for key, values in sweep.items()}
+    for key, value in new.items():
+        group.set_option(key, value)
+        assert group.get_option(key) == value
+    batches = [make_batch(300 + t, (2, BATCH)) for t in range(NUM_UPDATES)]
+    outs_group = group_run(group, batches, RNG_SEED)
+    for i in range(2):
+        loss, outs_single = single_run(
+            make, SEED, [b[i] for b in batches], RNG_SEED, **new
+        )
+        assert_agent_equals(group, i, loss, outs_group, outs_single)
+    with pytest.raises(AttributeError, match="not a real-valued option"):
+        group.set_option("no_such_option", 1.0)
+    with pytest.raises(TypeError, match="real number"):
+        group.set_option(next(iter(new)), "1.0")

@@ -451,15 +451,16 @@ def config_differences(saved: dict, now: dict, step: int) -> list[tuple[str, str
     budget, saved_budget = _get(now, "optim.gradient_steps"), _get(
         saved, "optim.gradient_steps"
     )
-    if step > saved_budget and budget != saved_budget:
+    if step > saved_budget:
         # past the offline updates: the online phase's steps count from there
-        found.append(
-            (
-                f"optim.gradient_steps: checkpoint {saved_budget} vs now {budget} (the "
-                f"checkpoint, at step {step}, is in the online phase)",
-                f"optim.gradient_steps={saved_budget}",
+        if budget != saved_budget:
+            found.append(
+                (
+                    f"optim.gradient_steps: checkpoint {saved_budget} vs now {budget} (the "
+                    f"checkpoint, at step {step}, is in the online phase)",
+                    f"optim.gradient_steps={saved_budget}",
+                )
             )
-        )
     elif budget < step:
         found.append(
             (

@@ -152,9 +152,7 @@ class GroupOfflineToOnlineReplayBuffer(OfflineToOnlineReplayBuffer):
         n_offline = round(self.offline_fraction * rows)
         if n_offline == rows or any(len(b) == 0 for b in self.online_buffers):
             return self._grouped(self._sample_offline(batch_size))
-        online = torch.stack(
-            [b.sample(rows - n_offline) for b in self.online_buffers]
-        )
+        online = torch.stack([b.sample(rows - n_offline) for b in self.online_buffers])
         if n_offline:
             offline = self._sample_offline(groups * n_offline)
             offline = offline.select(*online.keys(True, True)).reshape(groups, -1)
