@@ -40,7 +40,7 @@ from checkpoint import (
 )
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from online import OnlinePhase
+from online_phase import OnlinePhase
 from torchrl._utils import logger as torchrl_logger, timeit
 from torchrl.record.loggers import CSVLogger
 from utils import (
@@ -78,7 +78,7 @@ def pickle_recipe_by_value() -> None:
         import cloudpickle
     except ImportError:
         return
-    for name in ("utils", "checkpoint", "online", __name__):
+    for name in ("utils", "checkpoint", "online_phase", __name__):
         if name != "__main__":  # cloudpickle ships __main__ by value anyway
             cloudpickle.register_pickle_by_value(sys.modules[name])
 
