@@ -180,3 +180,35 @@ def test_gradient_steps_cannot_change_once_online(misa_script):
     assert [override for _, override in found] == ["optim.gradient_steps=10"]
     # before the switch the offline budget may still grow
     assert differences(saved, {"optim": {"gradient_steps": 20}}, step=10) == []
+
+
+def test_online_rows_are_normalised_once(misa_script):
+    """With normalize_observations, online rows come normalised from the env and
+    the buffer does not normalise them again: undoing the dataset's statistics
+    (computed here from the file) gives Pendulum observations, cos² + sin² = 1."""
+    import h5py
+
+    from torchrl_misa.data import DEMO_DATASET_PATH as path
+
+    with h5py.File(path, "r") as f:
+        obs = torch.as_tensor(f["observations"][:], dtype=torch.float64)
+    loc, scale = obs.mean(0), obs.std(0, unbiased=False).clamp_min(1e-3)
+    cfg = make_cfg(
+        "replay_buffer.normalize_observations=true", "online.offline_fraction=0.5"
+    )
+    utils, cpu = misa_script.utils, torch.device("cpu")
+    data = utils.make_offline_data(cfg, cpu)
+    recipe = utils.make_misa_update(cfg, data, 1, cpu)
+    phase = misa_script.misa_offline.OnlinePhase(cfg, data, recipe, cpu)
+    batch, metrics = phase.batch(0)
+    assert metrics["online/frames"] == 40
+    online_rows = batch[8:]  # 8 of 16 rows offline, first
+    for key in ("observation", ("next", "observation")):
+        raw = online_rows[key].double() * scale + loc
+        torch.testing.assert_close(
+            raw[:, 0] ** 2 + raw[:, 1] ** 2,
+            torch.ones(8, dtype=torch.float64),
+            atol=1e-4,
+            rtol=0,
+        )
+    phase.close()

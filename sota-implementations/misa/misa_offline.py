@@ -180,7 +180,7 @@ def _train(
             "results. Use with caution.",
             category=UserWarning,
         )
-        update = capture_update(recipe, update)
+        uncaptured, update = update, capture_update(recipe, update)
 
     offline_steps, saved_step = cfg.optim.gradient_steps, start
     total = offline_steps + (online.total_updates if online is not None else 0)
@@ -194,7 +194,9 @@ def _train(
                     if step < offline_steps:
                         batch = recipe.sample(replay_buffer)
                     else:
-                        online.enter()  # online.loss.* from here on
+                        if online.enter() and cfg.compile.cudagraphs:
+                            # online.loss.* changed numbers a graph holds
+                            update = capture_update(recipe, uncaptured)
                         batch, collected = online.batch(step - offline_steps)
                         if collected is not None:
                             log_metrics(logger, collected, step + 1)

@@ -158,10 +158,13 @@ class OnlinePhase:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"online.loss.{name}={value}: must be a number")
 
-    def enter(self) -> None:
-        """Applies ``online.loss.*`` (once, at the first online update or on resume)."""
+    def enter(self) -> bool:
+        """Applies ``online.loss.*`` (once, at the first online update or on resume).
+
+        Returns whether it changed the loss just now.
+        """
         if self._applied:
-            return
+            return False
         loss = self.recipe.loss_module
         for name, value in self.loss_overrides.items():
             if hasattr(loss, "set_option"):  # an agent group
@@ -169,6 +172,7 @@ class OnlinePhase:
             else:
                 setattr(loss, name, float(value))
         self._applied = True
+        return bool(self.loss_overrides)
 
     def batch(self, update: int) -> tuple[TensorDictBase, dict | None]:
         """The batch of online update ``update`` (from 0), collecting first when due.
