@@ -74,9 +74,6 @@ class OnlinePhase:
             online_transform=online_transform,
         )
         self.frames = 0  # per agent
-        self.returns = (
-            []
-        )  # (update step, [mean return of the batch's episodes per agent])
         self._reset_due = True  # at the start, and after every checkpoint
         self._collector = None
         self._device = device
