@@ -104,7 +104,7 @@ def test_presets_run(
 BASELINES = REPO / "benchmarks" / "baselines.py"
 
 
-@pytest.mark.parametrize("algorithm", ["bc", "cql", "iql", "td3bc"])
+@pytest.mark.parametrize("algorithm", ["bc", "cql", "iql", "sac", "td3bc"])
 def test_baselines_share_the_loop(algorithm, pendulum_file, tmp_path):
     args = [
         "preset=demo",
@@ -121,9 +121,11 @@ def test_baselines_share_the_loop(algorithm, pendulum_file, tmp_path):
 
 def test_baselines_need_a_known_algorithm(tmp_path):
     proc, _ = run(["preset=demo"], tmp_path, "none", script=BASELINES)
-    assert proc.returncode != 0 and "+algorithm=<bc|cql|iql|td3bc>" in proc.stderr
-    proc, _ = run(["preset=demo", "+algorithm=sac"], tmp_path, "sac", script=BASELINES)
-    assert "algorithm=sac: unknown, choose one of bc, cql, iql, td3bc" in proc.stderr
+    assert proc.returncode != 0 and "+algorithm=<bc|cql|iql|sac|td3bc>" in proc.stderr
+    proc, _ = run(["preset=demo", "+algorithm=ppo"], tmp_path, "ppo", script=BASELINES)
+    assert (
+        "algorithm=ppo: unknown, choose one of bc, cql, iql, sac, td3bc" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 
