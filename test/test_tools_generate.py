@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +94,9 @@ def test_recipes_files_and_metadata(generated):
         assert meta["random_return"] == pytest.approx(summary["random_return"])
         assert meta["expert_return"] == pytest.approx(summary["expert_return"])
         assert meta["expert_return"] > meta["random_return"]
+        assert meta["reference_returns"] == "measured"
+        assert meta["measured_expert_return"] == meta["expert_return"]
+        assert "stop_at_return" not in meta
         returns = brute_force_returns(arrays)
         assert meta["dataset_episodes"] == len(returns)
         assert meta["dataset_return_mean"] == pytest.approx(np.mean(returns), rel=1e-5)
@@ -329,6 +334,266 @@ def test_describe_command_line(generated):
     assert "RuntimeWarning" not in proc.stderr
     n, episodes = len(arrays["rewards"]), len(brute_force_returns(arrays))
     assert f"| transitions / episodes | {n} / {episodes} (" in proc.stdout
+
+
+# -- --stop-at-return: D4RL's medium-replay (the buffer of a run stopped at medium)
+REFS = (-1200.0, -150.0)  # given reference returns, unlike anything measured here
+# Pendulum's rewards are <= 0, so a return of 1 is never reached
+UNREACHABLE = 1.0
+
+
+def stop_config(out, **kw):
+    # Pendulum never terminates: every episode lasts EPISODE steps, so episode ends
+    # are known in advance; evaluations every 80 steps fall inside episodes, and
+    # gradient steps begin after the first one (seed 2: returns improve at 160 and
+    # 240, after gradient steps began)
+    cfg = {
+        "env_id": "Pendulum-v1",
+        "seed": 2,
+        "train_steps": 480,
+        "init_random_steps": 80,
+        "frames_per_batch": 40,
+        "eval_every": 80,
+        "random_episodes": 10,
+        "recipes": ("medium", "medium-replay"),
+        "reference_returns": REFS,
+    }
+    cfg.update(kw)
+    return tiny_config(out, **cfg)
+
+
+def end_of_episode(step):
+    """Rows up to the end of the EPISODE-step episode in progress at ``step``."""
+    return -(-step // EPISODE) * EPISODE
+
+
+@pytest.fixture(scope="module")
+def unreached(tmp_path_factory):
+    """A run whose --stop-at-return is never reached: its error and its checkpoint."""
+    cfg = stop_config(tmp_path_factory.mktemp("unreached"), stop_at_return=UNREACHABLE)
+    with pytest.raises(SystemExit) as exit_info:
+        generate(cfg, log=lambda *a: None)
+    state = agent_module.load_checkpoint(cfg.run_dir / "last.pt")
+    return cfg, str(exit_info.value.code), state
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, unreached):
+    """A fresh run stopped at an evaluation seen in the unreached run's history."""
+    _, _, state = unreached
+    history = state["evals"]
+    # the last intermediate evaluation that beats all earlier ones, after gradient
+    # steps began and inside an episode (so that its episode has to be finished)
+    candidates = [
+        k
+        for k in range(1, len(history) - 1)
+        if history[k][1] > max(r for _, r in history[:k])
+        and history[k][0] > stop_config("x").init_random_steps
+        and history[k][0] % EPISODE
+    ]
+    assert candidates, f"no usable evaluation in {history}"
+    k = candidates[-1]
+    step, ret = history[k]
+    threshold = 0.5 * (ret + max(r for _, r in history[:k]))
+    cfg = stop_config(tmp_path_factory.mktemp("stopped"), stop_at_return=threshold)
+    paths = generate(cfg, log=lambda *a: None)
+    return cfg, paths, history[: k + 1], threshold
+
+
+def test_stop_at_return_stops_at_that_evaluation(stopped, unreached):
+    cfg, paths, history, threshold = stopped
+    step = history[-1][0]
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    # the same training as the unreached run up to that evaluation, and no further
+    assert [s for s, _ in summary["evals"]] == [s for s, _ in history]
+    np.testing.assert_allclose(
+        [r for _, r in summary["evals"]], [r for _, r in history]
+    )
+    assert summary["medium_step"] == summary["train_steps"] == step
+    assert summary["expert_checkpoint"] is None
+    assert not (cfg.run_dir / "last.pt").exists()
+
+    replay = h5(paths["medium-replay"])
+    rows = end_of_episode(step)
+    assert rows > step  # the episode in progress was finished
+    assert len(replay["rewards"]) == rows
+    assert replay["timeouts"].sum() == rows // EPISODE and replay["timeouts"][-1]
+    unreached_buffer = unreached[2]["buffer"]
+    np.testing.assert_array_equal(
+        replay["observations"][:step], unreached_buffer["observation"][:step].numpy()
+    )
+
+    medium_policy = agent_module.load_checkpoint(summary["medium_checkpoint"])
+    assert medium_policy["step"] == step
+    assert medium_policy["eval_return"] == pytest.approx(history[-1][1])
+    for recipe, path in paths.items():
+        meta = read_metadata(path)
+        assert (meta["random_return"], meta["expert_return"]) == REFS
+        assert meta["reference_returns"] == "given"
+        assert meta["stop_at_return"] == pytest.approx(threshold)
+        assert meta["medium_step"] == meta["train_steps"] == step
+        assert meta["policy_checkpoint"] == summary["medium_checkpoint"]
+        assert meta["measured_random_return"] == pytest.approx(summary["random_return"])
+        assert "measured_expert_return" not in meta
+        returns = brute_force_returns(h5(path))
+        assert dataset_average_normalized_score(path) == pytest.approx(
+            np.mean([100 * (g - REFS[0]) / (REFS[1] - REFS[0]) for g in returns])
+        )
+    medium = h5(paths["medium"])
+    assert len(medium["rewards"]) == end_of_episode(cfg.dataset_steps)
+
+
+def test_stop_at_return_never_reached(unreached, tmp_path):
+    cfg, message, state = unreached
+    assert not (cfg.run_dir / "summary.json").exists()
+    best_step, best = max(state["evals"], key=lambda e: e[1])
+    assert f"best return was {best:.1f} (step {best_step})" in message
+    assert "larger --train-steps" in message and "lower --stop-at-return" in message
+    # the checkpoint is at the cap, so that a larger cap continues from there
+    assert state["step"] == cfg.train_steps == state["evals"][-1][0]
+    shutil.copytree(cfg.out, tmp_path, dirs_exist_ok=True)
+    kept = cfg.train_steps // EPISODE * EPISODE  # rows up to the last episode end
+    smaller = dataclasses.replace(cfg, out=str(tmp_path), train_steps=kept - 50)
+    with pytest.raises(SystemExit, match=f"pass --train-steps {kept} or more"):
+        generate(smaller, log=lambda *a: None)
+    larger = dataclasses.replace(
+        cfg, out=str(tmp_path), train_steps=cfg.train_steps + 80
+    )
+    logs = []
+    with pytest.raises(SystemExit, match="--train-steps 560"):
+        generate(larger, log=logs.append)
+    # the episode in progress at the cap is recollected, as any resume does
+    assert f"resuming {larger.run_dir} at step {kept}" in logs
+    resumed = agent_module.load_checkpoint(larger.run_dir / "last.pt")
+    assert resumed["step"] == larger.train_steps
+
+
+def test_stop_at_return_resumes_at_the_same_stop(stopped, tmp_path, monkeypatch):
+    uninterrupted_cfg, paths, history, threshold = stopped
+    step = history[-1][0]
+    cfg = dataclasses.replace(uninterrupted_cfg, out=str(tmp_path))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # killed while finishing the episode in progress at the stop
+    monkeypatch.setattr(tool, "_finish_episode", killed)
+    with pytest.raises(KeyboardInterrupt):
+        generate(cfg, log=lambda *a: None)
+    assert agent_module.load_checkpoint(cfg.run_dir / "last.pt")["step"] == step
+    monkeypatch.undo()
+
+    # then killed while measuring R_random, once the episode was finished
+    original = tool.episode_returns
+
+    def killed_on_random(env, policy, *args, **kwargs):
+        if policy is None:
+            raise KeyboardInterrupt
+        raise AssertionError("a resumed run evaluated its policy again")
+
+    monkeypatch.setattr(tool, "episode_returns", killed_on_random)
+    logs = []
+    with pytest.raises(KeyboardInterrupt):
+        generate(cfg, log=logs.append)
+    episode_start = step // EPISODE * EPISODE  # the unfinished episode is recollected
+    assert f"resuming {cfg.run_dir} at step {episode_start}" in logs
+    monkeypatch.setattr(tool, "episode_returns", original)
+
+    logs = []
+    resumed_paths = generate(cfg, log=logs.append)
+    assert f"resuming {cfg.run_dir} at step {end_of_episode(step)}" in logs
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    assert summary["medium_step"] == summary["train_steps"] == step
+    assert [s for s, _ in summary["evals"]] == [s for s, _ in history]
+    full, resumed = h5(paths["medium-replay"]), h5(resumed_paths["medium-replay"])
+    assert len(resumed["rewards"]) == len(full["rewards"]) == end_of_episode(step)
+    np.testing.assert_array_equal(
+        resumed["observations"][:episode_start], full["observations"][:episode_start]
+    )
+    ours = agent_module.load_checkpoint(summary["medium_checkpoint"])["actor"]
+    theirs = agent_module.load_checkpoint(
+        json.loads((uninterrupted_cfg.run_dir / "summary.json").read_text())[
+            "medium_checkpoint"
+        ]
+    )["actor"]
+    for key, value in theirs.items():
+        torch.testing.assert_close(ours[key], value)
+
+
+def test_lower_stop_at_return_stops_in_the_saved_history(stopped, unreached, tmp_path):
+    # a rerun of the unreached run with a threshold its history already reached
+    # trains no more: it stops at that evaluation, with the buffer already there
+    cfg, _, state = unreached
+    _, _, history, threshold = stopped
+    step = history[-1][0]
+    shutil.copytree(cfg.out, tmp_path, dirs_exist_ok=True)
+    lower = dataclasses.replace(
+        cfg, out=str(tmp_path), stop_at_return=threshold, recipes=("medium-replay",)
+    )
+    logs = []
+    paths = generate(lower, log=logs.append)
+    assert f"resuming {lower.run_dir} at step {end_of_episode(step)}" in logs
+    summary = json.loads((lower.run_dir / "summary.json").read_text())
+    assert summary["medium_step"] == summary["train_steps"] == step
+    assert [s for s, _ in summary["evals"]] == [s for s, _ in history]
+    replay = h5(paths["medium-replay"])
+    rows = end_of_episode(step)
+    np.testing.assert_array_equal(
+        replay["observations"], state["buffer"]["observation"][:rows].numpy()
+    )
+
+
+def test_command_line_stop_at_return():
+    cfg = parse_args(
+        "--env Hopper-v5 --recipes medium medium-replay --stop-at-return 1000 "
+        "--reference-returns -20.272305 3234.3 --train-steps 300000 "
+        "--out datasets/extra".split()
+    )
+    assert cfg.stop_at_return == 1000.0
+    assert cfg.reference_returns == (-20.272305, 3234.3)
+    assert parse_args([]).stop_at_return is None
+    assert parse_args([]).reference_returns is None
+
+
+STOP = "--stop-at-return -200 --reference-returns -1200 -150"
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (f"{STOP} --recipes expert", "--recipes expert need the policy of a full"),
+        (
+            f"{STOP} --recipes medium-replay medium-expert",
+            "--recipes medium-expert need the policy of a full",
+        ),
+        (
+            "--stop-at-return -200 --recipes medium-replay",
+            "--stop-at-return needs --reference-returns RANDOM EXPERT",
+        ),
+        ("--reference-returns 10 5", "--reference-returns must have EXPERT > RANDOM"),
+        ("--reference-returns 0 inf", "--reference-returns must be two finite"),
+        (f"{STOP} --stop-at-return nan", "--stop-at-return must be a finite number"),
+    ],
+)
+def test_command_line_refuses_stop_at_return_misuse(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(flags.split())
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err
+    if "needs --reference-returns" in message:
+        assert "Hopper -20.272305 3234.3" in err
+
+
+def test_generate_refuses_stop_at_return_with_expert(tmp_path, monkeypatch):
+    def no_env(*args, **kwargs):
+        raise AssertionError("an env was made")
+
+    monkeypatch.setattr(tool, "make_env", no_env)
+    cfg = stop_config(tmp_path, stop_at_return=-200.0, recipes=("expert",))
+    with pytest.raises(ValueError, match="--recipes expert need the policy"):
+        generate(cfg, log=lambda *a: None)
+    assert not any(tmp_path.iterdir())
 
 
 # -- shared with the training recipe -------------------------------------------

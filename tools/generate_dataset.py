@@ -1,12 +1,13 @@
 """Makes D4RL-style offline datasets on any Gymnasium task, from TorchRL parts.
 
 A SAC agent (``behaviour_agent.SACAgent``: TorchRL's ``SACLoss`` on the MISA
-training recipe's actor and critics) learns online through a TorchRL ``Collector`` that fills a replay
-buffer, for a fixed budget of ``--train-steps`` environment steps (one gradient
-step per environment step after ``--init-random-steps`` uniform-random ones).
-Every ``--eval-every`` steps the policy is evaluated (deterministic actions,
-the recipe's evaluation, seeded from the step) and saved in the recipe's
-checkpoint format. Then, following D4RL's recipes:
+training recipe's actor and critics) learns online through a TorchRL
+``Collector`` that fills a replay buffer, for a fixed budget of
+``--train-steps`` environment steps (one gradient step per environment step
+after ``--init-random-steps`` uniform-random ones). Every ``--eval-every``
+steps the policy is evaluated (deterministic actions, the recipe's
+evaluation, seeded from the step) and saved in the recipe's checkpoint
+format. Then, following D4RL's recipes:
 
 * expert return ``R_expert``: the mean return of the agent at the end of the
   budget over ``--final-eval-episodes`` deterministic episodes;
@@ -23,25 +24,48 @@ checkpoint format. Then, following D4RL's recipes:
   the episode in which the medium policy was saved;
 * ``medium-expert``: ``medium`` followed by ``expert``.
 
+With ``--stop-at-return R`` the run is made as D4RL made its ``medium`` and
+``medium-replay`` sets: training stops at the first evaluation whose return
+is ``>= R``, and that policy is the medium policy. The episode in progress
+is finished by that policy (no more gradient steps), so ``medium-replay`` is
+the whole replay buffer of the stopped run. ``--train-steps`` is then a cap:
+a run that never reaches ``R`` stops with an error and keeps its checkpoint,
+so a rerun with a larger ``--train-steps`` continues it. No expert is
+trained, so the ``expert`` and ``medium-expert`` recipes are refused, and
+``--reference-returns RANDOM EXPERT`` must give the returns the normalised
+scores use (e.g. D4RL's: Hopper -20.272305 3234.3, Walker2d 1.629008 4592.3,
+HalfCheetah -280.178953 12135.0). ``R_random`` is still measured.
+
 Files are written in D4RL's layout (``terminals`` = the env terminated,
 ``timeouts`` = cut by the time limit and not terminated) with ``metadata/*``:
 ``env_id``, ``task``, ``recipe``, ``seed``, ``random_return``,
-``expert_return``, ``dataset_return_mean``, ``dataset_episodes``,
-``medium_step``, ``medium_return``, ``train_steps``, ``policy_checkpoint``.
-Actions are those the policy sent, in ``[-1, 1]``; tasks with other bounds are
-rescaled by :func:`~torchrl_misa.data.envs.make_env` (stored in
+``expert_return`` (``--reference-returns`` if given, else the measured ones;
+``reference_returns`` says which: ``"given"`` or ``"measured"``, and
+``measured_random_return`` / ``measured_expert_return`` keep what was
+measured), ``dataset_return_mean``, ``dataset_episodes``, ``medium_step``,
+``medium_return``, ``train_steps`` (steps trained), ``stop_at_return`` (when
+set), ``policy_checkpoint``. Actions are those the policy sent, in
+``[-1, 1]``; tasks with other bounds are rescaled by
+:func:`~torchrl_misa.data.envs.make_env` (stored in
 ``metadata/env_action_low`` and ``env_action_high``).
 
 The run is resumable: every ``--checkpoint-every`` steps the agent, optimiser,
 replay buffer, evaluation history, random states and step are saved in
 ``<out>/checkpoints/<name>-seed<seed>/last.pt`` (the recipe's format: atomic,
 sha256-checked); rerunning the same command goes on from there (the episode
-in progress at the checkpoint is dropped and recollected).
+in progress at the checkpoint is dropped and recollected). With
+``--stop-at-return`` a checkpoint is also saved at the stopping evaluation
+and once its episode is finished: a run interrupted after it reached ``R``
+resumes without training and stops at that same evaluation.
 
-Example::
+Examples::
 
     python tools/generate_dataset.py --env Pendulum-v1 --recipes medium-replay \\
         --train-steps 20000 --out datasets/
+
+    python tools/generate_dataset.py --env Hopper-v5 --recipes medium medium-replay \\
+        --stop-at-return 1000 --reference-returns -20.272305 3234.3 \\
+        --train-steps 300000 --out datasets/extra
 """
 
 from __future__ import annotations
@@ -84,6 +108,10 @@ PROG = "python tools/generate_dataset.py"
 STATE_FILE = "last.pt"
 
 RECIPES = ("random", "medium", "medium-replay", "expert", "medium-expert")
+D4RL_REFERENCE_HINT = (
+    "Pass the task's reference returns, e.g. D4RL's: Hopper -20.272305 3234.3, "
+    "Walker2d 1.629008 4592.3, HalfCheetah -280.178953 12135.0."
+)
 TRANSITION_KEYS = (
     "observation",
     "action",
@@ -116,6 +144,11 @@ class GenerateConfig:
     dataset_steps: int = 100_000
     checkpoint_every: int = 5_000
     medium_fraction: float = 1.0 / 3.0
+    # stop training at the first evaluation whose return reaches it (D4RL's
+    # medium-replay); None: train for the whole --train-steps budget
+    stop_at_return: float | None = None
+    # (random, expert) returns written in the files instead of the measured ones
+    reference_returns: tuple[float, float] | None = None
     threads: int = 1
     version: str = "v0"
     overwrite: bool = False
@@ -212,6 +245,37 @@ def check_config(cfg: GenerateConfig) -> None:
     for recipe in cfg.recipes:
         if recipe not in RECIPES:
             raise ValueError(f"Unknown recipe {recipe!r}; choose from {RECIPES}.")
+    refs = cfg.reference_returns
+    if refs is not None:
+        if len(refs) != 2 or not all(_is_finite_number(v) for v in refs):
+            fail("reference_returns", "must be two finite numbers RANDOM EXPERT", refs)
+        if not refs[1] > refs[0]:
+            fail("reference_returns", "must have EXPERT > RANDOM", tuple(refs))
+    stop = cfg.stop_at_return
+    if stop is not None:
+        if not _is_finite_number(stop):
+            fail("stop_at_return", "must be a finite number (or left out)", stop)
+        need_expert = [r for r in cfg.recipes if r in ("expert", "medium-expert")]
+        if need_expert:
+            raise ValueError(
+                f"--recipes {' '.join(need_expert)} need the policy of a full "
+                "training run, which --stop-at-return does not make: make them in "
+                "a run without --stop-at-return (with another --out)."
+            )
+        if refs is None:
+            raise ValueError(
+                "--stop-at-return needs --reference-returns RANDOM EXPERT: a run "
+                "stopped at the medium level has no expert to measure R_expert "
+                f"from. {D4RL_REFERENCE_HINT}"
+            )
+
+
+def _is_finite_number(value) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 # -- transitions -> D4RL arrays ---------------------------------------------
@@ -328,15 +392,49 @@ def load_behaviour_policy(path: str | Path, env=None):
     return load_policy(path, env)
 
 
+def _first_reaching(evals, threshold: float | None):
+    """The first ``(step, return)`` of ``evals`` with return ``>= threshold``, or None."""
+    if threshold is None:
+        return None
+    return next(((s, r) for s, r in evals if r >= threshold), None)
+
+
+def _finish_episode(batches, rb, step: int, stop_step: int, pbar=None) -> int:
+    """Extends ``rb`` from ``batches`` up to an episode end at or after ``stop_step``.
+
+    Returns the new step (rows in ``rb``); no gradient steps are made.
+    """
+    done = step > 0 and bool(rb.storage[step - 1]["next", "done"].any())
+    while step < stop_step or not done:
+        batch = next(batches).reshape(-1).select(*TRANSITION_KEYS)
+        batch = _cut_after_episode(batch, stop_step - step)
+        rb.extend(batch)
+        step += batch.numel()
+        done = bool(batch["next", "done"][-1])
+        if pbar is not None:
+            pbar.update(batch.numel())
+    return step
+
+
 # -- the two stages ---------------------------------------------------------
 def train(cfg: GenerateConfig, log=print) -> dict:
-    """Trains the behaviour agent (resumable); returns the run summary."""
+    """Trains the behaviour agent (resumable); returns the run summary.
+
+    Raises:
+        SystemExit: with ``--stop-at-return``, when no evaluation reached it
+            within ``--train-steps`` (the checkpoint is kept for a rerun); a
+            checkpoint past ``--train-steps``.
+    """
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        if summary.get("train_steps") == cfg.train_steps:
+        if cfg.stop_at_return is None:
+            same = summary.get("train_steps") == cfg.train_steps
+        else:  # stopped within the cap
+            same = summary["medium_step"] <= cfg.train_steps
+        if same and summary.get("stop_at_return") == cfg.stop_at_return:
             log(f"training already done: {summary_path}")
             return summary
 
@@ -345,39 +443,77 @@ def train(cfg: GenerateConfig, log=print) -> dict:
     eval_env = _make_env(cfg)  # seeded by each evaluation
     base_seed = cfg.seed + 10_000  # of the evaluations
     max_steps = _max_episode_steps(cfg)
+    stopping = cfg.stop_at_return is not None
     agent = SACAgent(env, cfg.sac)
-    rb = TensorDictReplayBuffer(
-        storage=LazyTensorStorage(cfg.train_steps), batch_size=cfg.sac.batch_size
-    )
-    step, evals, train_time = 0, [], 0.0
+    keep, evals, train_time, stop = 0, [], 0.0, None
     state, buffer = _load_state(run_dir)
     if state is not None:
         agent.load_state(state["agent"])
         set_rng_state(state["rng"])
-        # the episode in progress at the checkpoint cannot be resumed: drop it
-        keep = _last_episode_end(buffer) if buffer is not None else 0
-        if keep:
-            rb.extend(buffer[:keep])
-        step = keep
-        evals = [e for e in state["evals"] if e[0] <= step]
+        within_cap = [e for e in state["evals"] if e[0] <= cfg.train_steps]
+        stop = _first_reaching(within_cap, cfg.stop_at_return)
+        if stop is None:
+            # the episode in progress at the checkpoint cannot be resumed: drop it
+            keep = _last_episode_end(buffer) if buffer is not None else 0
+            evals = [e for e in state["evals"] if e[0] <= keep]
+        else:
+            # R was reached before the interruption: no more training. Keep the
+            # buffer up to the end of that episode, or drop the unfinished
+            # episode and finish it with the stopped policy
+            cut = _cut_after_episode(buffer, stop[0])
+            done = bool(cut["next", "done"][-1])
+            keep = cut.numel() if done else _last_episode_end(buffer)
+            evals = [e for e in state["evals"] if e[0] <= stop[0]]
+            medium = load_checkpoint(_policy_path(run_dir, stop[0]))
+            agent.actor.load_state_dict(medium["actor"])
+        if stop is None and keep > cfg.train_steps:
+            raise SystemExit(
+                f"The checkpoint {run_dir / STATE_FILE} is at step {keep}, past "
+                f"--train-steps {cfg.train_steps}: pass --train-steps {keep} or "
+                f"more, or delete {run_dir} to start again."
+            )
         train_time = state.get("train_time", 0.0)
+    # a stopped run finishes its last episode, up to max_steps past the cap
+    capacity = max(cfg.train_steps, keep) + (max_steps if stopping else 0)
+    rb = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(capacity), batch_size=cfg.sac.batch_size
+    )
+    if keep:
+        rb.extend(buffer[:keep])
+    step = keep
+    if state is not None:
         log(f"resuming {run_dir} at step {step}")
+
+    def save(at_step):
+        _save_state(
+            run_dir,
+            agent,
+            rb,
+            {
+                "step": at_step,
+                "evals": evals,
+                "train_time": train_time + time.perf_counter() - t0,
+            },
+        )
 
     collector = Collector(
         env,
         agent.actor,
         frames_per_batch=cfg.frames_per_batch,
-        total_frames=cfg.train_steps - step,
+        # a stopped run may collect past the cap to finish its episode
+        total_frames=-1 if stopping else cfg.train_steps - step,
         init_random_frames=max(cfg.init_random_steps - step, 0),
         exploration_type=ExplorationType.RANDOM,
         auto_register_policy_transforms=False,
     )
     collector.set_seed(cfg.seed + step)
+    batches = iter(collector)
     pbar = _progress(cfg, total=cfg.train_steps, initial=step)
     next_eval = (step // cfg.eval_every + 1) * cfg.eval_every
     next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     t0 = time.perf_counter()
-    for batch in collector:
+    # a run resumed after it reached --stop-at-return trains no more
+    for batch in batches if stop is None else ():
         batch = batch.reshape(-1).select(*TRANSITION_KEYS)
         # after a resume the collector may round its budget up: never wrap the buffer
         batch = batch[: cfg.train_steps - step]
@@ -388,6 +524,8 @@ def train(cfg: GenerateConfig, log=print) -> dict:
         if step > cfg.init_random_steps:
             for _ in range(int(math.ceil(batch.numel() * cfg.utd))):
                 agent.update(rb.sample())
+        if pbar is not None:
+            pbar.update(batch.numel())
         if step >= next_eval or step >= cfg.train_steps:
             ret = float(
                 np.mean(
@@ -405,69 +543,89 @@ def train(cfg: GenerateConfig, log=print) -> dict:
             next_eval = (step // cfg.eval_every + 1) * cfg.eval_every
             if pbar is not None:
                 pbar.set_postfix(eval_return=f"{ret:.1f}")
+            stop = _first_reaching([(step, ret)], cfg.stop_at_return)
+            if stop is not None:
+                save(step)  # an interrupted run resumes at this stop
+                break
         if step >= next_ckpt and step < cfg.train_steps:
-            _save_state(
-                run_dir,
-                agent,
-                rb,
-                {
-                    "step": step,
-                    "evals": evals,
-                    "train_time": train_time + time.perf_counter() - t0,
-                },
-            )
+            save(step)
             next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-        if pbar is not None:
-            pbar.update(batch.numel())
+        if step >= cfg.train_steps:
+            break
+    if stop is not None:
+        # D4RL's medium-replay ends with the episode in progress at the stop
+        before = step
+        step = _finish_episode(batches, rb, step, stop[0], pbar)
+        if step != before:
+            save(step)  # so that a resumed run keeps this very episode
+    elif stopping:
+        save(step)  # a rerun with a larger --train-steps continues from here
     collector.shutdown()
     if pbar is not None:
         pbar.close()
     train_time += time.perf_counter() - t0
+    if stopping and stop is None:
+        best = max(evals, key=lambda e: e[1])
+        raise SystemExit(
+            f"No evaluation reached --stop-at-return {cfg.stop_at_return:g} within "
+            f"--train-steps {cfg.train_steps}: the best return was {best[1]:.1f} "
+            f"(step {best[0]}). Pass a larger --train-steps (the run continues "
+            f"from {run_dir / STATE_FILE}) or a lower --stop-at-return."
+        )
 
     t1 = time.perf_counter()
-    final_returns = episode_returns(
-        eval_env,
-        agent.actor,
-        cfg.final_eval_episodes,
-        max_steps,
-        seed=eval_seed(base_seed, step),
-    )
+    if not stopping:
+        final_returns = episode_returns(
+            eval_env,
+            agent.actor,
+            cfg.final_eval_episodes,
+            max_steps,
+            seed=eval_seed(base_seed, step),
+        )
     random_returns = episode_returns(
         eval_env, None, cfg.random_episodes, max_steps, seed=base_seed + 1
     )
-    expert_path = _save_policy(run_dir, agent, step, float(np.mean(final_returns)), cfg)
-    expert = float(np.mean(final_returns))
     random = float(np.mean(random_returns))
-    if not expert > random:
-        raise RuntimeError(
-            f"The agent did not beat the random policy on {cfg.env_id} "
-            f"({expert:.1f} vs {random:.1f}) after {cfg.train_steps} steps: raise "
-            "--train-steps."
-        )
-    threshold = random + cfg.medium_fraction * (expert - random)
-    medium = next(((s, r) for s, r in evals if r >= threshold), None)
-    if medium is None:
-        raise RuntimeError(
-            f"No saved policy reached the medium level {threshold:.1f}; evaluations: "
-            f"{evals}. Raise --train-steps or lower --eval-every."
-        )
+    if stopping:
+        # no expert: the files take their references from --reference-returns
+        expert = expert_std = expert_path = None
+        threshold, medium, trained = cfg.stop_at_return, stop, stop[0]
+    else:
+        expert = float(np.mean(final_returns))
+        expert_std = float(np.std(final_returns))
+        expert_path = str(_save_policy(run_dir, agent, step, expert, cfg))
+        if not expert > random:
+            raise RuntimeError(
+                f"The agent did not beat the random policy on {cfg.env_id} "
+                f"({expert:.1f} vs {random:.1f}) after {cfg.train_steps} steps: raise "
+                "--train-steps."
+            )
+        threshold = random + cfg.medium_fraction * (expert - random)
+        medium, trained = _first_reaching(evals, threshold), cfg.train_steps
+        if medium is None:
+            raise RuntimeError(
+                f"No saved policy reached the medium level {threshold:.1f}; "
+                f"evaluations: {evals}. Raise --train-steps or lower --eval-every."
+            )
     # atomic and checked, as the data layer's dataset caches
     write_cache(run_dir / "training_buffer", rb.storage[:], rows=len(rb))
     summary = {
         "env_id": cfg.env_id,
         "seed": cfg.seed,
-        "train_steps": cfg.train_steps,
+        "train_steps": trained,
+        "stop_at_return": cfg.stop_at_return,
         "train_time_s": train_time,
         "final_eval_time_s": time.perf_counter() - t1,
         "expert_return": expert,
-        "expert_return_std": float(np.std(final_returns)),
+        "expert_return_std": expert_std,
         "random_return": random,
         "random_return_std": float(np.std(random_returns)),
         "medium_threshold": threshold,
         "medium_step": medium[0],
         "medium_return": medium[1],
         "medium_checkpoint": str(_policy_path(run_dir, medium[0])),
-        "expert_checkpoint": str(expert_path),
+        "expert_checkpoint": expert_path,
+        "buffer_rows": len(rb),
         "max_episode_steps": max_steps,
         "evals": evals,
         "env_action_low": env.base_env.action_spec.space.low.tolist(),
@@ -477,10 +635,18 @@ def train(cfg: GenerateConfig, log=print) -> dict:
     }
     summary_path.write_text(json.dumps(summary, indent=1))
     (run_dir / STATE_FILE).unlink(missing_ok=True)
-    log(
-        f"trained {cfg.train_steps} steps in {train_time:.0f}s: expert {expert:.1f}, "
-        f"random {random:.1f}, medium {medium[1]:.1f} at step {medium[0]}"
-    )
+    if stopping:
+        log(
+            f"stopped at step {medium[0]} (evaluation return {medium[1]:.1f} >= "
+            f"{threshold:g}) after {train_time:.0f}s, {len(rb)} transitions in the "
+            f"buffer; random {random:.1f}"
+        )
+    else:
+        log(
+            f"trained {cfg.train_steps} steps in {train_time:.0f}s: expert "
+            f"{expert:.1f}, random {random:.1f}, medium {medium[1]:.1f} at step "
+            f"{medium[0]}"
+        )
     return summary
 
 
@@ -508,10 +674,18 @@ def generate(cfg: GenerateConfig, log=print) -> dict[str, Path]:
 
     Raises:
         ValueError: a setting that cannot work (:func:`check_config`).
+        SystemExit: ``--stop-at-return`` not reached within ``--train-steps``,
+            or a checkpoint past ``--train-steps`` (:func:`train`).
     """
     check_config(cfg)
     torch.set_num_threads(cfg.threads)
     summary = train(cfg, log)
+    if cfg.reference_returns is not None:
+        random_ref, expert_ref = map(float, cfg.reference_returns)
+        reference = "given"
+    else:
+        random_ref, expert_ref = summary["random_return"], summary["expert_return"]
+        reference = "measured"
     written = {}
     for recipe in cfg.recipes:
         path = cfg.dataset_path(recipe)
@@ -525,27 +699,30 @@ def generate(cfg: GenerateConfig, log=print) -> dict[str, Path]:
         returns = episode_returns_from_arrays(
             arrays["rewards"], arrays["terminals"] | arrays["timeouts"]
         )
+        medium, expert = summary["medium_checkpoint"], summary["expert_checkpoint"]
         checkpoint = {
             "random": None,
-            "medium": summary["medium_checkpoint"],
-            "medium-replay": summary["medium_checkpoint"],
-            "expert": summary["expert_checkpoint"],
-            "medium-expert": summary["medium_checkpoint"]
-            + ";"
-            + summary["expert_checkpoint"],
+            "medium": medium,
+            "medium-replay": medium,
+            "expert": expert,
+            "medium-expert": f"{medium};{expert}",
         }[recipe]
         metadata = {
             "env_id": cfg.env_id,
             "task": cfg.stem,
             "recipe": recipe,
             "seed": cfg.seed,
-            "random_return": summary["random_return"],
-            "expert_return": summary["expert_return"],
+            "random_return": random_ref,
+            "expert_return": expert_ref,
+            "reference_returns": reference,
+            "measured_random_return": summary["random_return"],
+            "measured_expert_return": summary["expert_return"],  # None: not written
             "dataset_return_mean": float(returns.mean()),
             "dataset_episodes": int(returns.size),
             "medium_step": summary["medium_step"],
             "medium_return": summary["medium_return"],
             "train_steps": summary["train_steps"],
+            "stop_at_return": summary.get("stop_at_return"),
             "train_time_s": summary["train_time_s"],
             "policy_checkpoint": checkpoint,
             "env_action_low": np.asarray(summary["env_action_low"], np.float32),
@@ -612,7 +789,32 @@ def parse_args(argv=None) -> GenerateConfig:
     ):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=getattr(d, key))
     p.add_argument("--utd", type=float, default=d.utd, help="updates per env step")
-    p.add_argument("--medium-fraction", type=float, default=d.medium_fraction)
+    p.add_argument(
+        "--medium-fraction",
+        type=float,
+        default=d.medium_fraction,
+        help="medium level between R_random and R_expert (without --stop-at-return)",
+    )
+    p.add_argument(
+        "--stop-at-return",
+        type=float,
+        default=None,
+        metavar="R",
+        help="stop training at the first evaluation with return >= R: that policy "
+        "is the medium one and the replay buffer up to the end of its episode is "
+        "medium-replay (as D4RL); --train-steps is then the cap. Needs "
+        "--reference-returns; refuses the expert and medium-expert recipes",
+    )
+    p.add_argument(
+        "--reference-returns",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("RANDOM", "EXPERT"),
+        help="the random and expert returns written in the files (normalised "
+        "scores) instead of the measured ones; D4RL's: Hopper -20.272305 3234.3, "
+        "Walker2d 1.629008 4592.3, HalfCheetah -280.178953 12135.0",
+    )
     p.add_argument("--hidden", type=int, default=d.sac.hidden)
     p.add_argument("--batch-size", type=int, default=d.sac.batch_size)
     p.add_argument("--lr", type=float, default=d.sac.lr)
@@ -624,6 +826,8 @@ def parse_args(argv=None) -> GenerateConfig:
         hidden=args.pop("hidden"), batch_size=args.pop("batch_size"), lr=args.pop("lr")
     )
     args["recipes"] = tuple(args["recipes"])
+    if args["reference_returns"] is not None:
+        args["reference_returns"] = tuple(args["reference_returns"])
     cfg = GenerateConfig(sac=sac, **args)
     try:
         check_config(cfg)
