@@ -212,3 +212,20 @@ def test_online_rows_are_normalised_once(misa_script):
             rtol=0,
         )
     phase.close()
+
+
+def test_an_offline_run_continues_with_an_online_phase(misa_script, tmp_path):
+    """A finished offline run, rerun in its folder with online.frames, fine-tunes
+    online from its checkpoint, as a run with the online phase from the start."""
+    args = ["checkpoint.interval=10", "logger.eval_iter=40"]
+    full = train(misa_script, tmp_path / "full", *args, "online.frames=80")
+    offline = train(misa_script, tmp_path / "two", *args, "online.frames=0")
+    assert offline["steps"] == 10
+    resumed = train(misa_script, tmp_path / "two", *args, "online.frames=80")
+    assert resumed["steps"] == full["steps"] == 90
+    assert json.dumps(full["scores"]) == json.dumps(resumed["scores"])
+    (a,), state_a = online_buffers(misa_script, tmp_path / "full")
+    (b,), state_b = online_buffers(misa_script, tmp_path / "two")
+    assert torch.equal(a["action"], b["action"])
+    for key, value in state_a["recipe"]["loss_module"].items():
+        assert torch.equal(value, state_b["recipe"]["loss_module"][key]), key

@@ -412,9 +412,11 @@ def _may_change(key: str) -> bool:
 def config_differences(saved: dict, now: dict, step: int) -> list[tuple[str, str]]:
     """What keeps a run with config ``now`` from continuing a checkpoint.
 
-    Every entry must be equal, except those of :data:`MAY_CHANGE`;
-    ``optim.gradient_steps`` must be at least the checkpoint's step, and equal
-    to the checkpoint's once that step is past it (in the online phase).
+    Every entry must be equal, except those of :data:`MAY_CHANGE`, and
+    ``online.*`` while the checkpoint has done no online update (an offline
+    run may be fine-tuned online); ``optim.gradient_steps`` must be at least
+    the checkpoint's step, and equal to the checkpoint's once that step is
+    past it (in the online phase).
 
     Args:
         saved: the resolved config stored in the checkpoint.
@@ -435,8 +437,11 @@ def config_differences(saved: dict, now: dict, step: int) -> list[tuple[str, str
     """
     found = []
     old_leaves, new_leaves = _leaves(saved), _leaves(now)
+    saved_budget = _get(saved, "optim.gradient_steps")
+    # no online update done yet: an offline run may go on with an online phase
+    offline_only = step <= saved_budget
     for key in dict.fromkeys([*old_leaves, *new_leaves]):
-        if _may_change(key):
+        if _may_change(key) or (offline_only and key.startswith("online.")):
             continue
         old, new = old_leaves.get(key, _ABSENT), new_leaves.get(key, _ABSENT)
         if old != new:
@@ -448,9 +453,7 @@ def config_differences(saved: dict, now: dict, step: int) -> list[tuple[str, str
             else:
                 override = f"{key}={_as_override(old)}"
             found.append((line, override))
-    budget, saved_budget = _get(now, "optim.gradient_steps"), _get(
-        saved, "optim.gradient_steps"
-    )
+    budget = _get(now, "optim.gradient_steps")
     if step > saved_budget:
         # past the offline updates: the online phase's steps count from there
         if budget != saved_budget:

@@ -150,8 +150,8 @@ def _train(
         start, scores, run_id = resumed["step"], resumed["scores"], resumed["run_id"]
         set_rng_state(resumed["rng"])
     online = OnlinePhase(cfg, data, recipe, device) if cfg.online.frames else None
-    if online is not None and resumed is not None and "online" in resumed:
-        online.load_state_dict(resumed["online"])
+    if online is not None and resumed is not None and start > _switch(resumed):
+        online.load_state_dict(resumed["online"])  # past the switch: its progress
     # Stop now, not at the first save hours in, if the folder lacks the space: a
     # save writes the new checkpoint next to the previous one, twice its size.
     bulk = {"recipe": recipe.state_dict(), "rng": rng_state(), "config": config}
@@ -307,6 +307,11 @@ def _train(
     }
     (out_dir / "summary.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def _switch(checkpoint: dict) -> int:
+    """The step at which the checkpoint's run went (or goes) online."""
+    return checkpoint["config"]["optim"]["gradient_steps"]
 
 
 def _prefix(agent: int, num_agents: int) -> str:
