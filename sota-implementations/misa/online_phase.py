@@ -30,8 +30,13 @@ from torchrl.envs import ExplorationType, RewardSum, SerialEnv, TransformedEnv
 from torchrl.envs.transforms import ObservationNorm
 from utils import ConfigError
 
-from torchrl_misa.data import dataset_env_id, make_env, normalized_score, OfflineData
-from torchrl_misa.data.online_buffer import GroupOfflineToOnlineReplayBuffer
+from torchrl_misa.data import (
+    dataset_env_id,
+    GroupOfflineToOnlineReplayBuffer,
+    make_env,
+    normalized_score,
+    OfflineData,
+)
 
 
 def collect_seed(seed: int, frames: int) -> int:

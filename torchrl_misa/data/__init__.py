@@ -3,6 +3,8 @@
 :func:`load_offline_data` turns a dataset name (a D4RL id, ``"minari:<id>"``,
 a local D4RL-layout file) into an :class:`OfflineData`: a TorchRL replay
 buffer with MISA's processing, and what evaluation and scores need.
+:class:`GroupOfflineToOnlineReplayBuffer` mixes it with online transitions
+(one buffer per agent) for fine-tuning online.
 
 Importing this package has one side effect: it registers the new prefix
 ``"d4rl_file"`` (:class:`D4RLFileExperienceReplay`) in
@@ -34,6 +36,7 @@ from torchrl_misa.data.offline_data import (
     make_offline_replay_buffer,
     OfflineData,
 )
+from torchrl_misa.data.online_buffer import GroupOfflineToOnlineReplayBuffer
 from torchrl_misa.data.processing import (
     action_clip_transform,
     antmaze_reward_transform,
@@ -73,6 +76,7 @@ __all__ = [
     "DEMO_DATASET_PATH",
     "DatasetFormatError",
     "DatasetUnavailableError",
+    "GroupOfflineToOnlineReplayBuffer",
     "OfflineD4RLExperienceReplay",
     "OfflineData",
     "action_clip_transform",
