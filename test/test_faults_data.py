@@ -267,3 +267,31 @@ def test_transitions_of_any_source_are_checked(key, value, expected):
     data[key] = value
     with pytest.raises(DatasetFormatError, match=re.escape(expected)):
         check_transitions(data, "minari:x")
+
+
+def test_image_like_observations_stop_the_script_with_what_to_do(tmp_path, misa_script):
+    """The library loads [N, 2, 3] observations; the script's MLPs cannot take them."""
+    from hydra import compose, initialize_config_dir
+
+    data = arrays(n=40)
+    for key in ("observations", "next_observations"):
+        data[key] = np.repeat(data[key][:, None, :], 2, axis=1)
+    path = write_d4rl_hdf5(tmp_path / "images.hdf5", data, {"env_id": "Pendulum-v1"})
+    assert load(path, tmp_path).replay_buffer.sample()["observation"].shape[1:] == (
+        2,
+        3,
+    )
+    folder = Path(misa_script.misa_offline.__file__).parent
+    with initialize_config_dir(config_dir=str(folder), version_base="1.2"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "preset=demo",
+                f"replay_buffer.dataset={path}",
+                f"replay_buffer.root={tmp_path}",
+            ],
+        )
+    with pytest.raises(
+        misa_script.utils.ConfigError, match=r"observations of shape \[2, 3\]"
+    ):
+        misa_script.utils.make_offline_data(cfg, torch.device("cpu"))

@@ -302,7 +302,7 @@ def make_offline_data(cfg: DictConfig, device: torch.device) -> OfflineData:
     """
     rb_cfg = cfg.replay_buffer
     try:
-        return load_offline_data(
+        data = load_offline_data(
             rb_cfg.dataset,
             rb_cfg.batch_size * cfg.num_agents,
             clip_actions=rb_cfg.clip_actions,
@@ -318,6 +318,15 @@ def make_offline_data(cfg: DictConfig, device: torch.device) -> OfflineData:
             "dataset shipped in the repo: `python "
             "sota-implementations/misa/misa_offline.py preset=demo`."
         ) from None
+    shape = data.replay_buffer.storage[:1]["observation"].shape[1:]
+    if len(shape) != 1:
+        raise ConfigError(
+            f"replay_buffer.dataset={rb_cfg.dataset}: observations of shape "
+            f"{list(shape)}; the script's networks are MLPs over flat vectors. "
+            "Flatten them in the file (e.g. reshape to [N, -1]), or build your own "
+            "networks around torchrl_misa.MISALoss."
+        )
+    return data
 
 
 def make_environment(cfg: DictConfig, data: OfflineData, device: torch.device):
