@@ -799,3 +799,21 @@ def test_baseline_groups_get_their_own_agent_ratio():
     }
     summary = bench.summarise_agents(results)
     assert summary == {"small_5_agents_vs_1_eager_iql": pytest.approx(130.0 / 40.0)}
+
+
+def test_sampler_bias_writes_its_tables(tmp_path, monkeypatch):
+    bias = _load("sampler_bias")
+    monkeypatch.setattr(bias, "RESULTS", tmp_path)
+    record = bias.main(["--seeds", "0", "--states", "64", "--chains", "200"])
+    saved = json.loads((tmp_path / "sampler_bias.json").read_text())
+    assert saved["modes"] == record["modes"] and saved["seeds"] == [0]
+    modes = record["modes"]
+    assert modes["whitened"][0]["bias"] < modes["authors"][0]["bias"]
+    assert modes["authors"][0]["acceptance"] < modes["whitened"][0]["acceptance"]
+    assert abs(record["normal"]["exact"][0]["variance"] - 1) < 0.05
+    md = (tmp_path / "sampler_bias.md").read_text()
+    assert (
+        "`python benchmarks/sampler_bias.py --seeds 0 --states 64 --chains 200`" in md
+    )
+    whitened = f"| `whitened` (default) | {modes['whitened'][0]['bias']:.3f} |"
+    assert whitened in md
