@@ -172,6 +172,10 @@ def run(datasets, methods, seeds, out: Path) -> None:
             "Missing datasets. Make them with the generator, then rerun:\n"
             + "\n".join(f"  {path}: {generate_command(path)}" for path in missing)
         )
+    from learning import check_dataset_files
+
+    # rows of two files of one dataset would compare methods on different data
+    check_dataset_files([DATASETS[d]["path"] for d in datasets], out)
     todo = [j for j in jobs if job_name(*j) not in done]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs done; running {len(todo)}.")
     for i, (dataset, method, seed) in enumerate(todo, 1):
