@@ -172,6 +172,17 @@ def normal_variance(chains: int, shared: bool | None, seed: int) -> dict:
     return {"variance": variance, "acceptance": acceptance}
 
 
+def _bias_row(name: str, rows: list) -> str:
+    """A table row: bias per seed, its range, acceptance per seed."""
+    return (
+        f"| {name} | "
+        + " | ".join(_cells(rows, "bias", ".3f"))
+        + f" | {_range(rows, 'bias', '.3f')} | "
+        + " | ".join(_cells(rows, "acceptance", ".2f"))
+        + " |"
+    )
+
+
 def _cells(rows: list[dict], key: str, fmt: str) -> list[str]:
     return [("–" if r[key] is None else format(r[key], fmt)) for r in rows]
 
@@ -213,14 +224,7 @@ def markdown(record: dict) -> str:
     names.update({m: f"`{m}`" for m in MODES})
     names["whitened"] += " (default)"
     for key, name in names.items():
-        rows = record["modes"][key]
-        lines.append(
-            f"| {name} | "
-            + " | ".join(_cells(rows, "bias", ".3f"))
-            + f" | {_range(rows, 'bias', '.3f')} | "
-            + " | ".join(_cells(rows, "acceptance", ".2f"))
-            + " |"
-        )
+        lines.append(_bias_row(name, record["modes"][key]))
     lines += [
         "",
         "## Step size shared by the batch or one per chain (`hmc_sample`, whitened)",
@@ -232,14 +236,7 @@ def markdown(record: dict) -> str:
         f"|---|{bar}---:|{bar}",
     ]
     for key, name in (("shared", "shared (default)"), ("per_chain", "per chain")):
-        rows = record["step_size"][key]
-        lines.append(
-            f"| {name} | "
-            + " | ".join(_cells(rows, "bias", ".3f"))
-            + f" | {_range(rows, 'bias', '.3f')} | "
-            + " | ".join(_cells(rows, "acceptance", ".2f"))
-            + " |"
-        )
+        lines.append(_bias_row(name, record["step_size"][key]))
     lines += [
         "",
         f"## {NORMAL_DIM}-D standard normal: variance of the kept samples (exact 1)",
