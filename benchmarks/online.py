@@ -12,6 +12,7 @@ from its last checkpoint).
 
     python benchmarks/online.py                                  # shipped Pendulum set
     python benchmarks/online.py --datasets hopper-medium-replay-v0 --seeds 0 1 2
+    python benchmarks/online.py --seeds 3 4 &                  # a second process, other seeds
     python benchmarks/online.py --report                         # online.md, online.png
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
@@ -198,9 +200,21 @@ def run(datasets, methods, seeds, out: Path) -> None:
             )
         summary = json.loads((run_dir / "summary.json").read_text())
         row = row_of(dataset, method, seed, summary, wall, run_dir)
+        _record(out, curves_path, row, name, curve(summary))
+        print(
+            f"    pretrained {row['pretrained_score']}, dip {row['dip_score']}, "
+            f"final {row['final_score']} ({wall / 60:.1f} min)",
+            flush=True,
+        )
+
+
+def _record(out: Path, curves_path: Path, row: dict, name: str, points) -> None:
+    """Adds a job's row and curve; processes run side by side (other seeds) take turns."""
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         curves = json.loads(curves_path.read_text()) if curves_path.exists() else {}
-        curves[name] = curve(summary)
-        tmp = curves_path.with_suffix(".tmp")
+        curves[name] = points
+        tmp = curves_path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(curves, indent=0))
         os.replace(tmp, curves_path)
         new = not out.exists()
@@ -209,11 +223,6 @@ def run(datasets, methods, seeds, out: Path) -> None:
             if new:
                 writer.writeheader()
             writer.writerow(row)
-        print(
-            f"    pretrained {row['pretrained_score']}, dip {row['dip_score']}, "
-            f"final {row['final_score']} ({wall / 60:.1f} min)",
-            flush=True,
-        )
 
 
 def _name(row: dict) -> str:
