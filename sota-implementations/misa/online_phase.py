@@ -18,22 +18,18 @@ checkpoint are cut there (their last transitions stay, bootstrapped).
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from torchrl._utils import timeit
 from torchrl.collectors import Collector
-from torchrl.envs import ExplorationType, RewardSum, SerialEnv, TransformedEnv
+from torchrl.envs import ExplorationType, RewardSum, TransformedEnv
 from torchrl.envs.transforms import ObservationNorm
-from utils import ConfigError
+from utils import ConfigError, make_environment
 
 from torchrl_misa.data import (
-    dataset_env_id,
     GroupOfflineToOnlineReplayBuffer,
-    make_env,
     normalized_score,
     OfflineData,
 )
@@ -87,11 +83,9 @@ class OnlinePhase:
 
     # ------------------------------------------------------------- collecting
     def _make_collector(self) -> Collector:
-        env_id = self.cfg.env.name or dataset_env_id(self.data)
-        make = functools.partial(make_env, env_id, obs_norm=self.data.obs_norm)
-        copies = self.cfg.online.envs * self.num_agents
-        env = SerialEnv(copies, make) if copies > 1 else make()
-        env = env.to(self._device)
+        env = make_environment(
+            self.cfg, self.data, self._device, per_agent=self.cfg.online.envs
+        )
         if isinstance(env, TransformedEnv):  # episode returns, for the logs
             env.append_transform(RewardSum())
         else:

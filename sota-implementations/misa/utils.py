@@ -329,18 +329,24 @@ def make_offline_data(cfg: DictConfig, device: torch.device) -> OfflineData:
     return data
 
 
-def make_environment(cfg: DictConfig, data: OfflineData, device: torch.device):
+def make_environment(
+    cfg: DictConfig,
+    data: OfflineData,
+    device: torch.device,
+    per_agent: int | None = None,
+):
     """The evaluation env: ``logger.eval_envs`` copies of the task per agent, batched.
 
-    Copies ``[i * eval_envs, (i + 1) * eval_envs)`` run agent ``i``'s policy. A
-    :class:`~torchrl.envs.SerialEnv` steps them in this process (worker
-    processes cost more than they save for small tasks on a few cores). The
-    dataset's observation normaliser (if any) is appended, so the policy sees
-    observations as in training.
+    Copies ``[i * n, (i + 1) * n)`` run agent ``i``'s policy (``n``:
+    ``per_agent``, default ``logger.eval_envs``; the online phase's collector
+    passes ``online.envs``). A :class:`~torchrl.envs.SerialEnv` steps them in
+    this process (worker processes cost more than they save for small tasks
+    on a few cores). The dataset's observation normaliser (if any) is
+    appended, so the policy sees observations as in training.
     """
     env_id = cfg.env.name or dataset_env_id(data)
     make = functools.partial(make_env, env_id, obs_norm=data.obs_norm)
-    copies = cfg.logger.eval_envs * cfg.num_agents
+    copies = (per_agent or cfg.logger.eval_envs) * cfg.num_agents
     env = SerialEnv(copies, make) if copies > 1 else make()
     return env.to(device)  # seeded by each evaluation (see `evaluate`)
 
