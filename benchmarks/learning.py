@@ -102,6 +102,39 @@ GENERATE = {
         for path in paths
     },
 }
+# D4RL-sized sets, made as D4RL made its own: `medium-replay` is the whole
+# replay buffer of a SAC run stopped at D4RL's medium level, `medium` 100k+
+# steps of the policy it stopped at; normalised with D4RL's reference returns.
+D4RL_SIZED = {
+    (task, recipe): f"datasets/extra/d4rl/{task}-{recipe}-v0.hdf5"
+    for task in ("hopper", "walker2d")
+    for recipe in ("medium-replay", "medium")
+}
+_GENERATE_D4RL = (
+    "--recipes medium medium-replay --init-random-steps 5000 --frames-per-batch 1000 "
+    "--eval-every 2500 --checkpoint-every 5000 --out datasets/extra/d4rl --threads 1"
+)
+GENERATE.update(
+    {
+        path: f"python tools/generate_dataset.py --env {env} {stop} {_GENERATE_D4RL}"
+        for (task, _), path in D4RL_SIZED.items()
+        for env, stop in (
+            (
+                (
+                    "Hopper-v5",
+                    "--stop-at-return 1400 --reference-returns -20.272305 3234.3 "
+                    "--train-steps 300000",
+                )
+                if task == "hopper"
+                else (
+                    "Walker2d-v5",
+                    "--stop-at-return 2800 --reference-returns 1.629008 4592.3 "
+                    "--train-steps 500000",
+                )
+            ),
+        )
+    }
+)
 # MuJoCo evaluations run the tasks' whole 1000-step episodes (the demo preset
 # stops at Pendulum's 200).
 MUJOCO_EVAL = ["logger.eval_steps=1000"]
@@ -154,6 +187,21 @@ SCALES = {
             "preset=demo",
             "optim.gradient_steps=16000",
             "logger.eval_iter=1000",
+        ],
+    },
+    # The D4RL-sized sets at 100k updates, demo-size networks, each method's
+    # 5 seeds one compiled group (--agents), an evaluation every 5000 updates.
+    "d4rl": {
+        "datasets": list(D4RL_SIZED.values()),
+        "ablation_datasets": [],
+        "seeds": [0, 1, 2, 3, 4],
+        "overrides": [
+            "preset=demo",
+            "optim.gradient_steps=100000",
+            "logger.eval_iter=5000",
+            "checkpoint.interval=5000",
+            "compile.compile=true",
+            *MUJOCO_EVAL,
         ],
     },
     "paper": {

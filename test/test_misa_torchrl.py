@@ -277,6 +277,33 @@ class TestMISA:
         loss_fn = self._create_loss(mi_critic=True)
         self.reset_parameters_recursive_test(loss_fn)
 
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"num_mcmc_samples": 0},
+            {"mi_estimator": "mine"},
+            {"lagrange_tau": 5.0, "mi_estimator": "ba"},
+            {"target_accept": 1.5},
+            {"bc_term": False, "mi_estimator": "ba"},
+        ],
+    )
+    def test_misa_check_options(self, bad):
+        # without networks, the same verdict as the constructor's
+        defaults = {
+            name: p.default
+            for name, p in inspect.signature(MISALoss.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        names = inspect.signature(MISALoss.check_options).parameters
+        options = {name: defaults[name] for name in names}
+        options.update(reduction="mean", mi_critic=None)
+        MISALoss.check_options(**options)
+        with pytest.raises(ValueError) as from_check:
+            MISALoss.check_options(**{**options, **bad})
+        with pytest.raises(ValueError) as from_loss:
+            self._create_loss(**bad)
+        assert str(from_check.value) == str(from_loss.value)
+
     @pytest.mark.parametrize("device", DEVICES)
     @pytest.mark.parametrize("td_est", list(ValueEstimators) + [None])
     @pytest.mark.parametrize(

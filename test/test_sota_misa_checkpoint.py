@@ -613,3 +613,15 @@ def test_captured_update_has_one_graph_per_set_of_groups(
     for _, optimizer in recipe.optimizers.values():
         assert all(group["capturable"] for group in optimizer.param_groups)
     assert critic_optim.state[first]["step"].device == first.device
+
+
+def test_deterministic_actor_compiles(misa_script, pendulum_file):
+    # TD3+BC's TanhDelta actor inside torch.compile: the same actions as eager,
+    # tanh(net(obs)) written out here
+    torch.manual_seed(0)
+    cfg = make_cfg(pendulum_file, "compile.compile=true")
+    actor = misa_script.utils.make_actor(cfg, 2, deterministic=True)
+    td = TensorDict(observation=torch.randn(5, 3), batch_size=[5])
+    compiled = torch.compile(actor, fullgraph=False)
+    expected = torch.tanh(actor.module[0](td["observation"]))
+    torch.testing.assert_close(compiled(td.clone())["action"], expected)

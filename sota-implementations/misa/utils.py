@@ -270,8 +270,7 @@ def check_online_config(cfg: DictConfig) -> list[str]:
 
 def _misa_loss_problem(loss_cfg: DictConfig) -> str | None:
     """What :class:`~torchrl_misa.MISALoss` would refuse in ``loss.*``, or ``None``."""
-    from torchrl_misa.objectives._misa_checks import check_options
-
+    check_options = MISALoss.check_options
     options = OmegaConf.to_container(loss_cfg, resolve=True)
     names = inspect.signature(check_options).parameters
     kwargs = {k: v for k, v in options.items() if k in names}
@@ -448,7 +447,12 @@ def make_actor(
             in_keys=["param"],
             spec=spec,
             distribution_class=TanhDelta,
-            distribution_kwargs={"low": spec.space.low, "high": spec.space.high},
+            distribution_kwargs={
+                "low": spec.space.low,
+                "high": spec.space.high,
+                # TanhDelta refuses its safe tanh inside torch.compile
+                "safe": not cfg.get("compile", {}).get("compile", False),
+            },
             default_interaction_type=ExplorationType.DETERMINISTIC,
         )
     net = nn.Sequential(

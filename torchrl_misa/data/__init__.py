@@ -15,22 +15,17 @@ left alone: ``load_dataset("d4rl:...")`` is TorchRL's own class.
 from torchrl.data.datasets import register_dataset
 
 from torchrl_misa.data.buffer import check_transitions, load_offline_dataset
-from torchrl_misa.data.cache import CacheDamagedError, CacheWriteError
-from torchrl_misa.data.d4rl import (
-    D4RLFileExperienceReplay,
+from torchrl_misa.data.d4rl import D4RLFileExperienceReplay, OfflineD4RLExperienceReplay
+from torchrl_misa.data.errors import (
+    CacheDamagedError,
+    CacheWriteError,
+    DatasetFormatError,
     DatasetUnavailableError,
-    DEMO_DATASET,
-    DEMO_DATASET_PATH,
-    OfflineD4RLExperienceReplay,
 )
 from torchrl_misa.data.envs import make_env, make_eval_env
-from torchrl_misa.data.hdf5 import (
-    as_bool_flags,
-    DatasetFormatError,
-    read_metadata,
-    validate_d4rl_hdf5,
-    write_d4rl_hdf5,
-)
+from torchrl_misa.data.fingerprint import content_sha256
+from torchrl_misa.data.h5read import as_bool_flags, read_metadata
+from torchrl_misa.data.hdf5 import validate_d4rl_hdf5, write_d4rl_hdf5
 from torchrl_misa.data.offline_data import (
     load_offline_data,
     make_offline_replay_buffer,
@@ -51,7 +46,13 @@ from torchrl_misa.data.scores import (
     normalized_score,
     reference_returns,
 )
-from torchrl_misa.data.tasks import D4RL_REF_RETURNS, dataset_env_id, task_family
+from torchrl_misa.data.tasks import (
+    D4RL_REF_RETURNS,
+    dataset_env_id,
+    DEMO_DATASET,
+    DEMO_DATASET_PATH,
+    task_family,
+)
 
 
 def __getattr__(name):
@@ -85,6 +86,7 @@ __all__ = [
     "CacheDamagedError",
     "CacheWriteError",
     "check_transitions",
+    "content_sha256",
     "dataset_average_normalized_score",
     "describe",
     "dataset_env_id",

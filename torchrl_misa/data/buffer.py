@@ -10,7 +10,7 @@ from torchrl.data.datasets import load_dataset
 from torchrl.data.replay_buffers import ReplayBuffer
 
 from torchrl_misa.data.d4rl import D4RLFileExperienceReplay, OfflineD4RLExperienceReplay
-from torchrl_misa.data.hdf5 import DatasetFormatError
+from torchrl_misa.data.errors import DatasetFormatError
 from torchrl_misa.data.minari_data import load_minari
 from torchrl_misa.data.processing import REWARD_KEY
 from torchrl_misa.data.tasks import split_source

@@ -26,7 +26,6 @@ folder and the MiB needed and free.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,12 @@ import zlib
 from pathlib import Path
 
 from tensordict import TensorDict, TensorDictBase
+
+from torchrl_misa.data.errors import CacheDamagedError, CacheWriteError
+from torchrl_misa.data.fingerprint import (  # noqa: F401 (re-exported)
+    content_sha256,
+    key_name,
+)
 
 #: name of the check file written inside each cache folder
 CHECK_FILE = "cache_check.json"
@@ -52,14 +57,6 @@ CHECKSUM_KEYS = (
     ("next", "terminated"),
     ("next", "truncated"),
 )
-
-
-class CacheDamagedError(RuntimeError):
-    """A cache folder exists but cannot be trusted; the message says why."""
-
-
-class CacheWriteError(RuntimeError):
-    """A cache cannot be written (no space, read-only, no permission); names the folder."""
 
 
 #: room kept per file on top of the arrays' bytes (a file's last block, meta.json files)
@@ -154,40 +151,13 @@ def _no_space(folder: Path, needed: int, free: int) -> CacheWriteError:
     )
 
 
-def _key_name(key) -> str:
-    return key if isinstance(key, str) else "/".join(key)
-
-
 def _checksums(data: TensorDictBase) -> dict[str, int]:
     keys = data.keys(True, True)
     return {
-        _key_name(key): zlib.crc32(data.get(key).contiguous().numpy())
+        key_name(key): zlib.crc32(data.get(key).contiguous().numpy())
         for key in CHECKSUM_KEYS
         if key in keys
     }
-
-
-def content_sha256(data: TensorDictBase) -> str:
-    """A sha256 of the content of ``data``: its keys, dtypes, shapes and values.
-
-    Two datasets with equal transitions have equal fingerprints, wherever and
-    however they are stored; a changed value changes it. Reads every byte once
-    (about a second per GB).
-
-    Examples:
-        >>> import torch
-        >>> a = TensorDict(observation=torch.zeros(3, 2), batch_size=[3])
-        >>> b = a.clone()
-        >>> b["observation"][1, 0] = 1.0
-        >>> content_sha256(a) == content_sha256(a.clone()), content_sha256(a) == content_sha256(b)
-        (True, False)
-    """
-    digest = hashlib.sha256()
-    for key in sorted(data.keys(True, True), key=_key_name):
-        value = data.get(key).contiguous()
-        digest.update(f"{_key_name(key)}|{value.dtype}|{list(value.shape)}|".encode())
-        digest.update(memoryview(value.cpu().numpy()).cast("B"))
-    return digest.hexdigest()
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:

@@ -46,7 +46,8 @@ from tensordict import make_tensordict
 from torchrl.collectors.utils import split_trajectories
 from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
 
-from torchrl_misa.data.cache import CacheDamagedError, discard, open_cache, write_cache
+from torchrl_misa.data.cache import discard, open_cache, write_cache
+from torchrl_misa.data.errors import CacheDamagedError, DatasetUnavailableError
 from torchrl_misa.data.hdf5 import (
     ARRAY_KEYS,
     as_bool_flags,
@@ -62,15 +63,7 @@ from torchrl_misa.data.patches.d4rl_last_transition import (
     D4RLLastTransitionExperienceReplay,
 )
 from torchrl_misa.data.patches.d4rl_time_limit import unknown_next_observation
-
-#: where the shipped demo dataset lives, relative to the repository root
-DEMO_DATASET = "datasets/pendulum-medium-replay-v0.hdf5"
-#: the same, as an absolute path (a source checkout or editable install)
-DEMO_DATASET_PATH = Path(__file__).resolve().parents[2] / DEMO_DATASET
-
-
-class DatasetUnavailableError(RuntimeError):
-    """The dataset is neither cached locally nor downloadable from here."""
+from torchrl_misa.data.tasks import DEMO_DATASET, DEMO_DATASET_PATH  # noqa: F401
 
 
 def torchrl_cache_dir(kind: str) -> Path:

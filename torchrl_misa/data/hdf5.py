@@ -26,11 +26,19 @@ a warning.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from torchrl_misa.data.errors import DatasetFormatError
+from torchrl_misa.data.h5read import (  # noqa: F401 (read here, re-exported)
+    _h5py,
+    _to_python,
+    as_bool_flags,
+    open_hdf5,
+    read_metadata,
+)
 
 #: keys every D4RL-layout file must have
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
@@ -46,20 +54,6 @@ SCALAR_KEYS = ("rewards",) + FLAG_KEYS
 ARRAY_KEYS = ("observations", "actions", "next_observations")
 
 
-class DatasetFormatError(ValueError):
-    """A dataset file or buffer does not follow the D4RL layout or holds bad values."""
-
-
-def _h5py():
-    try:
-        import h5py
-    except ImportError as err:  # pragma: no cover - h5py is in the test extras
-        raise ImportError(
-            "Reading D4RL-layout files needs h5py: `pip install h5py`."
-        ) from err
-    return h5py
-
-
 def check_not_a_folder(path: Path) -> None:
     """Refuses a folder given where a dataset file is expected."""
     if path.is_dir():
@@ -71,30 +65,6 @@ def check_not_a_folder(path: Path) -> None:
         )
 
 
-@contextlib.contextmanager
-def open_hdf5(path: str | Path):
-    """``h5py.File(path, "r")``; a damaged file raises :class:`DatasetFormatError`.
-
-    h5py reports a truncated or corrupted file (at opening, or when a damaged
-    chunk is read) as a bare ``OSError``; this names the file and says what
-    to do. A file that cannot be read for want of permission stays a
-    ``PermissionError``.
-    """
-    h5py = _h5py()
-    try:
-        with h5py.File(path, "r") as f:
-            yield f
-    except DatasetFormatError:
-        raise
-    except (PermissionError, FileNotFoundError):
-        raise
-    except OSError as err:
-        raise DatasetFormatError(
-            f"{path} is a damaged HDF5 file (truncated or corrupted: {err}). Copy or "
-            "generate it again."
-        ) from err
-
-
 def _check_finite(name: str, values: np.ndarray, where: str) -> None:
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         bad = np.argwhere(~np.isfinite(values))[0]
@@ -102,39 +72,6 @@ def _check_finite(name: str, values: np.ndarray, where: str) -> None:
             f"{where}: key '{name}' holds NaN or inf values (first at index "
             f"{tuple(int(i) for i in bad)}). Remove or repair those rows."
         )
-
-
-def as_bool_flags(values, key: str, where: str) -> np.ndarray:
-    """``values`` (bool, or integers/floats that are all 0 or 1) as a bool array.
-
-    Raises:
-        DatasetFormatError: another value (e.g. ``0.5``, ``2`` or NaN), or a
-            dtype that is not a number; the message names ``key``.
-
-    Examples:
-        >>> as_bool_flags(np.array([0.0, 1.0, 0.0], "f4"), "terminals", "x.hdf5")
-        array([False,  True, False])
-        >>> as_bool_flags(np.array([0, 2]), "timeouts", "x.hdf5")
-        Traceback (most recent call last):
-        ...
-        torchrl_misa.data.hdf5.DatasetFormatError: x.hdf5: key 'timeouts' holds 2 at index (1,); episode-end flags must be bool or 0/1.
-    """
-    values = np.asarray(values)
-    if values.dtype == np.bool_:
-        return values
-    if values.dtype.kind not in "biuf":
-        raise DatasetFormatError(
-            f"{where}: key '{key}' has dtype {values.dtype}; episode-end flags must "
-            "be bool or 0/1 numbers."
-        )
-    bad = (values != 0) & (values != 1)  # NaN is neither
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise DatasetFormatError(
-            f"{where}: key '{key}' holds {values[idx].item()} at index {idx}; episode-end "
-            "flags must be bool or 0/1."
-        )
-    return values == 1
 
 
 def validate_d4rl_hdf5(path: str | Path, *, check_values: bool = True) -> int:
@@ -253,37 +190,6 @@ def check_action_bounds(
             f"{float(np.abs(actions).max()):.4g}). Offline datasets here store actions "
             "scaled to [-1, 1]; rescale them with the env's action bounds first."
         )
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Returns the file's ``metadata/*`` entries as python values (``{}`` if none).
-
-    Nested groups are flattened with ``/`` (``metadata/policy/x`` -> ``"policy/x"``).
-    """
-    h5py = _h5py()
-    out: dict[str, Any] = {}
-    with open_hdf5(Path(path).expanduser()) as f:
-        if "metadata" not in f:
-            return out
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                out[name] = _to_python(obj[()])
-
-        f["metadata"].visititems(visit)
-    return out
-
-
-def _to_python(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind in "SO":
-            return [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def write_d4rl_hdf5(

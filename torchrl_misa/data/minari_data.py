@@ -30,7 +30,6 @@ import numpy as np
 from tensordict import TensorDict, TensorDictBase
 
 from torchrl_misa.data.cache import (
-    CacheDamagedError,
     discard,
     make_partial_folder,
     open_cache,
@@ -38,14 +37,12 @@ from torchrl_misa.data.cache import (
     reserve_space,
     write_check_file,
 )
-from torchrl_misa.data.d4rl import (
-    _network_error,
-    _warn_if_no_episode_end,
-    DatasetUnavailableError,
-    DEMO_DATASET,
-)
-from torchrl_misa.data.hdf5 import _h5py, as_bool_flags
+from torchrl_misa.data.d4rl import _network_error, _warn_if_no_episode_end
+from torchrl_misa.data.errors import DatasetUnavailableError
+from torchrl_misa.data.errors import CacheDamagedError
+from torchrl_misa.data.h5read import _h5py, as_bool_flags
 from torchrl_misa.data.patches.minari_fill import MinariFilledExperienceReplay
+from torchrl_misa.data.tasks import DEMO_DATASET
 
 MINARI_SERVER = "https://storage.googleapis.com"
 

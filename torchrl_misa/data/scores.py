@@ -97,7 +97,7 @@ def _complete_episode_returns(dataset: Any) -> np.ndarray:
     if isinstance(dataset, (str, Path)):
         source, name = split_source(str(dataset))
         if source == "d4rl_file":
-            from torchrl_misa.data.hdf5 import _h5py, as_bool_flags
+            from torchrl_misa.data.h5read import _h5py, as_bool_flags
 
             where = str(name)
             with _h5py().File(Path(name).expanduser(), "r") as f:

@@ -14,6 +14,11 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+#: where the shipped demo dataset lives, relative to the repository root
+DEMO_DATASET = "datasets/pendulum-medium-replay-v0.hdf5"
+#: the same, as an absolute path (a source checkout or editable install)
+DEMO_DATASET_PATH = Path(__file__).resolve().parents[2] / DEMO_DATASET
+
 #: D4RL's reference returns (random policy, expert policy) per task family
 D4RL_REF_RETURNS: dict[str, tuple[float, float]] = {
     "halfcheetah": (-280.178953, 12135.0),
@@ -104,7 +109,7 @@ def dataset_metadata(dataset: Any) -> dict:
     source, name = split_source(str(dataset))
     if source != "d4rl_file":
         return {}
-    from torchrl_misa.data.hdf5 import read_metadata
+    from torchrl_misa.data.h5read import read_metadata
 
     path = Path(name).expanduser()
     # a file that is not here can still be named (scores by D4RL name)

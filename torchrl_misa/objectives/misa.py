@@ -339,6 +339,12 @@ class MISALoss(LossModule):
         torch.Size([])
     """
 
+    #: Checks the constructor's options without building the loss (e.g. a
+    #: config, before any data loads): raises the ``ValueError`` the constructor
+    #: would. Every option is a keyword argument named as in the constructor;
+    #: ``mi_critic`` is any object, or ``None`` for the default critic.
+    check_options = staticmethod(check_options)
+
     @dataclass
     class _AcceptedKeys:
         """Configurable tensordict keys (change them with :meth:`set_keys`).
