@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Applies the series to a clean pytorch/rl checkout one PR at a time and, after each, runs TorchRL's
 # pre-commit checks on its files (lint_pr.sh) and its tests (test_pr.sh), then commits it with its
-# title and description, so that the next PR is checked on its own files.
+# title and description, so that the next PR is checked on its own files. After PR 4 it runs the
+# recipe's test_sota.py command on this repo's demo file (that entry downloads D4RL data).
 #
 #   bash upstream/check_series.sh PATH_TO_PYTORCH_RL [PYTHON] [LINT_BIN]
 #
@@ -41,6 +42,12 @@ for n in 1 2 3 4; do
     (cd "$dest" && git reset -q)
     bash "$here/upstream/lint_pr.sh" "$dest" "$bin" || failed=$((failed + 1))
     mapfile -t tests < <(python3 "$here/upstream/make_pr.py" --tests "$n")
+    if [ "$n" = 4 ]; then
+        # test_sota.py's command downloads D4RL's halfcheetah-medium-v2: without network the
+        # same command runs on this repo's D4RL-format demo file, through PR 1's d4rl_file prefix
+        smoke="$(python3 "$here/upstream/make_pr.py" --smoke) replay_buffer.dataset=d4rl_file:$here/datasets/pendulum-medium-replay-v0.hdf5"
+        tests=(--run "$smoke")
+    fi
     bash "$here/upstream/test_pr.sh" "$dest" "$base" "$python" "${tests[@]}" || failed=$((failed + 1))
     (cd "$dest" && git add -A . && python3 "$here/upstream/make_pr.py" --message "$n" |
         git -c user.name=check_series -c user.email=check@series commit -q -F -)

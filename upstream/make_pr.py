@@ -78,7 +78,9 @@ class Merge:
     Imports are pooled, a later file's top-level name that an earlier file
     already defines is dropped when its code is the same and renamed (with the
     file's tag) when not; ``drop`` removes top-level definitions, ``replace``
-    rewrites text (each ``old`` must occur), ``imports`` are added.
+    rewrites text before the imports are rewritten (each ``old`` must occur),
+    ``imports`` are added. Imports of one merged file by another, at the top or
+    inside a function, are dropped: the names are the merged file's own.
     """
 
     sources: list[str]
@@ -86,6 +88,8 @@ class Merge:
     drop: dict[str, list[str]] = field(default_factory=dict)
     replace: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)
+    #: a test file (run by pytest when executed) or a plain module
+    test: bool = True
 
 
 @dataclass
@@ -97,6 +101,8 @@ class PR:
     edits: dict[str, Callable[[str], str]] = field(default_factory=dict)
     patch: str | None = None
     tests: list[str] = field(default_factory=list)
+    #: (pattern, replacement) applied to this PR's files before ``REWRITES``
+    rewrites: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def description(self) -> Path:
@@ -150,6 +156,90 @@ samples against the tilted policy.
     ],
 )
 
+# The recipe's helpers that this package keeps for its users, laid out next to
+# the recipe as two modules of its own (the recipe imports them by name, as
+# TorchRL's recipes import their utils.py).
+AGENT_GROUP = Merge(
+    sources=["torchrl_misa/agents/compat.py", "torchrl_misa/agents/group.py"],
+    docstring="""Many independent agents of one loss module, trained in one process.
+
+AgentGroup stacks the agents' parameters and runs the loss once per agent
+under torch.vmap; the functions before it let TorchRL's losses run there.
+""",
+    test=False,
+)
+
+_DATA = "torchrl_misa/data/"
+OFFLINE_DATA = Merge(
+    sources=[
+        _DATA + name + ".py"
+        for name in (
+            "errors",
+            "h5read",
+            "tasks",
+            "fingerprint",
+            "processing",
+            "scores",
+            "envs",
+            "buffer",
+            "offline_data",
+            "online_buffer",
+        )
+    ],
+    docstring="""Offline datasets for the MISA recipe: names to processed replay buffers.
+
+load_offline_data turns a dataset name (a D4RL id, "minari:<id>", a local
+D4RL-format file) into an OfflineData: TorchRL's dataset class as a replay
+buffer, MISA's processing in its transforms, and what evaluation and D4RL's
+normalised scores need. GroupOfflineToOnlineReplayBuffer mixes it with online
+transitions, one buffer per agent, for fine-tuning online.
+""",
+    replace={
+        _DATA
+        + "buffer.py": [
+            (
+                "from torchrl_misa.data.d4rl import D4RLFileExperienceReplay, "
+                "OfflineD4RLExperienceReplay\n",
+                "from torchrl.data.datasets import (\n    D4RLExperienceReplay,\n"
+                "    D4RLFileExperienceReplay,\n    MinariExperienceReplay,\n)\n",
+            ),
+            ("from torchrl_misa.data.minari_data import load_minari\n", ""),
+            (
+                "    :class:`~torchrl_misa.data.OfflineD4RLExperienceReplay`),\n"
+                '    ``"minari:<id>"`` (:func:`~torchrl_misa.data.minari_data.load_minari`),\n'
+                '    ``"d4rl_file:<path>"`` or a path ending in ``.hdf5``\n'
+                "    (:class:`~torchrl_misa.data.D4RLFileExperienceReplay`).",
+                "    :class:`~torchrl.data.datasets.D4RLExperienceReplay`),\n"
+                '    ``"minari:<id>"`` (:class:`~torchrl.data.datasets.MinariExperienceReplay`),\n'
+                '    ``"d4rl_file:<path>"`` or a path ending in ``.hdf5``\n'
+                "    (:class:`~torchrl.data.datasets.D4RLFileExperienceReplay`).",
+            ),
+            (
+                "load_minari(name, batch_size, network_timeout=network_timeout, **common)",
+                "MinariExperienceReplay(name, batch_size, **common)",
+            ),
+            (
+                "OfflineD4RLExperienceReplay(\n"
+                "            name, batch_size, network_timeout=network_timeout, **common\n"
+                "        )",
+                "D4RLExperienceReplay(name, batch_size, direct_download=True, **common)",
+            ),
+        ],
+    },
+    test=False,
+)
+
+# References to this package in the recipe's files, for the layout: its data
+# and agent helpers are the recipe's own modules there.
+_DATA_MODULES = "|".join(
+    sorted(p.stem for p in (REPO / "torchrl_misa" / "data").rglob("*.py"))
+)
+RECIPE_REWRITES = [
+    (rf"\btorchrl_misa\.data(?:\.(?:{_DATA_MODULES}))*\b", "offline_data"),
+    (r"\btorchrl_misa\.agents(?:\.(?:compat|group))?\b", "agent_group"),
+    (r"\bproject_name: torchrl_misa\b", "project_name: torchrl_example_misa"),
+]
+
 SOTA_COMMAND = '''    "misa_offline": """python sota-implementations/misa/misa_offline.py \\
   optim.gradient_steps=55 \\
   replay_buffer.batch_size=16 \\
@@ -159,6 +249,12 @@ SOTA_COMMAND = '''    "misa_offline": """python sota-implementations/misa/misa_o
   logger.backend=
 """,
 '''
+
+
+def smoke_command() -> str:
+    """The recipe's command in ``test_sota.py`` (``SOTA_COMMAND``), on one line."""
+    body = SOTA_COMMAND.split('"""')[1]
+    return " ".join(body.replace("\\\n", " ").split())
 
 
 def mcmc_exports(repo: Path = REPO) -> list[str]:
@@ -275,6 +371,8 @@ SERIES = [
         "[Algorithm] MISA offline recipe",
         files={
             "sota-implementations/misa/": "sota-implementations/misa/",
+            "sota-implementations/misa/agent_group.py": AGENT_GROUP,
+            "sota-implementations/misa/offline_data.py": OFFLINE_DATA,
             "sota-check/run_misa_offline.sh": "upstream/files/sota-check/run_misa_offline.sh",
         },
         edits={
@@ -286,6 +384,7 @@ SERIES = [
             "-k",
             "misa_offline",
         ],
+        rewrites=RECIPE_REWRITES,
     ),
 ]
 
@@ -307,9 +406,9 @@ class Layout:
 # -- rewriting one file ----------------------------------------------------------
 
 
-def to_torchrl(source: str, python: bool = True) -> str:
+def to_torchrl(source: str, python: bool = True, rewrites=()) -> str:
     """A file of this repo for TorchRL: imports and references, header, future import."""
-    for pattern, repl in REWRITES:
+    for pattern, repl in [*rewrites, *REWRITES]:
         source = re.sub(pattern, repl, source)
     if not python:
         return source
@@ -383,19 +482,28 @@ def _import_block(imports: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def merge_tests(merge: Merge, repo: Path = REPO) -> str:
-    """The test files of ``merge`` as one TorchRL test file (before formatting)."""
+def merge_tests(merge: Merge, repo: Path = REPO, rewrites=()) -> str:
+    """The files of ``merge`` as one TorchRL file (before formatting)."""
     modules = {Path(s).stem for s in merge.sources}
+    modules |= {
+        Path(s).with_suffix("").as_posix().replace("/", ".") for s in merge.sources
+    }
     imports = [i for line in merge.imports for i in _imports(ast.parse(line).body[0])]
     sections: list[str] = []
     marks: list[str] = []
     defined: dict[str, str] = {}  # top-level name -> its code, first file first
     for rel in merge.sources:
-        text = to_torchrl((repo / rel).read_text())
+        text = (repo / rel).read_text()
         for old, new in merge.replace.get(rel, []):
             if old not in text:
-                raise ValueError(f"{rel}: {old!r} not found; update make_pr.MISA_TESTS")
+                raise ValueError(
+                    f"{rel}: {old!r} not found; update its Merge in make_pr"
+                )
             text = text.replace(old, new)
+        text = to_torchrl(text, rewrites=rewrites)
+        if not merge.test:
+            # examples that build their data with this package's own helpers
+            text = re.sub(r'\n\s*Examples:\n.*?(?=\n\s*""")', "", text, flags=re.S)
         tree = ast.parse(text)
         lines = text.splitlines(keepends=True)
         tag = Path(rel).stem.rsplit("_", 1)[-1]
@@ -446,6 +554,12 @@ def merge_tests(merge: Merge, repo: Path = REPO) -> str:
                     renames.update({n: renamed(n) for n in names})
                     grown = True
         cut: list[tuple[int, int]] = []  # line spans (1-based, inclusive) removed
+        cut += [
+            (node.lineno, node.end_lineno)
+            for top in body[start:]
+            for node in ast.walk(top)
+            if isinstance(node, ast.ImportFrom) and node.module in modules
+        ]
         for node, names, code in nodes:
             if names == ["pytestmark"]:  # module marks go after the imports
                 marks += [code] if code not in marks else []
@@ -470,19 +584,22 @@ def merge_tests(merge: Merge, repo: Path = REPO) -> str:
             f"# {line}".rstrip() + "\n" for line in doc.strip().splitlines()
         )
         sections.append(comment + "\n" + section.strip("\n") + "\n")
-    main = (
-        '\n\nif __name__ == "__main__":\n'
-        "    args, unknown = argparse.ArgumentParser().parse_known_args()\n"
-        '    pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)\n'
-    )
-    imports.append(("argparse", "", "argparse"))
+    main = ""
+    if merge.test:
+        main = (
+            '\n\nif __name__ == "__main__":\n'
+            "    args, unknown = argparse.ArgumentParser().parse_known_args()\n"
+            '    pytest.main([__file__, "--capture", "no", "--exitfirst"] + unknown)\n'
+        )
+        imports.append(("argparse", "", "argparse"))
     return (
         f'{HEADER}"""{merge.docstring}"""\n\nfrom __future__ import annotations\n\n'
         + _import_block(imports)
         + "\n\n"
         + "".join(f"{mark}\n" for mark in marks)
         + "\n\n"
-        + "\n\n".join(sections)
+        + "\n\n".join(sections).rstrip("\n")
+        + "\n"
         + main
     )
 
@@ -503,7 +620,7 @@ def pr_files(pr: PR, repo: Path = REPO, header: bool = True) -> dict[str, str]:
     out: dict[str, str] = {}
     for dst, src in pr.files.items():
         if isinstance(src, Merge):
-            out[dst] = merge_tests(src, repo)
+            out[dst] = merge_tests(src, repo, pr.rewrites)
         elif callable(src):
             out[dst] = src()
         elif dst.endswith("/"):
@@ -512,10 +629,10 @@ def pr_files(pr: PR, repo: Path = REPO, header: bool = True) -> dict[str, str]:
                 if path.suffix in RECIPE_SUFFIXES and "__pycache__" not in rel:
                     text = path.read_text()
                     python = header and path.suffix == ".py"
-                    out[dst + rel] = to_torchrl(text, python=python)
+                    out[dst + rel] = to_torchrl(text, python, pr.rewrites)
         else:
             python = header and dst.endswith(".py")
-            out[dst] = to_torchrl((repo / src).read_text(), python=python)
+            out[dst] = to_torchrl((repo / src).read_text(), python, pr.rewrites)
     return out
 
 
@@ -676,9 +793,15 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--message", type=int, help="print PR N's title and description"
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="print the recipe's test_sota.py command"
+    )
     args = parser.parse_args(argv)
     if args.list:
         print(describe_series())
+        return 0
+    if args.smoke:
+        print(smoke_command())
         return 0
     if args.tests or args.message:
         pr = SERIES[(args.tests or args.message) - 1]

@@ -2,6 +2,7 @@
 # Runs tests of a pytorch/rl checkout the series was laid into, against an installed torchrl plus the series.
 #
 #   bash upstream/test_pr.sh PATH_TO_PYTORCH_RL BASE PYTHON [pytest args...]
+#   bash upstream/test_pr.sh PATH_TO_PYTORCH_RL BASE PYTHON --run "COMMAND"   # a shell command instead
 #
 # BASE is the pytorch/rl commit the series starts from, PYTHON the interpreter of a venv with torch,
 # torchrl, tensordict and pytest. Building TorchRL from the checkout needs its C++ extension; instead
@@ -27,4 +28,9 @@ git diff "$base" --diff-filter=M -- torchrl | patch -s -p1 -d "$overlay"
 version=$("$python" -P -c 'import torchrl; print(torchrl.__version__)')
 echo "torchrl $version from $installed, with the checkout's changes since ${base:0:9}"
 export PYTHONPATH="$overlay" PATH="$(dirname "$python"):$PATH"
-"$python" -P -m pytest -p no:cacheprovider -q "$@"
+if [ "${1:-}" = "--run" ]; then
+    echo "+ ${2:?give the command to run}"
+    bash -c "$2"
+else
+    "$python" -P -m pytest -p no:cacheprovider -q "$@"
+fi

@@ -561,7 +561,7 @@ def check_same_dataset(state: dict, sha256: str, dataset: str, path: Path) -> No
             of the transitions it was trained on (absent in older checkpoints:
             then nothing is checked, with a warning).
         sha256: the fingerprint of the transitions loaded now
-            (:func:`torchrl_misa.data.cache.content_sha256`).
+            (:func:`torchrl_misa.data.content_sha256`).
         dataset: ``replay_buffer.dataset``, for the message.
         path: the checkpoint file, for the message.
     """

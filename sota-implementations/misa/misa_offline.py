@@ -62,8 +62,12 @@ from utils import (
     validate_config,
 )
 
-from torchrl_misa.data import dataset_average_normalized_score, normalized_score
-from torchrl_misa.data.cache import CacheWriteError, content_sha256
+from torchrl_misa.data import (
+    CacheWriteError,
+    content_sha256,
+    dataset_average_normalized_score,
+    normalized_score,
+)
 
 
 def pickle_recipe_by_value() -> None:

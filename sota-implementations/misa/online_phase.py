@@ -7,7 +7,7 @@ it), every ``online.frames_per_batch`` frames go to the agents' online buffers,
 and ``online.frames_per_batch * online.utd`` updates follow, each on a batch
 mixing offline and online transitions in the fixed proportion
 ``online.offline_fraction``
-(:class:`~torchrl_misa.data.online_buffer.GroupOfflineToOnlineReplayBuffer`).
+(:class:`~torchrl_misa.data.GroupOfflineToOnlineReplayBuffer`).
 
 Exact resume: the online buffers are saved with the checkpoint, and the
 collector's envs restart from a seeded reset at the first collection after

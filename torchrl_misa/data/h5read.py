@@ -1,6 +1,6 @@
 """Reading D4RL-layout HDF5 files: opening, episode-end flags, metadata.
 
-``h5py`` is imported lazily so that ``import torchrl_misa`` works without it.
+``h5py`` is imported on first use: importing this module does not need it.
 """
 
 from __future__ import annotations

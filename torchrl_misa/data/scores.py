@@ -45,7 +45,7 @@ def normalized_score(dataset: Any, episode_return):
 
     Args:
         dataset: a D4RL id, ``"d4rl_file:<path>"``/``.hdf5`` path, Minari id or a
-            buffer of this package, or an :class:`~torchrl_misa.data.OfflineData`.
+            buffer it loads, or an :class:`~torchrl_misa.data.OfflineData`.
         episode_return: a float, or an array/tensor of returns.
 
     Returns:

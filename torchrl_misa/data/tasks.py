@@ -3,16 +3,17 @@
 A "dataset" below is any of: a D4RL id (``"hopper-medium-v2"``), a prefixed id
 (``"d4rl:..."``, ``"minari:mujoco/hopper/medium-v0"``), a local file
 (``"d4rl_file:/path/x.hdf5"`` or a plain path ending in ``.hdf5``), an
-:class:`~torchrl_misa.data.OfflineData`, or a buffer of this package's dataset
-classes (or of :func:`~torchrl_misa.data.make_offline_replay_buffer`).
+:class:`~torchrl_misa.data.OfflineData`, or a buffer of the dataset
+classes it loads (or of :func:`~torchrl_misa.data.make_offline_replay_buffer`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 #: where the shipped demo dataset lives, relative to the repository root
 DEMO_DATASET = "datasets/pendulum-medium-replay-v0.hdf5"
