@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -345,12 +346,11 @@ def check_dataset_files(datasets: list[str], out_csv: Path) -> None:
     records the average normalised score of its dataset, which tells two files
     apart.
     """
-    if not out_csv.exists():
-        return
     recorded = {}
-    with out_csv.open() as f:
-        for row in csv.DictReader(f):
-            recorded.setdefault(row["dataset"], row["dataset_score"])
+    if out_csv.exists():
+        with out_csv.open() as f:
+            for row in csv.DictReader(f):
+                recorded.setdefault(row["dataset"], row["dataset_score"])
     from torchrl_misa.data import dataset_average_normalized_score
 
     for dataset in datasets:
@@ -367,6 +367,42 @@ def check_dataset_files(datasets: list[str], out_csv: Path) -> None:
                 f"{stem} rows to another csv (or pass --out) to start afresh "
                 "(benchmarks/results/datasets.md records how each file was made)."
             )
+    check_fingerprints(datasets, out_csv.with_suffix(".datasets.json"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_fingerprints(datasets: list[str], record: Path) -> None:
+    """Pins each dataset file's sha256 in ``record`` the first time; refuses another file later.
+
+    Runs take hours before their first row: the fingerprint is written before
+    any of them starts, so a file regenerated in between is caught too.
+    """
+    pinned = json.loads(record.read_text()) if record.exists() else {}
+    changed = False
+    for dataset in datasets:
+        stem = Path(dataset).stem
+        sha = file_sha256(REPO / dataset)
+        if stem not in pinned:
+            pinned[stem] = sha
+            changed = True
+        elif pinned[stem] != sha:
+            raise SystemExit(
+                f"{dataset} is not the file the {stem} runs of this benchmark started "
+                f"on (sha256 {sha[:12]}..., pinned {pinned[stem][:12]}... in {record}). "
+                "Bring back the old file, or pass --out to start a new table (and "
+                "remove the entry from the record only if its rows are gone too)."
+            )
+    if changed:
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, record)
 
 
 def _relative(path: Path) -> str:

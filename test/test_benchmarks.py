@@ -236,6 +236,26 @@ def test_rows_of_a_regenerated_dataset_are_refused(tmp_path, monkeypatch):
     learning.main([*args[:-2], "--datasets", "other", "--out", str(out)])
 
 
+def test_dataset_file_is_pinned_before_any_row(tmp_path, monkeypatch):
+    import hashlib
+
+    learning = _load("learning")
+    dataset = _two_episode_file(tmp_path / "set-medium-v0.hdf5")
+    spec = {"datasets": [str(dataset)], "ablation_datasets": [], "seeds": [0]}
+    monkeypatch.setitem(learning.SCALES, "tiny", {**spec, "overrides": []})
+    out = tmp_path / "rows.csv"
+    args = ["--scale", "tiny", "--methods", "bc", "--dry-run", "--out", str(out)]
+    learning.main(args)
+    assert not out.exists()  # no row yet, but the file is pinned
+    record = json.loads((tmp_path / "rows.datasets.json").read_text())
+    assert record == {"set-medium-v0": hashlib.sha256(dataset.read_bytes()).hexdigest()}
+    learning.main(args)  # the same file again
+    with dataset.open("ab") as f:  # a regenerated file of the same name
+        f.write(b"\0")
+    with pytest.raises(SystemExit, match="not the file the set-medium-v0 runs"):
+        learning.main(args)
+
+
 def test_report_refuses_one_dataset_from_two_files():
     report = _load("report")
     rows = [
