@@ -204,12 +204,8 @@ def run_speed(run_dir: Path) -> float | None:
     return float(np.median(values[1:] or values))  # the first window holds warm-up
 
 
-def plot_curves(rows: list[dict], methods, path: Path, title: str) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def read_curves(rows: list[dict], methods) -> dict:
+    """``(dataset, method) -> [seed curves]`` from the runs' ``summary.json``."""
     curves = defaultdict(list)
     for r in rows:
         if r["method"] not in methods:
@@ -219,6 +215,56 @@ def plot_curves(rows: list[dict], methods, path: Path, title: str) -> bool:
             curves[r["dataset"], r["method"]].append(
                 seed_curve(json.loads(summary.read_text()), int(r["seed"]))
             )
+    return curves
+
+
+def plateau_step(steps, mean, tolerance: float = 5.0):
+    """The first evaluation step from which ``mean`` stays within ``tolerance`` of its end.
+
+    The end is the mean of the last three evaluations; ``None`` when the last
+    evaluation itself is farther than ``tolerance`` from it (still moving).
+    """
+    mean = np.asarray(mean, float)
+    end = mean[-3:].mean()
+    outside = np.flatnonzero(np.abs(mean - end) > tolerance)
+    first = outside[-1] + 1 if outside.size else 0
+    return None if first >= len(mean) else int(steps[first])
+
+
+def plateau_lines(rows: list[dict], methods=MAIN, tolerance: float = 5.0) -> list[str]:
+    """Per dataset and method: the budget at which the seed-mean curve plateaus."""
+    curves = read_curves(rows, methods)
+    datasets = sorted({d for d, _ in curves})
+    present = [m for m in methods if any((d, m) in curves for d in datasets)]
+    if not datasets:
+        return []
+    out = [
+        "| dataset | " + " | ".join(present) + " |",
+        "|---" * (len(present) + 1) + "|",
+    ]
+    for d in datasets:
+        cells = []
+        for m in present:
+            runs = curves.get((d, m))
+            if not runs:
+                cells.append("-")
+                continue
+            n = min(len(c) for c in runs)
+            mean = np.stack([c[:n, 1] for c in runs]).mean(0)
+            step = plateau_step(runs[0][:n, 0], mean, tolerance)
+            where = "still moving" if step is None else f"{step:,}"
+            cells.append(f"{where} ({mean[-3:].mean():.1f})")
+        out.append(f"| {d} | " + " | ".join(cells) + " |")
+    return out
+
+
+def plot_curves(rows: list[dict], methods, path: Path, title: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = read_curves(rows, methods)
     datasets = sorted({d for d, _ in curves})
     if not datasets:
         return False
@@ -582,6 +628,18 @@ def main(argv=None) -> None:
             "the fact, which favours the baselines.",
             "",
             *versus,
+            "",
+        ]
+    plateaus = plateau_lines(rows)
+    if plateaus:
+        out += [
+            "## Where each method plateaus",
+            "",
+            "The first evaluation step from which the seed-mean curve stays within "
+            "5 points of its end (the mean of its last three evaluations, in "
+            'parentheses); "still moving" when the last evaluation is farther.',
+            "",
+            *plateaus,
             "",
         ]
     if ablations:

@@ -63,6 +63,7 @@ def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file
     report.main(["--scale", "tiny"])
     md = (tmp_path / "results" / "learning_tiny.md").read_text()
     assert "| tiny |" in md and "bc" in md
+    assert "## Where each method plateaus" in md
     assert (tmp_path / "results" / "learning_tiny_main.png").exists()
 
 
@@ -837,3 +838,18 @@ def test_sampler_bias_writes_its_tables(tmp_path, monkeypatch):
     )
     whitened = f"| `whitened` (default) | {modes['whitened'][0]['bias']:.3f} |"
     assert whitened in md
+
+
+@pytest.mark.parametrize(
+    "curve, expected",
+    [
+        ([0, 10, 40, 61, 60, 59, 62, 60], 300),  # within 5 of 60.3 from index 3
+        ([50, 50, 50, 50], 0),  # flat from the start
+        ([0, 60, 0, 60, 0, 60], None),  # the last point is 20 from the end's mean
+        ([0, 60, 61, 20, 60, 60, 60], 400),  # a late dip resets the plateau
+    ],
+)
+def test_plateau_step(curve, expected):
+    report = _load("report")
+    steps = np.arange(len(curve)) * 100
+    assert report.plateau_step(steps, curve) == expected
