@@ -18,8 +18,11 @@ below is the table of which file goes in which PR), has its own description
 3. ``misa_loss``: ``MISALoss`` and its helpers, ``TestMISA`` and the other
    loss tests in one file, the docs entry;
 4. ``recipe``: ``sota-implementations/misa``, its ``sota-check`` script and
-   its ``test_sota.py`` entry. It is laid out only when it imports nothing
-   that TorchRL lacks; otherwise the command names the missing names and
+   its ``test_sota.py`` entry. The package's helpers it uses are merged into
+   two modules of its folder (``offline_data.py`` from ``torchrl_misa/data``,
+   ``agent_group.py`` from ``torchrl_misa/agents``), their data loaded through
+   TorchRL's own dataset classes. A recipe file that still imports anything
+   else TorchRL lacks stops the layout: the command names each such name and
    stops there (exit status 1).
 
 Files of this package are written at TorchRL's paths with TorchRL's licence
@@ -170,6 +173,7 @@ under torch.vmap; the functions before it let TorchRL's losses run there.
 )
 
 _DATA = "torchrl_misa/data/"
+_BUFFER = _DATA + "buffer.py"
 OFFLINE_DATA = Merge(
     sources=[
         _DATA + name + ".py"
@@ -194,9 +198,9 @@ buffer, MISA's processing in its transforms, and what evaluation and D4RL's
 normalised scores need. GroupOfflineToOnlineReplayBuffer mixes it with online
 transitions, one buffer per agent, for fine-tuning online.
 """,
+    # TorchRL's classes (with PR 1) instead of this package's fixed ones
     replace={
-        _DATA
-        + "buffer.py": [
+        _BUFFER: [
             (
                 "from torchrl_misa.data.d4rl import D4RLFileExperienceReplay, "
                 "OfflineD4RLExperienceReplay\n",
