@@ -662,21 +662,6 @@ def test_policies_in_the_recipe_checkpoint_format(generated, tmp_path, misa_scri
         tool.load_behaviour_policy(damaged)
 
 
-def test_old_module_forwards_to_the_tool(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "torchrl_misa.data.generate", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,  # the package as installed, not the checkout's cwd
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "DeprecationWarning" in proc.stderr
-    assert "tools/generate_dataset.py" in proc.stderr
-    assert proc.stdout.startswith("usage: python tools/generate_dataset.py")
-    assert "--medium-fraction" in proc.stdout
-
-
 def test_tool_runs_as_a_script(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(TOOLS / "generate_dataset.py"), "--train-steps", "0"],
@@ -687,12 +672,3 @@ def test_tool_runs_as_a_script(tmp_path):
     )
     assert proc.returncode == 2
     assert "error: --train-steps must be a positive integer" in proc.stderr
-
-
-def test_old_module_without_the_tool(monkeypatch, tmp_path):
-    import torchrl_misa.data.generate as old_module
-
-    monkeypatch.setattr(old_module, "TOOL", tmp_path / "tools" / "generate_dataset.py")
-    with pytest.warns(DeprecationWarning), pytest.raises(SystemExit) as err:
-        old_module.main(["--help"])
-    assert "source tree" in str(err.value) and "generate_dataset.py" in str(err.value)
