@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -124,13 +125,13 @@ GENERATE.update(
                 (
                     "Hopper-v5",
                     "--stop-at-return 1400 --reference-returns -20.272305 3234.3 "
-                    "--train-steps 300000",
+                    "--train-steps 600000",
                 )
                 if task == "hopper"
                 else (
                     "Walker2d-v5",
                     "--stop-at-return 2800 --reference-returns 1.629008 4592.3 "
-                    "--train-steps 500000",
+                    "--train-steps 800000",
                 )
             ),
         )
@@ -384,6 +385,12 @@ def check_fingerprints(datasets: list[str], record: Path) -> None:
     Runs take hours before their first row: the fingerprint is written before
     any of them starts, so a file regenerated in between is caught too.
     """
+    with open(record.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two benchmarks may start together
+        _check_fingerprints(datasets, record)
+
+
+def _check_fingerprints(datasets: list[str], record: Path) -> None:
     pinned = json.loads(record.read_text()) if record.exists() else {}
     changed = False
     for dataset in datasets:
@@ -485,7 +492,9 @@ def run_job(
         raise RuntimeError(
             f"{job.name}: the run reported seeds {rows}, not {job.seeds}"
         )
-    with _CSV_LOCK:  # jobs run side by side append to one file
+    # jobs side by side, in this process or in others, append to one file
+    with _CSV_LOCK, open(out_csv.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         new = not out_csv.exists()
         with out_csv.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)

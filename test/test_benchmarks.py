@@ -853,3 +853,25 @@ def test_plateau_step(curve, expected):
     report = _load("report")
     steps = np.arange(len(curve)) * 100
     assert report.plateau_step(steps, curve) == expected
+
+
+def test_d4rl_scale_sets_and_their_commands():
+    import subprocess
+
+    learning = _load("learning")
+    spec = learning.SCALES["d4rl"]
+    assert sorted(spec["datasets"]) == sorted(learning.D4RL_SIZED.values())
+    assert "optim.gradient_steps=100000" in spec["overrides"]
+    for (task, recipe), path in learning.D4RL_SIZED.items():
+        assert path.endswith(f"/{task}-{recipe}-v0.hdf5")
+        cmd = learning.GENERATE[path]
+        # D4RL's medium level, normalised with D4RL's returns: about 44 (Hopper), 61 (Walker2d)
+        random, expert = {
+            "hopper": (-20.272305, 3234.3),
+            "walker2d": (1.629008, 4592.3),
+        }[task]
+        stop = float(cmd.split("--stop-at-return ")[1].split()[0])
+        assert 0.4 < (stop - random) / (expert - random) < 0.65, (task, stop)
+        assert f"--reference-returns {random} {expert}" in cmd
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_d4rl.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
