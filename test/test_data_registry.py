@@ -50,6 +50,17 @@ def test_import_only_adds_the_d4rl_file_prefix():
     assert "D4RLFileExperienceReplay" in ours["d4rl_file"]
 
 
+def test_a_d4rl_file_prefix_already_there_is_left_alone():
+    # a TorchRL that has its own "d4rl_file" keeps it; importing twice is harmless
+    ours = registry(
+        "from torchrl.data.datasets import register_dataset\n"
+        "register_dataset('d4rl_file', 'torchrl.data.datasets.d4rl:D4RLExperienceReplay')\n"
+        "import torchrl_misa, importlib, torchrl_misa.data\n"
+        "importlib.reload(torchrl_misa.data)"
+    )
+    assert ours["d4rl_file"] == repr("torchrl.data.datasets.d4rl:D4RLExperienceReplay")
+
+
 def test_d4rl_prefix_is_torchrl_own_class(tmp_path):
     # a cache folder as TorchRL's stock class writes it: load_dataset reads it
     # with no network, and the class that does is TorchRL's, not a subclass

@@ -8,8 +8,9 @@ buffer with MISA's processing, and what evaluation and scores need.
 
 Importing this package has one side effect: it registers the new prefix
 ``"d4rl_file"`` (:class:`D4RLFileExperienceReplay`) in
-:func:`torchrl.data.datasets.load_dataset`'s registry. Existing prefixes are
-left alone: ``load_dataset("d4rl:...")`` is TorchRL's own class.
+:func:`torchrl.data.datasets.load_dataset`'s registry, unless TorchRL already
+has one. Existing prefixes are left alone: ``load_dataset("d4rl:...")`` is
+TorchRL's own class.
 """
 
 from torchrl.data.datasets import register_dataset
@@ -67,8 +68,12 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# the one registration: a new prefix (replace=True makes a re-import harmless)
-register_dataset("d4rl_file", D4RLFileExperienceReplay, replace=True)
+# the one registration: a new prefix. One already there (a TorchRL that has it,
+# or this package imported again) is left alone.
+try:
+    register_dataset("d4rl_file", D4RLFileExperienceReplay)
+except (KeyError, ValueError):  # KeyError in torchrl 0.14, ValueError after
+    pass
 
 __all__ = [
     "D4RL_REF_RETURNS",
