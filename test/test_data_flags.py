@@ -165,6 +165,23 @@ def test_describe_without_episode_end(tmp_path):
     assert "undefined (no complete episode)" in text
 
 
+def test_describe_with_reference_returns(tmp_path):
+    # a set made with --reference-returns: its summary has no measured stds
+    import json
+
+    from torchrl_misa.data.describe import describe
+
+    run = tmp_path / "checkpoints" / "toy-seed0"
+    run.mkdir(parents=True)
+    summary = {"final_eval_time_s": 1.5, "expert_return_std": None}
+    (run / "summary.json").write_text(json.dumps({**summary, "random_return_std": 2.0}))
+    meta = {"policy_checkpoint": str(run / "policy_step00000010.pt")}
+    meta.update(random_return=-10.0, expert_return=10.0)
+    text = describe(write_d4rl_hdf5(tmp_path / "toy.hdf5", arrays(), meta))
+    assert "| final evaluations time (s) | 1.5 |" in text
+    assert "std" not in text
+
+
 # -- Minari --------------------------------------------------------------------
 @pytest.mark.skipif(
     importlib.util.find_spec("minari") is None, reason="minari not installed"

@@ -80,12 +80,14 @@ def describe(path: str | Path) -> str:
     if summary is not None and summary.exists():
         s = json.loads(summary.read_text())
         rows.append(("final evaluations time (s)", f"{s['final_eval_time_s']:.1f}"))
-        rows.append(
-            (
-                "`R_expert` std / `R_random` std",
-                f"{s['expert_return_std']:.1f} / {s['random_return_std']:.1f}",
+        stds = (s.get("expert_return_std"), s.get("random_return_std"))
+        if None not in stds:  # given as reference returns, not measured: no std
+            rows.append(
+                (
+                    "`R_expert` std / `R_random` std",
+                    f"{stds[0]:.1f} / {stds[1]:.1f}",
+                )
             )
-        )
     lines = ["| quantity | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
