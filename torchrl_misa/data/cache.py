@@ -38,10 +38,7 @@ from pathlib import Path
 from tensordict import TensorDict, TensorDictBase
 
 from torchrl_misa.data.errors import CacheDamagedError, CacheWriteError
-from torchrl_misa.data.fingerprint import (  # noqa: F401 (re-exported)
-    content_sha256,
-    key_name,
-)
+from torchrl_misa.data.fingerprint import key_name
 
 #: name of the check file written inside each cache folder
 CHECK_FILE = "cache_check.json"

@@ -47,15 +47,16 @@ from torchrl.collectors.utils import split_trajectories
 from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
 
 from torchrl_misa.data.cache import discard, open_cache, write_cache
-from torchrl_misa.data.errors import CacheDamagedError, DatasetUnavailableError
+from torchrl_misa.data.errors import (
+    CacheDamagedError,
+    DatasetFormatError,
+    DatasetUnavailableError,
+)
+from torchrl_misa.data.h5read import as_bool_flags, open_hdf5, read_metadata
 from torchrl_misa.data.hdf5 import (
     ARRAY_KEYS,
-    as_bool_flags,
     check_not_a_folder,
-    DatasetFormatError,
     FLAG_KEYS,
-    open_hdf5,
-    read_metadata,
     SCALAR_KEYS,
     validate_d4rl_hdf5,
 )
@@ -63,7 +64,7 @@ from torchrl_misa.data.patches.d4rl_last_transition import (
     D4RLLastTransitionExperienceReplay,
 )
 from torchrl_misa.data.patches.d4rl_time_limit import unknown_next_observation
-from torchrl_misa.data.tasks import DEMO_DATASET, DEMO_DATASET_PATH  # noqa: F401
+from torchrl_misa.data.tasks import DEMO_DATASET
 
 
 def torchrl_cache_dir(kind: str) -> Path:

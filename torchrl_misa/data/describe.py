@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchrl_misa.data.hdf5 import _h5py, read_metadata
+from torchrl_misa.data.h5read import _h5py, read_metadata
 from torchrl_misa.data.scores import (
     dataset_average_normalized_score,
     dataset_episode_returns,

@@ -33,13 +33,7 @@ from typing import Any
 import numpy as np
 
 from torchrl_misa.data.errors import DatasetFormatError
-from torchrl_misa.data.h5read import (  # noqa: F401 (read here, re-exported)
-    _h5py,
-    _to_python,
-    as_bool_flags,
-    open_hdf5,
-    read_metadata,
-)
+from torchrl_misa.data.h5read import _h5py, as_bool_flags, open_hdf5
 
 #: keys every D4RL-layout file must have
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
