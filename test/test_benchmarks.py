@@ -294,17 +294,18 @@ def _load_parity(name):
 def test_parity_transitions_are_the_buffers(
     tmp_path, tiny_d4rl_file, name, processing, normalize
 ):
-    from torchrl_misa.data import make_offline_replay_buffer
+    from torchrl_misa.data import load_offline_data
 
     protocol = _load_parity("protocol")
     path = tiny_d4rl_file(tmp_path / name, 3, 2, "Pendulum-v1", n=200)
-    rb = make_offline_replay_buffer(
+    offline = load_offline_data(
         str(path),
         8,
         reward_processing=processing,
         normalize_observations=normalize,
         root=tmp_path / "cache",
     )
+    rb = offline.replay_buffer
     ours = rb[:]  # every stored transition, transformed as a sample is
     data, norm = protocol.read_transitions(
         path, reward_processing=processing, normalize_observations=normalize
@@ -323,8 +324,8 @@ def test_parity_transitions_are_the_buffers(
         atol=1e-6,
     )
     if normalize:
-        np.testing.assert_allclose(norm[0], rb.obs_norm.loc, rtol=1e-6)
-        np.testing.assert_allclose(norm[1], rb.obs_norm.scale, rtol=1e-6)
+        np.testing.assert_allclose(norm[0], offline.obs_norm.loc, rtol=1e-6)
+        np.testing.assert_allclose(norm[1], offline.obs_norm.scale, rtol=1e-6)
     else:
         assert norm is None
 

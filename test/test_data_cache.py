@@ -20,7 +20,7 @@ from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
 import torchrl_misa.data.d4rl as d4rl_module
 from torchrl_misa.data import (
     DatasetUnavailableError,
-    make_offline_replay_buffer,
+    load_offline_data,
     OfflineD4RLExperienceReplay,
     write_d4rl_hdf5,
 )
@@ -46,7 +46,7 @@ def only_cache(root: Path) -> Path:
 
 
 def load(path, root):
-    return make_offline_replay_buffer(path, 8, root=root, clip_actions=None)
+    return load_offline_data(path, 8, root=root, clip_actions=None).replay_buffer
 
 
 class Interrupted(BaseException):
@@ -90,7 +90,7 @@ def test_killed_load_then_reload(tmp_path, source, storage_matches_file):
     script = textwrap.dedent(f"""
         import os, signal
         from tensordict import MemoryMappedTensor
-        from torchrl_misa.data import make_offline_replay_buffer
+        from torchrl_misa.data import load_offline_data
         original = MemoryMappedTensor.from_tensor.__func__
         calls = [0]
         def from_tensor(cls, *args, **kwargs):
@@ -99,7 +99,7 @@ def test_killed_load_then_reload(tmp_path, source, storage_matches_file):
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(cls, *args, **kwargs)
         MemoryMappedTensor.from_tensor = classmethod(from_tensor)
-        make_offline_replay_buffer({str(source)!r}, 8, root={str(root)!r})
+        load_offline_data({str(source)!r}, 8, root={str(root)!r})
         """)
     # run from tmp_path: the package is imported as installed, not from the cwd
     proc = subprocess.run(

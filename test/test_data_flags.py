@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from torchrl_misa.data import (
+    load_offline_data,
     DatasetFormatError,
     dataset_average_normalized_score,
     dataset_episode_returns,
-    make_offline_replay_buffer,
     write_d4rl_hdf5,
 )
 
@@ -48,7 +48,7 @@ def write_raw(path, data):
 
 
 def load(path, root):
-    return make_offline_replay_buffer(path, 8, root=root, clip_actions=None)
+    return load_offline_data(path, 8, root=root, clip_actions=None).replay_buffer
 
 
 @pytest.mark.parametrize("dtype", ["int64", "int32", "uint8", "float32", "float64"])

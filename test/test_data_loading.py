@@ -25,7 +25,6 @@ from torchrl_misa.data import (
     DatasetUnavailableError,
     load_offline_data,
     make_env,
-    make_offline_replay_buffer,
     OfflineD4RLExperienceReplay,
     write_d4rl_hdf5,
 )
@@ -109,7 +108,9 @@ def test_episode_boundaries_from_a_terminating_env(
     assert lengths.max() <= 30
     np.testing.assert_array_equal(lengths[arrays["timeouts"][ends]], 30)
     path = write_d4rl_hdf5(tmp_path / "hop.hdf5", arrays, {"env_id": "Hopper-v5"})
-    rb = make_offline_replay_buffer(path, 64, root=tmp_path / "c", clip_actions=None)
+    rb = load_offline_data(
+        path, 64, root=tmp_path / "c", clip_actions=None
+    ).replay_buffer
     storage_matches_file(rb, read_h5(path))
 
 
@@ -119,7 +120,7 @@ def test_samples_keys_shapes_and_values(tmp_path):
         [1.0, -1.0, 0.9995]
     ] * 3  # on the bound: allowed, then clipped
     path = write_d4rl_hdf5(tmp_path / "toy.hdf5", arrays, {"env_id": "Pendulum-v1"})
-    rb = make_offline_replay_buffer(str(path), 32, root=tmp_path / "c")
+    rb = load_offline_data(str(path), 32, root=tmp_path / "c").replay_buffer
     batch, info = rb.sample(return_info=True)
     idx = info["index"]
     idx = idx.numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
@@ -148,8 +149,8 @@ def test_samples_keys_shapes_and_values(tmp_path):
 
 def test_plain_path_and_prefix_are_the_same(tmp_path):
     path = write_d4rl_hdf5(tmp_path / "toy.hdf5", toy_arrays(), {})
-    a = make_offline_replay_buffer(str(path), 4, root=tmp_path / "c")
-    b = make_offline_replay_buffer(f"d4rl_file:{path}", 4, root=tmp_path / "c")
+    a = load_offline_data(str(path), 4, root=tmp_path / "c").replay_buffer
+    b = load_offline_data(f"d4rl_file:{path}", 4, root=tmp_path / "c").replay_buffer
     assert (a.storage[:] == b.storage[:]).all()
 
 
@@ -171,7 +172,7 @@ def test_d4rl_id_offline_from_d4rl_folder_then_cache(
     storage_matches_file(rb, arrays)
     assert (root / "hopper-medium-v2").is_dir()
     raw.unlink()  # now only TorchRL's cache is left
-    rb = make_offline_replay_buffer("hopper-medium-v2", 8, root=root)
+    rb = load_offline_data("hopper-medium-v2", 8, root=root).replay_buffer
     storage_matches_file(rb, arrays)
     assert rb.sample()["observation"].shape == (8, 11)
 
@@ -180,7 +181,7 @@ def test_d4rl_id_no_cache_no_network(tmp_path, monkeypatch, no_network):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "empty"))
     start = time.monotonic()
     with pytest.raises(DatasetUnavailableError) as err:
-        make_offline_replay_buffer("halfcheetah-medium-v2", 8, root=tmp_path / "c")
+        load_offline_data("halfcheetah-medium-v2", 8, root=tmp_path / "c").replay_buffer
     msg = str(err.value)
     assert "not found" in msg and "d4rl_file:" in msg and "demo" in msg
     assert "halfcheetah_medium-v2.hdf5" in msg  # says which file to bring
@@ -197,7 +198,7 @@ def test_d4rl_id_no_cache_no_network(tmp_path, monkeypatch, no_network):
 
 def test_unknown_d4rl_id(tmp_path):
     with pytest.raises(KeyError, match="halfcheetah-medium-v2"):
-        make_offline_replay_buffer("halfcheetah-medum-v2", 8, root=tmp_path)
+        load_offline_data("halfcheetah-medum-v2", 8, root=tmp_path).replay_buffer
 
 
 @pytest.mark.skipif(
@@ -205,7 +206,9 @@ def test_unknown_d4rl_id(tmp_path):
 )
 def test_minari_missing_package(tmp_path):
     with pytest.raises(ImportError, match="pip install minari") as err:
-        make_offline_replay_buffer("minari:mujoco/hopper/medium-v0", 8, root=tmp_path)
+        load_offline_data(
+            "minari:mujoco/hopper/medium-v0", 8, root=tmp_path
+        ).replay_buffer
     assert "d4rl_file:" in str(err.value)
 
 
@@ -215,13 +218,15 @@ def test_minari_missing_package(tmp_path):
 def test_minari_offline(tmp_path, monkeypatch, no_network, toy_minari):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     with pytest.raises(DatasetUnavailableError, match="minari download"):
-        make_offline_replay_buffer("minari:mujoco/hopper/medium-v0", 8, root=tmp_path)
+        load_offline_data(
+            "minari:mujoco/hopper/medium-v0", 8, root=tmp_path
+        ).replay_buffer
 
     # a dataset in Minari's local folder loads with no network
     episodes = toy_minari(tmp_path / "minari")
-    rb = make_offline_replay_buffer(
+    rb = load_offline_data(
         "minari:toy/pendulum/random-v0", 4, root=tmp_path / "cache", clip_actions=None
-    )
+    ).replay_buffer
     data = rb.storage[:]
     obs = np.concatenate([e.observations[:-1] for e in episodes])
     next_obs = np.concatenate([e.observations[1:] for e in episodes])
@@ -259,7 +264,7 @@ def test_length_mismatch_refused(tmp_path, key):
     arrays[key] = arrays[key][:-3]
     path = write_d4rl_hdf5(tmp_path / "bad.hdf5", arrays, {})
     with pytest.raises(DatasetFormatError, match=f"'{key}' has 37 rows"):
-        make_offline_replay_buffer(path, 4, root=tmp_path / "c")
+        load_offline_data(path, 4, root=tmp_path / "c").replay_buffer
 
 
 @pytest.mark.parametrize(
@@ -276,7 +281,7 @@ def test_non_finite_refused(tmp_path, key, value):
     arrays[key][7] = value
     path = write_d4rl_hdf5(tmp_path / "bad.hdf5", arrays, {})
     with pytest.raises(DatasetFormatError, match=f"'{key}' holds NaN or inf"):
-        make_offline_replay_buffer(path, 4, root=tmp_path / "c")
+        load_offline_data(path, 4, root=tmp_path / "c").replay_buffer
 
 
 def test_out_of_bound_actions_refused(tmp_path):
@@ -286,7 +291,7 @@ def test_out_of_bound_actions_refused(tmp_path):
     with pytest.raises(
         DatasetFormatError, match=r"'actions' has values outside \[-1.0, 1.0\].*row 5"
     ):
-        make_offline_replay_buffer(path, 4, root=tmp_path / "c")
+        load_offline_data(path, 4, root=tmp_path / "c").replay_buffer
 
 
 def test_not_hdf5_and_missing_file_refused(tmp_path):

@@ -7,13 +7,11 @@ import dataclasses
 import h5py
 import numpy as np
 import pytest
-import torch
 
 import torchrl_misa.data as data_pkg
 from torchrl_misa.data import (
     dataset_env_id,
     load_offline_data,
-    make_offline_replay_buffer,
     normalized_score,
     OfflineData,
     write_d4rl_hdf5,
@@ -110,20 +108,6 @@ def test_bad_reward_processing_refused_before_loading(tmp_path):
         load_offline_data(str(tmp_path / "absent.hdf5"), 4, reward_processing="minmx")
 
 
-def test_make_offline_replay_buffer_is_load_offline_data(tmp_path, toy):
-    path, data = toy
-    kwargs = {"normalize_observations": True, "root": tmp_path / "c"}
-    offline = load_offline_data(str(path), 8, **kwargs)
-    rb = make_offline_replay_buffer(str(path), 8, **kwargs)
-    assert rb.dataset_name == offline.name and rb.reward_rule == offline.reward_rule
-    assert rb.metadata == offline.metadata
-    torch.testing.assert_close(rb.obs_norm.loc, offline.obs_norm.loc)
-    torch.testing.assert_close(rb.obs_norm.scale, offline.obs_norm.scale)
-    # same processing: the same rows come out the same
-    rows = torch.arange(N)
-    torch.testing.assert_close(rb[rows], offline.replay_buffer[rows])
-
-
 def test_exported():
-    for name in ("OfflineData", "load_offline_data", "make_offline_replay_buffer"):
+    for name in ("OfflineData", "load_offline_data"):
         assert name in data_pkg.__all__ and hasattr(data_pkg, name), name

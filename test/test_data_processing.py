@@ -8,8 +8,8 @@ import torch
 from torchrl.envs.transforms import ObservationNorm
 
 from torchrl_misa.data import (
+    load_offline_data,
     make_env,
-    make_offline_replay_buffer,
     obs_norm_from_state_dict,
     write_d4rl_hdf5,
 )
@@ -40,13 +40,17 @@ def test_clip_actions(tmp_path):
     arrays["actions"][::4, 0] = 1.0
     arrays["actions"][1::4, 0] = -1.0
     path = write_d4rl_hdf5(tmp_path / "x.hdf5", arrays, {})
-    rb = make_offline_replay_buffer(path, 64, root=tmp_path / "c", clip_actions=0.999)
+    rb = load_offline_data(
+        path, 64, root=tmp_path / "c", clip_actions=0.999
+    ).replay_buffer
     batch, idx = sample_with_rows(rb, arrays)
     np.testing.assert_allclose(
         batch["action"].numpy(), np.clip(arrays["actions"][idx], -0.999, 0.999)
     )
     assert batch["action"].abs().max() <= 0.999
-    rb = make_offline_replay_buffer(path, 64, root=tmp_path / "c", clip_actions=None)
+    rb = load_offline_data(
+        path, 64, root=tmp_path / "c", clip_actions=None
+    ).replay_buffer
     batch, idx = sample_with_rows(rb, arrays)
     np.testing.assert_array_equal(batch["action"].numpy(), arrays["actions"][idx])
     # the storage keeps the raw data
@@ -57,14 +61,15 @@ def test_antmaze_rewards(tmp_path):
     arrays = toy_arrays()
     arrays["rewards"] = (np.arange(64) % 2).astype("f4")  # antmaze rewards are 0/1
     path = write_d4rl_hdf5(tmp_path / "antmaze-umaze-v2.hdf5", arrays, {})
-    rb = make_offline_replay_buffer(path, 64, root=tmp_path / "c")
-    assert rb.reward_rule == "antmaze"
+    offline = load_offline_data(path, 64, root=tmp_path / "c")
+    rb = offline.replay_buffer
+    assert offline.reward_rule == "antmaze"
     batch, idx = sample_with_rows(rb, arrays)
     expected = (arrays["rewards"][idx] - 0.5) * 4.0
     np.testing.assert_allclose(batch["next", "reward"].numpy()[:, 0], expected)
-    rb = make_offline_replay_buffer(
+    rb = load_offline_data(
         path, 64, root=tmp_path / "c", reward_processing=None
-    )
+    ).replay_buffer
     batch, idx = sample_with_rows(rb, arrays)
     np.testing.assert_array_equal(
         batch["next", "reward"].numpy()[:, 0], arrays["rewards"][idx]
@@ -77,8 +82,9 @@ def test_antmaze_rewards(tmp_path):
 def test_kitchen_adroit_minmax(tmp_path, name):
     arrays = toy_arrays()
     path = write_d4rl_hdf5(tmp_path / f"{name}.hdf5", arrays, {})
-    rb = make_offline_replay_buffer(path, 64, root=tmp_path / "c")
-    assert rb.reward_rule == "minmax"
+    offline = load_offline_data(path, 64, root=tmp_path / "c")
+    rb = offline.replay_buffer
+    assert offline.reward_rule == "minmax"
     batch, idx = sample_with_rows(rb, arrays)
     r = arrays["rewards"].astype(np.float64)
     expected = 2.0 * (r[idx] - r.min()) / (r.max() - r.min()) - 1.0
@@ -86,7 +92,7 @@ def test_kitchen_adroit_minmax(tmp_path, name):
         batch["next", "reward"].numpy()[:, 0], expected, rtol=1e-5, atol=1e-6
     )
     # the extremes of the data map to the ends of [-1, 1]
-    rb_all = make_offline_replay_buffer(path, 64, root=tmp_path / "c")
+    rb_all = load_offline_data(path, 64, root=tmp_path / "c").replay_buffer
     full = rb_all.transform(rb_all.storage[:].clone())
     assert full["next", "reward"].min().item() == pytest.approx(-1.0, abs=1e-6)
     assert full["next", "reward"].max().item() == pytest.approx(1.0, abs=1e-6)
@@ -96,27 +102,27 @@ def test_locomotion_and_generated_files_untouched(tmp_path):
     arrays = toy_arrays()
     for name in ("halfcheetah-medium-v2", "pendulum-medium-replay-v0"):
         path = write_d4rl_hdf5(tmp_path / f"{name}.hdf5", arrays, {})
-        rb = make_offline_replay_buffer(path, 16, root=tmp_path / "c")
-        assert rb.reward_rule == "none"
+        assert load_offline_data(path, 16, root=tmp_path / "c").reward_rule == "none"
     with pytest.raises(ValueError, match="reward_processing"):
-        make_offline_replay_buffer(
+        load_offline_data(
             path, 16, root=tmp_path / "c", reward_processing="zscore"
-        )
+        ).replay_buffer
 
 
 def test_observation_normalisation(tmp_path):
     arrays = toy_arrays(n=200)
     path = write_d4rl_hdf5(tmp_path / "x.hdf5", arrays, {"env_id": "Pendulum-v1"})
-    rb = make_offline_replay_buffer(
+    offline = load_offline_data(
         path, 64, root=tmp_path / "c", normalize_observations=True
     )
+    rb = offline.replay_buffer
     mean = arrays["observations"].astype(np.float64).mean(0)
     std = (
         arrays["observations"].astype(np.float64).std(0)
     )  # population std, as numpy's default
-    assert isinstance(rb.obs_norm, ObservationNorm)
-    np.testing.assert_allclose(rb.obs_norm.loc.numpy(), mean, rtol=1e-5)
-    np.testing.assert_allclose(rb.obs_norm.scale.numpy(), std, rtol=1e-5)
+    assert isinstance(offline.obs_norm, ObservationNorm)
+    np.testing.assert_allclose(offline.obs_norm.loc.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(offline.obs_norm.scale.numpy(), std, rtol=1e-5)
     batch, idx = sample_with_rows(rb, arrays)
     np.testing.assert_allclose(
         batch["observation"].numpy(),
@@ -132,9 +138,9 @@ def test_observation_normalisation(tmp_path):
     )
 
     # the statistics travel: saved, restored into a fresh transform, used on the eval env
-    saved = rb.obs_norm.state_dict()
+    saved = offline.obs_norm.state_dict()
     fresh = obs_norm_from_state_dict(saved)
-    np.testing.assert_array_equal(fresh.loc.numpy(), rb.obs_norm.loc.numpy())
+    np.testing.assert_array_equal(fresh.loc.numpy(), offline.obs_norm.loc.numpy())
     env = make_env("Pendulum-v1", obs_norm=fresh)
     raw_env = make_env("Pendulum-v1")
     env.set_seed(3)
@@ -148,22 +154,22 @@ def test_constant_feature_does_not_blow_up(tmp_path):
     arrays = toy_arrays()
     arrays["observations"][:, 1] = 4.0
     path = write_d4rl_hdf5(tmp_path / "x.hdf5", arrays, {})
-    rb = make_offline_replay_buffer(
+    offline = load_offline_data(
         path, 8, root=tmp_path / "c", normalize_observations=True
     )
-    assert torch.isfinite(rb.sample()["observation"]).all()
-    assert rb.obs_norm.scale[1].item() == pytest.approx(1e-3)
+    assert torch.isfinite(offline.replay_buffer.sample()["observation"]).all()
+    assert offline.obs_norm.scale[1].item() == pytest.approx(1e-3)
 
 
 def test_device_argument(tmp_path):
     path = write_d4rl_hdf5(tmp_path / "x.hdf5", toy_arrays(), {})
-    rb = make_offline_replay_buffer(
+    rb = load_offline_data(
         path, 8, root=tmp_path / "c", device="cpu", normalize_observations=True
-    )
+    ).replay_buffer
     batch = rb.sample()
     assert batch["observation"].device == torch.device("cpu")
     if torch.cuda.is_available():
-        rb = make_offline_replay_buffer(
+        rb = load_offline_data(
             path, 8, root=tmp_path / "c", device="cuda", normalize_observations=True
-        )
+        ).replay_buffer
         assert rb.sample()["observation"].is_cuda

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from torchrl_misa.data import (
+    load_offline_data,
     dataset_average_normalized_score,
     dataset_env_id,
-    make_offline_replay_buffer,
     normalized_score,
     task_family,
     write_d4rl_hdf5,
@@ -124,7 +124,7 @@ def test_metadata_normalisation(tmp_path):
     expected = 100 * (-500.0 + 1200.0) / (-150.0 + 1200.0)
     assert normalized_score(path, -500.0) == pytest.approx(expected)
     assert normalized_score(f"d4rl_file:{path}", -500.0) == pytest.approx(expected)
-    rb = make_offline_replay_buffer(path, 4, root=tmp_path / "c")
+    rb = load_offline_data(path, 4, root=tmp_path / "c").replay_buffer
     assert normalized_score(rb, -500.0) == pytest.approx(expected)
     assert dataset_env_id(path) == "Pendulum-v1"
     assert dataset_env_id(rb) == "Pendulum-v1"
@@ -146,7 +146,7 @@ def test_dataset_average(tmp_path):
     ]  # the trailing cut run is not an episode
     expected = np.mean([100 * (g + 1200.0) / 1050.0 for g in returns])
     assert dataset_average_normalized_score(path) == pytest.approx(expected)
-    rb = make_offline_replay_buffer(path, 4, root=tmp_path / "c")
+    rb = load_offline_data(path, 4, root=tmp_path / "c").replay_buffer
     assert dataset_average_normalized_score(rb) == pytest.approx(expected)
 
 

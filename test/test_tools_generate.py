@@ -17,10 +17,10 @@ import torch
 from tensordict import TensorDict
 
 from torchrl_misa.data import (
+    load_offline_data,
     dataset_average_normalized_score,
     dataset_env_id,
     make_env,
-    make_offline_replay_buffer,
     normalized_score,
     read_metadata,
 )
@@ -181,9 +181,9 @@ def test_generated_file_through_the_entry_point(
     cfg, paths = generated
     path = paths["medium-replay"]
     arrays = h5(path)
-    rb = make_offline_replay_buffer(
+    rb = load_offline_data(
         f"d4rl_file:{path}", 32, root=tmp_path, clip_actions=None
-    )
+    ).replay_buffer
     storage_matches_file(rb, arrays)
     meta = read_metadata(path)
     ret = 0.5 * (meta["random_return"] + meta["expert_return"])

@@ -1,7 +1,7 @@
 """The reference script's data processing and evaluation, in numpy, for training code in other frameworks.
 
 ``misa_offline.py`` reads a D4RL-layout file through
-:func:`torchrl_misa.data.make_offline_replay_buffer` and scores a policy with
+:func:`torchrl_misa.data.load_offline_data` and scores a policy with
 ``utils.evaluate`` on the env made by ``utils.make_environment``. This module
 does the same with numpy, h5py, PyYAML and Gymnasium only (no torch), so that a
 JAX learner (``train_authors.py``) sees the same transitions and is scored on

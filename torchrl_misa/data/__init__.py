@@ -29,7 +29,6 @@ from torchrl_misa.data.h5read import as_bool_flags, read_metadata
 from torchrl_misa.data.hdf5 import validate_d4rl_hdf5, write_d4rl_hdf5
 from torchrl_misa.data.offline_data import (
     load_offline_data,
-    make_offline_replay_buffer,
     OfflineData,
 )
 from torchrl_misa.data.online_buffer import GroupOfflineToOnlineReplayBuffer
@@ -100,7 +99,6 @@ __all__ = [
     "load_offline_dataset",
     "make_env",
     "make_eval_env",
-    "make_offline_replay_buffer",
     "minmax_reward_transform",
     "normalized_score",
     "obs_norm_from_state_dict",

@@ -4,7 +4,7 @@ A "dataset" below is any of: a D4RL id (``"hopper-medium-v2"``), a prefixed id
 (``"d4rl:..."``, ``"minari:mujoco/hopper/medium-v0"``), a local file
 (``"d4rl_file:/path/x.hdf5"`` or a plain path ending in ``.hdf5``), an
 :class:`~torchrl_misa.data.OfflineData`, or a buffer of the dataset
-classes it loads (or of :func:`~torchrl_misa.data.make_offline_replay_buffer`).
+classes it loads.
 """
 
 from __future__ import annotations
