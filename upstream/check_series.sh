@@ -2,7 +2,8 @@
 # Applies the series to a clean pytorch/rl checkout one PR at a time and, after each, runs TorchRL's
 # pre-commit checks on its files (lint_pr.sh) and its tests (test_pr.sh), then commits it with its
 # title and description, so that the next PR is checked on its own files. After PR 4 it runs the
-# recipe's test_sota.py command on this repo's demo file (that entry downloads D4RL data).
+# recipe's test_sota.py command on this repo's demo file (that entry downloads D4RL data), then
+# the same with two agents and an online phase.
 #
 #   bash upstream/check_series.sh PATH_TO_PYTORCH_RL [PYTHON] [LINT_BIN]
 #
@@ -46,7 +47,9 @@ for n in 1 2 3 4; do
         # test_sota.py's command downloads D4RL's halfcheetah-medium-v2: without network the
         # same command runs on this repo's D4RL-format demo file, through PR 1's d4rl_file prefix
         smoke="$(python3 "$here/upstream/make_pr.py" --smoke) replay_buffer.dataset=d4rl_file:$here/datasets/pendulum-medium-replay-v0.hdf5"
-        tests=(--run "$smoke")
+        # and two agents fine-tuned online: the helpers of agent_group.py and offline_data.py
+        online="$smoke num_agents=2 online.frames=200 online.frames_per_batch=100 hydra.run.dir=$(mktemp -d)"
+        tests=(--run "$smoke && $online")
     fi
     bash "$here/upstream/test_pr.sh" "$dest" "$base" "$python" "${tests[@]}" || failed=$((failed + 1))
     (cd "$dest" && git add -A . && python3 "$here/upstream/make_pr.py" --message "$n" |
