@@ -34,7 +34,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +73,6 @@ ABLATIONS = {
     # MISA back at small budgets?
     "misa-alpha-lr-1e-3": ["optim.alpha_lr=1e-3"],
 }
-_CSV_LOCK = threading.Lock()
 DEMO = "datasets/pendulum-medium-replay-v0.hdf5"
 
 # How each generated dataset is made (datasets/extra/ is not in the repo).
@@ -492,8 +490,9 @@ def run_job(
         raise RuntimeError(
             f"{job.name}: the run reported seeds {rows}, not {job.seeds}"
         )
-    # jobs side by side, in this process or in others, append to one file
-    with _CSV_LOCK, open(out_csv.with_suffix(".lock"), "w") as lock:
+    # jobs side by side, in this process's threads or in others, append to one
+    # file: each opens the lock file itself, and flock serialises the opens
+    with open(out_csv.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         new = not out_csv.exists()
         with out_csv.open("a", newline="") as f:
