@@ -11,8 +11,8 @@ cluster.
 With ``--agents`` a method's seeds on a dataset are one job: one process
 trains them side by side (``num_agents=<number of seeds>``, seeds
 ``s, s + 1, ...``), each agent with its own initialisation, batches and random
-draws, and writes one row per seed (``wall_s``: the job's time divided by its
-agents).
+draws, and writes one row per seed (``wall_s``: the run's training time, over
+all its processes when it was resumed, divided by its agents).
 
     python benchmarks/learning.py --scale small            # 2-core CPU
     python benchmarks/learning.py --scale small --agents   # each method's seeds in one process
@@ -481,7 +481,8 @@ def run_job(
             "best_score": round(agent["best_score"], 3),
             "last_mean_score": round(agent["last_mean_score"], 3),
             "dataset_score": round(summary["dataset_score"], 3),
-            "wall_s": round(wall / job.num_agents, 1),
+            # the run's own count covers the processes of earlier sessions
+            "wall_s": round(summary.get("train_s", wall) / job.num_agents, 1),
             "run_dir": _relative(run_dir),
         }
         for agent in summary["agents"]

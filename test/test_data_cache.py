@@ -15,7 +15,6 @@ import h5py
 import numpy as np
 import pytest
 from tensordict import MemoryMappedTensor
-from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
 
 import torchrl_misa.data.d4rl as d4rl_module
 from torchrl_misa.data import (
@@ -180,68 +179,43 @@ def test_damaged_cache_without_download_says_how_to_rebuild(tmp_path, source):
         load_dataset(f"d4rl_file:{source}", batch_size=8, root=root, download=False)
 
 
-def _d4rl_folder(tmp_path, monkeypatch, dataset_id, arrays):
-    folder = tmp_path / "d4rl_datasets"
-    monkeypatch.setenv("D4RL_DATASET_DIR", str(folder))
-    name = Path(urllib.request.urlparse(D4RL_DATASETS[dataset_id]).path).name
-    return write_d4rl_hdf5(folder / name, arrays, {})
+def serve_as_d4rl_download(monkeypatch, arrays, tmp_path):
+    """D4RL's download (``urlretrieve``) returns a D4RL-layout file of ``arrays``."""
+    served = write_d4rl_hdf5(tmp_path / "served.hdf5", arrays, {})
+
+    def urlretrieve(url, dest):
+        Path(dest).write_bytes(served.read_bytes())
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", urlretrieve)
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in this test")
-
-    import socket
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
+def no_download(*args, **kwargs):
+    raise OSError("network disabled in this test")
 
 
-def test_d4rl_id_cache_only(
-    tmp_path, source, monkeypatch, no_network, storage_matches_file
-):
+def test_d4rl_id_cache_only(tmp_path, source, monkeypatch, storage_matches_file):
     arrays = read_h5(source)
-    raw = _d4rl_folder(tmp_path, monkeypatch, "hopper-medium-v2", arrays)
+    serve_as_d4rl_download(monkeypatch, arrays, tmp_path)
     root = tmp_path / "cache"
     OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
     cache = root / "hopper-medium-v2"
-    # a cache with no check file, e.g. made by TorchRL's stock class: with the
-    # source at hand it is rebuilt, since its content cannot be checked
-    (cache / CHECK_FILE).unlink()
-    with pytest.warns(UserWarning, match=CHECK_FILE):
-        rb = OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
-    storage_matches_file(rb, arrays)
     assert (cache / CHECK_FILE).exists()
-    # without the source it is the only copy, and is used as it is
-    raw.unlink()
+    monkeypatch.setattr(urllib.request, "urlretrieve", no_download)
+    # a cache with no check file, e.g. made by TorchRL's stock class: with no
+    # source at hand it is the only copy, and is used as it is
     (cache / CHECK_FILE).unlink()
     rb = OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
     storage_matches_file(rb, arrays)
-    # a damaged cache with no source and no network: it is dropped and the
-    # error says where to bring the data from
-    OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
+    # a damaged cache and no network: it is dropped and the error says where
+    # to bring the data from
+    serve_as_d4rl_download(monkeypatch, arrays, tmp_path)
+    OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root, download="force")
+    monkeypatch.setattr(urllib.request, "urlretrieve", no_download)
     _damage_meta(cache)
     with pytest.warns(UserWarning, match="meta.json"):
         with pytest.raises(DatasetUnavailableError, match="hopper_medium-v2.hdf5"):
             OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
     assert not cache.exists()
-
-
-def test_cache_rebuilt_when_the_d4rl_file_changes(
-    tmp_path, source, monkeypatch, no_network, storage_matches_file
-):
-    # D4RL's cache is named by id only: a new copy of the file with other rows
-    # (e.g. a re-download of a fixed version) must not be shadowed by the cache
-    arrays = read_h5(source)
-    _d4rl_folder(tmp_path, monkeypatch, "hopper-medium-v2", arrays)
-    root = tmp_path / "cache"
-    OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
-    longer = {k: np.concatenate([v, v[:10]]) for k, v in arrays.items()}
-    _d4rl_folder(tmp_path, monkeypatch, "hopper-medium-v2", longer)
-    with pytest.warns(UserWarning, match="source_rows=300; this load expects 310"):
-        rb = OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
-    storage_matches_file(rb, longer)
 
 
 def test_cache_of_an_edited_source_is_not_reused(tmp_path, storage_matches_file):
@@ -328,12 +302,12 @@ def test_minari_interrupted_build(tmp_path, monkeypatch, toy_minari):
     episodes = toy_minari(tmp_path / "minari")
     root = tmp_path / "cache"
     name = "minari:toy/pendulum/random-v0"
-    import torchrl_misa.data.patches.minari_fill as minari_fill
+    import torchrl_misa.data.minari_data as minari_data
 
     def interrupted(*args, **kwargs):
         raise Interrupted  # after TorchRL's conversion, before the fill
 
-    monkeypatch.setattr(minari_fill, "fill_from_minari", interrupted)
+    monkeypatch.setattr(minari_data, "fill_from_minari", interrupted)
     with pytest.raises(Interrupted):
         load(name, root)
     monkeypatch.undo()

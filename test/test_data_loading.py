@@ -154,36 +154,47 @@ def test_plain_path_and_prefix_are_the_same(tmp_path):
     assert (a.storage[:] == b.storage[:]).all()
 
 
-def _d4rl_folder_file(tmp_path, monkeypatch, dataset_id, arrays):
-    """Places a D4RL-layout file where D4RL itself keeps ``dataset_id``."""
-    d4rl_dir = tmp_path / "d4rl_datasets"
-    monkeypatch.setenv("D4RL_DATASET_DIR", str(d4rl_dir))
-    name = Path(urllib.request.urlparse(D4RL_DATASETS[dataset_id]).path).name
-    return write_d4rl_hdf5(d4rl_dir / name, arrays, {})
+def serve_as_d4rl_download(monkeypatch, arrays, tmp_path):
+    """D4RL's download (``urlretrieve``) returns a D4RL-layout file of ``arrays``."""
+    served = write_d4rl_hdf5(tmp_path / "served.hdf5", arrays, {})
+    urls = []
+
+    def urlretrieve(url, dest):
+        urls.append(url)
+        Path(dest).write_bytes(served.read_bytes())
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", urlretrieve)
+    return urls
 
 
-def test_d4rl_id_offline_from_d4rl_folder_then_cache(
-    tmp_path, monkeypatch, no_network, storage_matches_file
+def test_d4rl_id_downloaded_then_read_from_the_cache_offline(
+    tmp_path, monkeypatch, storage_matches_file
 ):
     arrays = toy_arrays(n=30, obs_dim=11, act_dim=3)
-    raw = _d4rl_folder_file(tmp_path, monkeypatch, "hopper-medium-v2", arrays)
+    urls = serve_as_d4rl_download(monkeypatch, arrays, tmp_path)
     root = tmp_path / "torchrl_cache"
     rb = OfflineD4RLExperienceReplay("hopper-medium-v2", batch_size=8, root=root)
     storage_matches_file(rb, arrays)
+    assert urls == [D4RL_DATASETS["hopper-medium-v2"]]
     assert (root / "hopper-medium-v2").is_dir()
-    raw.unlink()  # now only TorchRL's cache is left
+    monkeypatch.undo()  # now only TorchRL's cache is left, and no network
+    monkeypatch.setattr(urllib.request, "urlretrieve", no_download)
     rb = load_offline_data("hopper-medium-v2", 8, root=root).replay_buffer
     storage_matches_file(rb, arrays)
     assert rb.sample()["observation"].shape == (8, 11)
 
 
+def no_download(*args, **kwargs):
+    raise OSError("network disabled in this test")
+
+
 def test_d4rl_id_no_cache_no_network(tmp_path, monkeypatch, no_network):
-    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "empty"))
     start = time.monotonic()
     with pytest.raises(DatasetUnavailableError) as err:
         load_offline_data("halfcheetah-medium-v2", 8, root=tmp_path / "c").replay_buffer
     msg = str(err.value)
-    assert "not found" in msg and "d4rl_file:" in msg and "demo" in msg
+    assert "could not be downloaded" in msg and "d4rl_file:" in msg and "demo" in msg
+    assert "network disabled in this test" in msg  # the cause is shown
     assert "halfcheetah_medium-v2.hdf5" in msg  # says which file to bring
     assert (
         time.monotonic() - start < 60

@@ -1,7 +1,7 @@
-"""Each fix of torchrl_misa.data.patches: the bug with TorchRL's stock class, the fix with ours.
+"""Each fix to TorchRL's dataset classes: the bug with the stock class, the fix with ours.
 
-TorchRL's D4RL class downloads its file; here the download returns a local
-D4RL-layout file instead (no network), so the stock class runs end to end.
+Both D4RL classes download their file; here the download returns a local
+D4RL-layout file instead (no network), so each runs end to end.
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ import numpy as np
 import pytest
 import torch
 import torchrl.data.datasets.d4rl as torchrl_d4rl
+import urllib.request
 from tensordict import TensorDict
 from torchrl.data.datasets import D4RLExperienceReplay
 
 from torchrl_misa.data import write_d4rl_hdf5
-from torchrl_misa.data.patches import (
-    D4RLLastTransitionExperienceReplay,
-    D4RLTimeLimitExperienceReplay,
-    repeat_last_row,
-    unknown_next_observation,
-)
+from torchrl_misa.data import OfflineD4RLExperienceReplay
+from torchrl_misa.data.d4rl import repeat_last_row, unknown_next_observation
 
 N = 30
 TERMINAL, TIME_LIMITS = 4, (14, 29)  # rows ending an episode; 29 is the file's last
@@ -49,7 +46,7 @@ def arrays():
 
 @pytest.fixture
 def d4rl_download(tmp_path, monkeypatch):
-    """TorchRL's D4RL download returns a local file; returns the file's arrays."""
+    """Both classes' D4RL download returns a local file; returns the file's arrays."""
     data = arrays()
     # no metadata group: tensordict's HDF5 reader of the stock class cannot read scalars
     path = write_d4rl_hdf5(tmp_path / "hopper_medium-v2.hdf5", data)
@@ -58,6 +55,9 @@ def d4rl_download(tmp_path, monkeypatch):
         return str(shutil.copy(path, Path(folder) / path.name))
 
     monkeypatch.setattr(torchrl_d4rl, "_download_dataset_from_url", local_copy)
+    monkeypatch.setattr(
+        urllib.request, "urlretrieve", lambda url, dest: shutil.copy(path, dest)
+    )
     # the stock class sets this variable for good: keep it to the test
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "unused"))
     with h5py.File(path, "r") as f:  # what is in the file, read on its own
@@ -79,7 +79,7 @@ def test_stock_d4rl_drops_the_last_transition(tmp_path, d4rl_download):
 
 def test_last_transition_kept(tmp_path, d4rl_download):
     file = d4rl_download
-    stored = load(D4RLLastTransitionExperienceReplay, tmp_path / "fixed")
+    stored = load(OfflineD4RLExperienceReplay, tmp_path / "fixed")
     assert stored.shape[0] == N
     np.testing.assert_array_equal(stored["observation"].numpy(), file["observations"])
     np.testing.assert_array_equal(stored["action"].numpy(), file["actions"])
@@ -126,7 +126,7 @@ def test_time_limit_next_state_kept(tmp_path, d4rl_download):
     file = d4rl_download
     root = tmp_path / "fixed"
     for _ in range(2):  # converted, then read back from the cache
-        stored = load(D4RLTimeLimitExperienceReplay, root)
+        stored = load(OfflineD4RLExperienceReplay, root)
         row = TIME_LIMITS[0]
         np.testing.assert_array_equal(
             stored["next", "observation"][row].numpy(), file["next_observations"][row]
@@ -137,18 +137,27 @@ def test_time_limit_next_state_kept(tmp_path, d4rl_download):
         )
 
 
-def test_time_limit_fix_refuses_split_trajs(tmp_path, d4rl_download):
-    with pytest.raises(ValueError, match="split_trajs=False only"):
-        load(D4RLTimeLimitExperienceReplay, tmp_path / "x", split_trajs=True)
-
-
 def test_both_d4rl_fixes_together(tmp_path, d4rl_download, storage_matches_file):
-    class Fixed(D4RLLastTransitionExperienceReplay, D4RLTimeLimitExperienceReplay):
-        pass
-
     file = d4rl_download
-    rb = Fixed("hopper-medium-v2", 8, root=tmp_path / "both", direct_download=True)
-    storage_matches_file(rb, file)
+    for split_trajs in (False, True):
+        rb = OfflineD4RLExperienceReplay(
+            "hopper-medium-v2",
+            8,
+            root=tmp_path / str(split_trajs),
+            split_trajs=split_trajs,
+        )
+        if not split_trajs:
+            storage_matches_file(rb, file)
+            continue
+        # split into episodes: the same transitions, the padding left out
+        stored = rb.storage[:]
+        mask = stored["mask"]
+        np.testing.assert_array_equal(stored["action"][mask].numpy(), file["actions"])
+        time_limit = TIME_LIMITS[0]
+        np.testing.assert_array_equal(
+            stored["next", "observation"][mask][time_limit].numpy(),
+            file["next_observations"][time_limit],
+        )
 
 
 def test_unknown_next_observation_mask():
@@ -207,7 +216,7 @@ def test_stock_minari_stores_zeros(tmp_path, toy_minari):
 
 @needs_minari
 def test_minari_filled_from_local_folder(tmp_path, toy_minari):
-    from torchrl_misa.data.patches import MinariFilledExperienceReplay
+    from torchrl_misa.data.minari_data import MinariFilledExperienceReplay
 
     episodes = toy_minari(tmp_path / "minari")
     root = tmp_path / "c"
@@ -225,7 +234,7 @@ def test_minari_filled_from_local_folder(tmp_path, toy_minari):
 def test_minari_filled_after_a_download(tmp_path, monkeypatch, toy_minari):
     import minari
 
-    from torchrl_misa.data.patches import MinariFilledExperienceReplay
+    from torchrl_misa.data.minari_data import MinariFilledExperienceReplay
 
     # the "server": a Minari folder elsewhere; a download copies from it
     server = tmp_path / "server"

@@ -107,7 +107,6 @@ def test_offline_error_comes_from_our_entry_point(tmp_path, monkeypatch):
         raise OSError("network disabled in this test")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "empty"))
     with pytest.raises(DatasetUnavailableError, match="d4rl_file:.*demo"):
         load_offline_data("d4rl:hopper-medium-v2", 8, root=tmp_path / "c")
 

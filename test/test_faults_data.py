@@ -19,7 +19,7 @@ from tensordict import TensorDict
 
 import torchrl_misa.data.cache as cache_module
 from torchrl_misa.data import load_offline_data, write_d4rl_hdf5
-from torchrl_misa.data.buffer import check_transitions
+from torchrl_misa.data.offline_data import check_transitions
 from torchrl_misa.data.cache import CacheWriteError
 from torchrl_misa.data.hdf5 import DatasetFormatError
 

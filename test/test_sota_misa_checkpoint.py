@@ -359,6 +359,25 @@ def test_incompatible_rerun_is_refused_and_the_checkpoint_kept(
     assert path.read_bytes() == saved[:100]
 
 
+def test_training_time_adds_up_over_resumed_processes(
+    misa_script, pendulum_file, tmp_path
+):
+    import time
+
+    base = [BC, "logger.eval_iter=2", "checkpoint.interval=2"]
+    start = time.perf_counter()
+    first = train(misa_script, tmp_path, pendulum_file, *base, "optim.gradient_steps=8")
+    first_wall = time.perf_counter() - start
+    start = time.perf_counter()  # two more steps and one evaluation, four fewer
+    second = train(
+        misa_script, tmp_path, pendulum_file, *base, "optim.gradient_steps=10"
+    )
+    second_wall = time.perf_counter() - start
+    assert 0 < first["train_s"] <= first_wall
+    # the resumed run counts the first process's time, and only its own on top
+    assert first["train_s"] < second["train_s"] <= first["train_s"] + second_wall
+
+
 def test_resume_next_to_the_run_folders_own_checkpoint(
     misa_script, pendulum_file, tmp_path, caplog
 ):

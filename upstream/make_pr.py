@@ -173,7 +173,7 @@ under torch.vmap; the functions before it let TorchRL's losses run there.
 )
 
 _DATA = "torchrl_misa/data/"
-_BUFFER = _DATA + "buffer.py"
+_OFFLINE = _DATA + "offline_data.py"
 OFFLINE_DATA = Merge(
     sources=[
         _DATA + name + ".py"
@@ -185,7 +185,6 @@ OFFLINE_DATA = Merge(
             "processing",
             "scores",
             "envs",
-            "buffer",
             "offline_data",
             "online_buffer",
         )
@@ -200,12 +199,17 @@ transitions, one buffer per agent, for fine-tuning online.
 """,
     # TorchRL's classes (with PR 1) instead of this package's fixed ones
     replace={
-        _BUFFER: [
+        _OFFLINE: [
+            (
+                "from torchrl.data.datasets import load_dataset\n",
+                "from torchrl.data.datasets import (\n    D4RLExperienceReplay,\n"
+                "    D4RLFileExperienceReplay,\n    load_dataset,\n"
+                "    MinariExperienceReplay,\n)\n",
+            ),
             (
                 "from torchrl_misa.data.d4rl import D4RLFileExperienceReplay, "
                 "OfflineD4RLExperienceReplay\n",
-                "from torchrl.data.datasets import (\n    D4RLExperienceReplay,\n"
-                "    D4RLFileExperienceReplay,\n    MinariExperienceReplay,\n)\n",
+                "",
             ),
             ("from torchrl_misa.data.minari_data import load_minari\n", ""),
             (
@@ -219,13 +223,11 @@ transitions, one buffer per agent, for fine-tuning online.
                 "    (:class:`~torchrl.data.datasets.D4RLFileExperienceReplay`).",
             ),
             (
-                "load_minari(name, batch_size, network_timeout=network_timeout, **common)",
+                "load_minari(name, batch_size, **common)",
                 "MinariExperienceReplay(name, batch_size, **common)",
             ),
             (
-                "OfflineD4RLExperienceReplay(\n"
-                "            name, batch_size, network_timeout=network_timeout, **common\n"
-                "        )",
+                "OfflineD4RLExperienceReplay(name, batch_size, **common)",
                 "D4RLExperienceReplay(name, batch_size, direct_download=True, **common)",
             ),
         ],

@@ -149,9 +149,12 @@ def _train(
     # Create agents: networks, loss, optimisers, target-network updates
     recipe = make_update(cfg, data, action_dim, device)
     start, scores, run_id = 0, [], uuid.uuid4().hex
+    # seconds spent on the run before this process, up to its last checkpoint
+    train_s_before = 0.0
     if resumed is not None:
         recipe.load_state_dict(resumed["recipe"])
         start, scores, run_id = resumed["step"], resumed["scores"], resumed["run_id"]
+        train_s_before = resumed.get("train_s", 0.0)
         set_rng_state(resumed["rng"])
     online = OnlinePhase(cfg, data, recipe, device) if cfg.online.frames else None
     if online is not None and resumed is not None and start > _switch(resumed):
@@ -191,6 +194,7 @@ def _train(
     eval_envs = cfg.logger.eval_envs
     pbar = tqdm.tqdm(total=total, initial=start, disable=not cfg.logger.progress_bar)
     t_last, steps_since = time.perf_counter(), 0
+    t_start = t_last
     with DeferredPreemption() as preemption:
         try:
             for step in range(start, total):
@@ -255,6 +259,7 @@ def _train(
                         "run_id": run_id,
                         "config": config,
                         "dataset_sha256": dataset_sha256,
+                        "train_s": train_s_before + time.perf_counter() - t_start,
                     }
                     if online is not None:
                         state["online"] = online.state_dict()
@@ -276,6 +281,7 @@ def _train(
             eval_env.close(
                 raise_if_closed=False
             )  # a batched env never stepped is "closed"
+    train_s = train_s_before + time.perf_counter() - t_start
 
     seeds = [cfg.env.seed + i for i in range(num_agents)]
     agents = [
@@ -305,6 +311,8 @@ def _train(
         "dataset_score": dataset_score,
         "scores": scores,
         "steps": total,
+        # all of the run's processes (work redone after a kill counts once)
+        "train_s": train_s,
         "online_frames": cfg.online.frames,
         "algorithm": name,
         "agents": agents,

@@ -15,7 +15,12 @@ TorchRL's own class.
 
 from torchrl.data.datasets import register_dataset
 
-from torchrl_misa.data.buffer import check_transitions, load_offline_dataset
+from torchrl_misa.data.offline_data import (
+    check_transitions,
+    load_offline_data,
+    load_offline_dataset,
+    OfflineData,
+)
 from torchrl_misa.data.d4rl import D4RLFileExperienceReplay, OfflineD4RLExperienceReplay
 from torchrl_misa.data.errors import (
     CacheDamagedError,
@@ -27,10 +32,6 @@ from torchrl_misa.data.envs import make_env, make_eval_env
 from torchrl_misa.data.fingerprint import content_sha256
 from torchrl_misa.data.h5read import as_bool_flags, read_metadata
 from torchrl_misa.data.hdf5 import validate_d4rl_hdf5, write_d4rl_hdf5
-from torchrl_misa.data.offline_data import (
-    load_offline_data,
-    OfflineData,
-)
 from torchrl_misa.data.online_buffer import GroupOfflineToOnlineReplayBuffer
 from torchrl_misa.data.processing import (
     action_clip_transform,

@@ -1,37 +1,32 @@
-"""D4RL datasets through TorchRL's :class:`D4RLExperienceReplay`, online or not.
+"""D4RL datasets through TorchRL's :class:`D4RLExperienceReplay`, fixed and checked.
 
 Two classes, one reading path. Both subclass TorchRL's
-:class:`~torchrl.data.datasets.D4RLExperienceReplay` (through the fix of
-:mod:`~torchrl_misa.data.patches.d4rl_last_transition`): the conversion to
+:class:`~torchrl.data.datasets.D4RLExperienceReplay`: the conversion to
 transitions (``observation``, ``action``, ``("next", ...)``) is TorchRL's own,
-and TorchRL's class reads the memory-mapped cache. What they replace is where
-the raw HDF5 comes from and how the cache is written: atomically, with a
-check file, and checked on every load (:mod:`torchrl_misa.data.cache`), so an
-interrupted or damaged cache is rebuilt instead of read as zeros:
+and TorchRL's class reads the memory-mapped cache. What they change:
 
-* :class:`OfflineD4RLExperienceReplay` looks for the dataset in this order:
-  TorchRL's cache ``<root>/<id>`` (default ``~/.cache/torchrl/d4rl``), D4RL's
-  own download folder (``$D4RL_DATASET_DIR`` or ``~/.d4rl/datasets``, file
-  named as in D4RL's URL), then the network. With none of them it fails at
-  once with a message that says what to copy where. It is not registered:
-  ``load_dataset("d4rl:...")`` stays TorchRL's class.
-* :class:`D4RLFileExperienceReplay` (prefix ``d4rl_file:``) reads any local
-  D4RL-layout file, with no network, cached under
-  ``~/.cache/torchrl/d4rl_file``.
+* the cache is written atomically, with a check file, and checked on every
+  load (:mod:`torchrl_misa.data.cache`), so an interrupted or damaged cache is
+  rebuilt instead of read as zeros;
+* two fixes to TorchRL 0.14.1's conversion of files with
+  ``next_observations`` (:func:`repeat_last_row`,
+  :func:`unknown_next_observation`): the last transition is kept, and the next
+  observation of a transition cut by a time limit (``truncated`` and not
+  ``terminated``) is the file's row instead of zeros, so TD targets that
+  bootstrap through time limits see the true next state;
+* the raw file is read and checked here (:mod:`torchrl_misa.data.hdf5`):
+  flags stored as 0/1 numbers are read as bool, a bad file is refused with
+  the key named, and no network means a clear error, not a stack trace.
 
-Flags stored as 0/1 numbers are read as bool (see :mod:`torchrl_misa.data.hdf5`).
-Two details differ from the stock class (both only when the file has
-``next_observations``; see :mod:`torchrl_misa.data.patches`): the last
-transition is kept, and the next observation of a transition cut by a time
-limit (``truncated`` and not ``terminated``) is the file's
-``next_observations`` row instead of zeros, so TD targets that bootstrap
-through time limits see the true next state.
+:class:`OfflineD4RLExperienceReplay` downloads a D4RL id from D4RL's server,
+as TorchRL does; it is not registered (``load_dataset("d4rl:...")`` stays
+TorchRL's class). :class:`D4RLFileExperienceReplay` (prefix ``d4rl_file:``)
+reads any local D4RL-layout file, with no network.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import tempfile
 import urllib.parse
@@ -42,8 +37,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tensordict import make_tensordict
+from tensordict import make_tensordict, TensorDictBase
 from torchrl.collectors.utils import split_trajectories
+from torchrl.data.datasets import D4RLExperienceReplay
 from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
 
 from torchrl_misa.data.cache import discard, open_cache, write_cache
@@ -60,23 +56,12 @@ from torchrl_misa.data.hdf5 import (
     SCALAR_KEYS,
     validate_d4rl_hdf5,
 )
-from torchrl_misa.data.patches.d4rl_last_transition import (
-    D4RLLastTransitionExperienceReplay,
-)
-from torchrl_misa.data.patches.d4rl_time_limit import unknown_next_observation
 from torchrl_misa.data.tasks import DEMO_DATASET
 
 
 def torchrl_cache_dir(kind: str) -> Path:
     """TorchRL's default cache folder of a dataset kind: ``~/.cache/torchrl/<kind>``."""
     return Path("~/.cache/torchrl").expanduser() / kind
-
-
-def d4rl_download_dir() -> Path:
-    """D4RL's own download folder: ``$D4RL_DATASET_DIR`` or ``~/.d4rl/datasets``."""
-    return Path(
-        os.environ.get("D4RL_DATASET_DIR", os.path.expanduser("~/.d4rl/datasets"))
-    )
 
 
 def d4rl_url(dataset_id: str) -> str:
@@ -93,15 +78,57 @@ def d4rl_url(dataset_id: str) -> str:
         ) from None
 
 
-def _network_error(url: str, timeout: float) -> str | None:
-    """Returns why ``url``'s host cannot be reached within ``timeout`` s, or ``None``."""
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return None
-    except Exception as err:  # DNS failure, refused, timeout, sandbox...
-        return f"{type(err).__name__}: {err}"
+# -- the two fixes to TorchRL 0.14.1's conversion ------------------------------
+def repeat_last_row(dataset: TensorDictBase) -> TensorDictBase:
+    """D4RL's raw rows (no ``metadata``) with the last row appended once more.
+
+    TorchRL's converter pairs row ``t`` with row ``t + 1`` and drops the last
+    row. With ``next_observations`` (every D4RL MuJoCo v2 file) each row is a
+    complete transition, the last one included: handing the converter a copy
+    of the last row keeps it. Rows without ``next_observations`` are returned
+    unchanged: there the next observation of the last row is unknown.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> rows = TensorDict(observations=torch.arange(3.0)[:, None],
+        ...                   next_observations=torch.arange(1.0, 4.0)[:, None], batch_size=[3])
+        >>> repeat_last_row(rows)["next_observations"].squeeze(-1)
+        tensor([1., 2., 3., 3.])
+    """
+    if "next_observations" not in dataset.keys():
+        return dataset
+    if dataset.batch_dims == 0:  # read without a batch size: rows are dim 0
+        dataset = dataset.copy().auto_batch_size_(batch_dims=1)
+    return torch.cat([dataset, dataset[-1:]], 0)
+
+
+def unknown_next_observation(
+    data: TensorDictBase, *, has_next_observations: bool
+) -> torch.Tensor:
+    """Rows (``[N]`` bool) whose ``("next", "observation")`` is not in the file.
+
+    TorchRL's class zeroes the next observation wherever ``("next", "done")``,
+    time-limit cuts included, whose TD targets bootstrap from it. A file with
+    ``next_observations`` holds that state: only terminal rows are unknown.
+
+    Args:
+        data: converted transitions, with ``("next", "terminated")`` and
+            ``("next", "done")`` of shape ``[N, 1]``.
+        has_next_observations: the file stores ``next_observations``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> data = TensorDict({"next": {"terminated": torch.tensor([[True], [False], [False]]),
+        ...                             "done": torch.tensor([[True], [True], [False]])}}, [3])
+        >>> unknown_next_observation(data, has_next_observations=True)
+        tensor([ True, False, False])
+        >>> unknown_next_observation(data, has_next_observations=False)
+        tensor([ True,  True, False])
+    """
+    key = "terminated" if has_next_observations else "done"
+    return data["next", key].reshape(-1)
 
 
 def _read_d4rl_hdf5(path: Path) -> tuple[Any, dict]:
@@ -193,42 +220,30 @@ def _warn_if_no_episode_end(data, name: str) -> None:
         )
 
 
-class OfflineD4RLExperienceReplay(D4RLLastTransitionExperienceReplay):
-    """TorchRL's D4RL replay buffer that also works (and fails clearly) offline.
+class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
+    """TorchRL's D4RL replay buffer, with the fixes above and a checked cache.
 
     Takes the arguments of :class:`~torchrl.data.datasets.D4RLExperienceReplay`
     (data come from D4RL's HDF5 files, not from the ``d4rl`` package:
     ``direct_download=False`` and ``from_env=True`` are refused), plus:
 
     Keyword Args:
-        network_timeout (float): seconds allowed to reach D4RL's server before
-            concluding there is no network. Defaults to ``3.0``.
+        network_timeout (float): seconds a download may stall before it fails.
+            Defaults to ``30.0``.
 
-    The memory-mapped cache ``<root>/<id>`` is written atomically and checked
-    on every load (:mod:`torchrl_misa.data.cache`); a damaged one is rebuilt
-    from the source, with a warning saying what was wrong. A dataset with no
-    episode end at all loads with a warning.
+    The memory-mapped cache ``<root>/<id>`` (``root`` defaults to TorchRL's
+    ``~/.cache/torchrl/d4rl``) is written atomically and checked on every load
+    (:mod:`torchrl_misa.data.cache`); a damaged one is rebuilt from the source,
+    with a warning saying what was wrong. With no cache and no network the
+    load fails at once with :class:`~torchrl_misa.data.DatasetUnavailableError`,
+    which says what to bring where. A dataset with no episode end at all loads
+    with a warning.
 
     Samples are TensorDicts of transitions with ``observation``, ``action``,
     ``("next", "observation")``, ``("next", "reward")``, ``("next", "done")``,
     ``("next", "terminated")`` and ``("next", "truncated")`` (flags of shape
     ``[B, 1]``). ``self.metadata`` is a dict of the file's ``metadata/*`` when
-    the file is on this machine (empty for a load from the cache alone).
-
-    Examples:
-        >>> import os, tempfile, numpy as np
-        >>> from torchrl_misa.data import OfflineD4RLExperienceReplay, write_d4rl_hdf5
-        >>> n = 8  # a stand-in for D4RL's file, where D4RL keeps its downloads
-        >>> data = dict(observations=np.zeros((n, 11), "f4"), actions=np.zeros((n, 3), "f4"),
-        ...             rewards=np.ones(n, "f4"), terminals=np.eye(n, dtype=bool)[3],
-        ...             timeouts=np.eye(n, dtype=bool)[-1], next_observations=np.ones((n, 11), "f4"))
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     os.environ["D4RL_DATASET_DIR"] = d
-        ...     _ = write_d4rl_hdf5(f"{d}/hopper_medium-v2.hdf5", data)
-        ...     rb = OfflineD4RLExperienceReplay("hopper-medium-v2", 4, root=f"{d}/cache")
-        ...     del os.environ["D4RL_DATASET_DIR"]
-        ...     print(len(rb), rb.storage[:]["next", "done"].sum().item())
-        8 2
+    the file was read by this load (empty for a load from the cache).
     """
 
     def __init__(
@@ -236,7 +251,7 @@ class OfflineD4RLExperienceReplay(D4RLLastTransitionExperienceReplay):
         dataset_id: str,
         batch_size: int,
         *,
-        network_timeout: float = 3.0,
+        network_timeout: float = 30.0,
         root: str | Path | None = None,
         download: bool | str = True,
         split_trajs: bool = False,
@@ -258,7 +273,7 @@ class OfflineD4RLExperienceReplay(D4RLLastTransitionExperienceReplay):
         self.use_truncated_as_done = use_truncated_as_done
         data = self._checked_cache(self.data_path, download, split_trajs)
         _warn_if_no_episode_end(data, dataset_id)
-        source = self._local_source(dataset_id)
+        source = self._local_source()
         if source is not None:
             self.metadata = read_metadata(source)
         # the cache is in place and checked: TorchRL's class memory-maps it
@@ -276,7 +291,7 @@ class OfflineD4RLExperienceReplay(D4RLLastTransitionExperienceReplay):
     # -- the cache ------------------------------------------------------------
     def _checked_cache(self, cache: Path, download, split_trajs: bool):
         """The checked content of ``cache``, built (again) from the source if needed."""
-        source = self._local_source(self.dataset_id)
+        source = self._local_source()
         expected = {
             "source_rows": _source_rows(source) if source is not None else None,
             "split_trajs": split_trajs,
@@ -298,20 +313,42 @@ class OfflineD4RLExperienceReplay(D4RLLastTransitionExperienceReplay):
         elif not download:
             raise RuntimeError(f"The dataset could not be found in {cache}.")
         discard(cache)
-        dataset, rows = self._convert(split_trajs)
-        write_cache(cache, dataset, source_rows=rows, split_trajs=split_trajs)
-        return open_cache(cache, source_rows=rows, split_trajs=split_trajs)
-
-    def _convert(self, split_trajs: bool):
-        """The source's transitions as stored in the cache, and the source's rows."""
         dataset = self._get_dataset_direct_download(self.dataset_id, {})
         rows = self._source_rows_read
         if split_trajs:
             dataset = split_trajectories(dataset)
             dataset["next", "done"][:, -1] = True
-        return dataset, rows
+        write_cache(cache, dataset, source_rows=rows, split_trajs=split_trajs)
+        return open_cache(cache, source_rows=rows, split_trajs=split_trajs)
 
     # -- where the raw file comes from -------------------------------------
+    def _local_source(self) -> Path | None:
+        """The source file when it is on this machine, else ``None`` (a download)."""
+        d4rl_url(self.dataset_id)  # an unknown id fails before anything else
+        return None
+
+    def _raw_file(self, name: str, tmpdir: Path) -> Path:
+        """D4RL's file of ``name``, downloaded into ``tmpdir``."""
+        url = d4rl_url(name)
+        path = tmpdir / Path(urllib.parse.urlsplit(url).path).name
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(self.network_timeout)  # a stall fails, not hangs
+        try:
+            urllib.request.urlretrieve(url, path)
+        except OSError as err:
+            raise DatasetUnavailableError(
+                f"D4RL dataset {name!r} is not in TorchRL's cache ({self.data_path}) "
+                f"and could not be downloaded from {url} ({type(err).__name__}: "
+                f"{err}). On a machine without network, copy a cache folder made by "
+                f"D4RLExperienceReplay elsewhere to {self.data_path}, or bring the "
+                f"D4RL file and load it with 'd4rl_file:/path/to/{path.name}'. To "
+                f"run without D4RL, use the shipped dataset 'd4rl_file:{DEMO_DATASET}' "
+                "(the `demo` preset of the training script)."
+            ) from err
+        finally:
+            socket.setdefaulttimeout(old)
+        return path
+
     def _get_dataset_direct_download(self, name, env_kwargs):
         if env_kwargs:
             raise RuntimeError(
@@ -319,7 +356,7 @@ class OfflineD4RLExperienceReplay(D4RLLastTransitionExperienceReplay):
             )
         # as TorchRL does, a downloaded file only lives until it is converted
         with tempfile.TemporaryDirectory() as tmpdir:
-            path = self._find_or_download(name, Path(tmpdir))
+            path = self._raw_file(name, Path(tmpdir))
             validate_d4rl_hdf5(path)
             raw, metadata = _read_d4rl_hdf5(path)
         self._source_rows_read = int(raw.batch_size[0])
@@ -327,47 +364,10 @@ class OfflineD4RLExperienceReplay(D4RLLastTransitionExperienceReplay):
         self.metadata = metadata
         return dataset
 
-    def _local_source(self, name: str) -> Path | None:
-        """The source file when it is on this machine (no download), else ``None``."""
-        url = d4rl_url(name)
-        local = d4rl_download_dir() / Path(urllib.parse.urlsplit(url).path).name
-        return local if local.exists() else None
-
-    def _find_or_download(self, name: str, tmpdir: Path) -> Path:
-        url = d4rl_url(name)
-        local = d4rl_download_dir() / Path(urllib.parse.urlsplit(url).path).name
-        if local.exists():
-            return local
-        why = _network_error(url, self.network_timeout)
-        if why is not None:
-            raise DatasetUnavailableError(
-                f"D4RL dataset {name!r} not found: it is not in TorchRL's cache "
-                f"({self.data_path}) nor in D4RL's folder ({local}), and the "
-                f"server cannot be reached ({why}). On a machine without network, "
-                f"either copy the cache folder made by D4RLExperienceReplay elsewhere "
-                f"to {self.data_path}, or copy the D4RL file ({url}) to {local} "
-                f"(or anywhere, then use 'd4rl_file:/path/to/{local.name}'). To run "
-                f"without D4RL, use the shipped dataset 'd4rl_file:{DEMO_DATASET}' "
-                "(the `demo` preset of the training script)."
-            )
-        old = socket.getdefaulttimeout()
-        # a stalled transfer fails instead of hanging forever
-        socket.setdefaulttimeout(max(self.network_timeout, 60.0))
-        try:
-            path = tmpdir / Path(urllib.parse.urlsplit(url).path).name
-            urllib.request.urlretrieve(url, path)
-            return path
-        finally:
-            socket.setdefaulttimeout(old)
-
-    # -- the two corrections (torchrl_misa.data.patches) ----------------------
     def _process_data_from_env(self, dataset, env=None):
         has_next = "next_observations" in dataset.keys()
-        # the parent keeps the last transition of files with next_observations
-        out = super()._process_data_from_env(dataset, env)
-        # unknown next states are stored as zeros, as TorchRL does; with
-        # next_observations only a terminal one is unknown: a time-limit cut
-        # keeps its true next state, which TD targets bootstrap from
+        out = super()._process_data_from_env(repeat_last_row(dataset), env)
+        # unknown next states are stored as zeros, as TorchRL does
         unknown = unknown_next_observation(out, has_next_observations=has_next)
         out["next", "observation"][unknown] = 0
         return out
@@ -378,9 +378,9 @@ class D4RLFileExperienceReplay(OfflineD4RLExperienceReplay):
 
     The file is checked first (HDF5, required keys, one row per transition,
     finite values, actions in ``[-1, 1]``); a bad file raises
-    :class:`~torchrl_misa.data.hdf5.DatasetFormatError` naming the key. It is
-    then converted by TorchRL's D4RL code and memory-mapped under
-    ``<root>/<stem>-<hash>`` (``root`` defaults to
+    :class:`~torchrl_misa.data.DatasetFormatError` naming the key. It is
+    then converted by TorchRL's D4RL code (with the fixes above) and
+    memory-mapped under ``<root>/<stem>-<hash>`` (``root`` defaults to
     ``~/.cache/torchrl/d4rl_file``; the hash covers path, size and
     modification time, so an edited file is read again).
 
@@ -437,8 +437,8 @@ class D4RLFileExperienceReplay(OfflineD4RLExperienceReplay):
         cache_id = f"{path.stem}-{hashlib.sha1(key).hexdigest()[:12]}"
         super().__init__(cache_id, batch_size, root=root, **kwargs)
 
-    def _local_source(self, name: str) -> Path:
+    def _local_source(self) -> Path:
         return self.file_path
 
-    def _find_or_download(self, name: str, tmpdir: Path) -> Path:
+    def _raw_file(self, name: str, tmpdir: Path) -> Path:
         return self.file_path

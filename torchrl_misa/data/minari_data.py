@@ -2,11 +2,13 @@
 
 The dataset is read from Minari's own folder (``$MINARI_DATASETS_PATH`` or
 ``~/.minari/datasets``), downloaded there first by ``minari`` when missing and
-the server is reachable.
+the server is reachable; with neither the load fails with a message that says
+what to bring where.
 
 TorchRL 0.14.1's converter stores zeros instead of the data on the first
-conversion; the conversion here is
-:class:`~torchrl_misa.data.patches.minari_fill.MinariFilledExperienceReplay`,
+conversion (``MinariExperienceReplay._download_and_preproc`` writes its
+TensorDict with ``memmap_like``, which makes files of the same shapes filled
+with zeros); the conversion here is :class:`MinariFilledExperienceReplay`,
 which writes the episodes into the storage again from Minari's own reader.
 
 The memory-mapped cache ``<root>/<id>`` is built in a hidden sibling folder,
@@ -23,11 +25,14 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from tensordict import TensorDict, TensorDictBase
+from torchrl.data.datasets import MinariExperienceReplay
 
 from torchrl_misa.data.cache import (
     discard,
@@ -37,14 +42,10 @@ from torchrl_misa.data.cache import (
     reserve_space,
     write_check_file,
 )
-from torchrl_misa.data.d4rl import _network_error, _warn_if_no_episode_end
-from torchrl_misa.data.errors import DatasetUnavailableError
-from torchrl_misa.data.errors import CacheDamagedError
+from torchrl_misa.data.d4rl import _warn_if_no_episode_end
+from torchrl_misa.data.errors import CacheDamagedError, DatasetUnavailableError
 from torchrl_misa.data.h5read import _h5py, as_bool_flags
-from torchrl_misa.data.patches.minari_fill import MinariFilledExperienceReplay
 from torchrl_misa.data.tasks import DEMO_DATASET
-
-MINARI_SERVER = "https://storage.googleapis.com"
 
 
 def minari_dir() -> Path:
@@ -115,6 +116,110 @@ def _minari_path(path: Path):
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
+def _set(dst: TensorDictBase, key, value, rows: slice) -> None:
+    """``dst[key][rows] = value``; dict values go to the nested entries of the same names."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _set(dst, (key, k) if isinstance(key, str) else (*key, k), v, rows)
+        return
+    if key not in dst.keys(True, True):
+        return  # an entry the converter did not make (e.g. non-tensor infos)
+    target = dst.get(key)
+    value = torch.as_tensor(np.asarray(value)).to(target.dtype)
+    target[rows] = value.reshape(target[rows].shape)
+
+
+def _slice(value, part: slice):
+    if isinstance(value, dict):
+        return {k: _slice(v, part) for k, v in value.items()}
+    return np.asarray(value)[part]
+
+
+def _length(value) -> int | None:
+    """Rows of the first array in ``value`` (a possibly nested dict), ``None`` if none."""
+    if isinstance(value, dict):
+        for v in value.values():
+            length = _length(v)
+            if length is not None:
+                return length
+        return None
+    value = np.asarray(value)
+    return value.shape[0] if value.ndim else None
+
+
+def fill_from_minari(data: TensorDictBase, dataset_id: str) -> None:
+    """Writes every episode of ``dataset_id`` (read with ``minari``) into ``data``.
+
+    ``data`` is the memory-mapped storage made by
+    :class:`~torchrl.data.datasets.MinariExperienceReplay`. Rows follow its
+    layout: episodes in id order, ``observation`` = ``observations[:-1]``,
+    ``("next", "observation")`` = ``observations[1:]`` (and the same for
+    ``info``), ``action``, ``("next", "reward" | "terminated" | "truncated" |
+    "done")`` and ``episode``. Minari is read from ``$MINARI_DATASETS_PATH``
+    (or its default folder).
+
+    Raises:
+        RuntimeError: the episodes' steps do not add up to ``data``'s rows.
+    """
+    import minari
+
+    dataset = minari.load_dataset(dataset_id)
+    start = 0
+    for episode in dataset.iterate_episodes():
+        steps = len(episode.rewards)
+        rows = slice(start, start + steps)
+        for key, values in (
+            ("observation", episode.observations),
+            ("info", episode.infos),
+        ):
+            if _length(values) != steps + 1:
+                continue  # no infos, or not one per state: the converter skips them too
+            _set(data, key, _slice(values, slice(0, -1)), rows)
+            _set(data, ("next", key), _slice(values, slice(1, None)), rows)
+        _set(data, "action", episode.actions, rows)
+        _set(data, ("next", "reward"), episode.rewards, rows)
+        _set(data, ("next", "terminated"), episode.terminations, rows)
+        _set(data, ("next", "truncated"), episode.truncations, rows)
+        done = np.logical_or(episode.terminations, episode.truncations)
+        _set(data, ("next", "done"), done, rows)
+        _set(data, "episode", np.full(steps, int(episode.id)), rows)
+        start += steps
+    if start != data.shape[0]:
+        raise RuntimeError(
+            f"Minari dataset {dataset_id!r} has {start} steps but the storage has "
+            f"{data.shape[0]} rows."
+        )
+
+
+class MinariFilledExperienceReplay(MinariExperienceReplay):
+    """TorchRL's :class:`~torchrl.data.datasets.MinariExperienceReplay`, holding the data after conversion.
+
+    Same arguments as the parent class. As the parent, a download goes to a
+    temporary folder; the episodes are read from there (or from Minari's own
+    folder with ``load_from_local_minari=True``) and written into the storage
+    before it is returned. Loading an existing cache is the parent's.
+    """
+
+    def _download_and_preproc(self):
+        if self.load_from_local_minari:
+            data = super()._download_and_preproc()
+            fill_from_minari(data, self.dataset_id)
+            return data
+        import minari
+
+        # the parent deletes its download before returning: download here, so
+        # that the episodes can still be read once it has converted them
+        with tempfile.TemporaryDirectory() as tmp, _minari_path(tmp):
+            minari.download_dataset(dataset_id=self.dataset_id)
+            self.load_from_local_minari = True
+            try:
+                data = super()._download_and_preproc()
+                fill_from_minari(data, self.dataset_id)
+            finally:
+                self.load_from_local_minari = False
+        return data
+
+
 def build_minari_cache(dataset_id: str, cache: Path) -> TensorDictBase:
     """Converts Minari's local copy of ``dataset_id`` into the checked cache ``cache``."""
     h5_path = minari_dir() / dataset_id / "data" / "main_data.hdf5"
@@ -149,7 +254,6 @@ def load_minari(
     batch_size: int,
     *,
     root: str | Path | None = None,
-    network_timeout: float = 3.0,
     **kwargs,
 ):
     """``minari:<id>`` as a TorchRL replay buffer, offline when Minari's folder has it.
@@ -192,18 +296,20 @@ def load_minari(
             )
     if data is None:
         if not local.exists():
-            why = _network_error(MINARI_SERVER, network_timeout)
-            if why is not None:
-                raise DatasetUnavailableError(
-                    f"Minari dataset {dataset_id!r} not found: not in Minari's folder "
-                    f"({minari_dir()}) and Minari's server cannot be reached ({why}). On a "
-                    f"machine with network run `minari download {dataset_id}` and copy "
-                    f"{Path('~/.minari/datasets') / dataset_id} to {minari_dir() / dataset_id}, "
-                    f"or use a local D4RL-layout file ('d4rl_file:...', e.g. '{DEMO_DATASET}')."
-                )
             import minari
 
-            minari.download_dataset(dataset_id)
+            try:
+                minari.download_dataset(dataset_id)
+            except Exception as err:  # no network, server error, unknown id
+                raise DatasetUnavailableError(
+                    f"Minari dataset {dataset_id!r} is not in Minari's folder "
+                    f"({minari_dir()}) and could not be downloaded "
+                    f"({type(err).__name__}: {err}). On a machine with network run "
+                    f"`minari download {dataset_id}` and copy "
+                    f"{Path('~/.minari/datasets') / dataset_id} to "
+                    f"{minari_dir() / dataset_id}, or use a local D4RL-layout file "
+                    f"('d4rl_file:...', e.g. '{DEMO_DATASET}')."
+                ) from err
         discard(cache)
         data = build_minari_cache(dataset_id, cache)
     _warn_if_no_episode_end(data, f"minari:{dataset_id}")

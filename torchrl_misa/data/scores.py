@@ -107,7 +107,7 @@ def _complete_episode_returns(dataset: Any) -> np.ndarray:
                         f["timeouts"][()], "timeouts", where
                     ).reshape(-1)
                 return episode_returns_from_arrays(f["rewards"][()], ends)
-        from torchrl_misa.data.buffer import load_offline_dataset
+        from torchrl_misa.data.offline_data import load_offline_dataset
 
         dataset = load_offline_dataset(str(dataset), batch_size=1)
     # an OfflineData's buffer, or a buffer: its stored transitions, untransformed
