@@ -3,6 +3,7 @@
 import importlib
 import sys
 import types
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,31 @@ def _check_storage_matches_file(rb, arrays) -> None:
 def storage_matches_file():
     """``storage_matches_file(rb, arrays)`` asserts a loaded buffer equals the file's arrays."""
     return _check_storage_matches_file
+
+
+@pytest.fixture
+def d4rl_server(monkeypatch, tmp_path):
+    """``d4rl_server(arrays)``: D4RL downloads (``urlretrieve``) get a file of ``arrays``.
+
+    ``d4rl_server(None)``: downloads fail as without network. Returns the URLs asked for.
+    """
+    urls = []
+
+    def serve(arrays):
+        served = None
+        if arrays is not None:
+            served = write_d4rl_hdf5(tmp_path / "served.hdf5", arrays, {})
+
+        def urlretrieve(url, dest):
+            urls.append(url)
+            if served is None:
+                raise OSError("network disabled in this test")
+            Path(dest).write_bytes(served.read_bytes())
+
+        monkeypatch.setattr(urllib.request, "urlretrieve", urlretrieve)
+        return urls
+
+    return serve
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import urllib.request
 from pathlib import Path
 
 import h5py
@@ -179,28 +178,14 @@ def test_damaged_cache_without_download_says_how_to_rebuild(tmp_path, source):
         load_dataset(f"d4rl_file:{source}", batch_size=8, root=root, download=False)
 
 
-def serve_as_d4rl_download(monkeypatch, arrays, tmp_path):
-    """D4RL's download (``urlretrieve``) returns a D4RL-layout file of ``arrays``."""
-    served = write_d4rl_hdf5(tmp_path / "served.hdf5", arrays, {})
-
-    def urlretrieve(url, dest):
-        Path(dest).write_bytes(served.read_bytes())
-
-    monkeypatch.setattr(urllib.request, "urlretrieve", urlretrieve)
-
-
-def no_download(*args, **kwargs):
-    raise OSError("network disabled in this test")
-
-
-def test_d4rl_id_cache_only(tmp_path, source, monkeypatch, storage_matches_file):
+def test_d4rl_id_cache_only(tmp_path, source, d4rl_server, storage_matches_file):
     arrays = read_h5(source)
-    serve_as_d4rl_download(monkeypatch, arrays, tmp_path)
+    d4rl_server(arrays)
     root = tmp_path / "cache"
     OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root)
     cache = root / "hopper-medium-v2"
     assert (cache / CHECK_FILE).exists()
-    monkeypatch.setattr(urllib.request, "urlretrieve", no_download)
+    d4rl_server(None)
     # a cache with no check file, e.g. made by TorchRL's stock class: with no
     # source at hand it is the only copy, and is used as it is
     (cache / CHECK_FILE).unlink()
@@ -208,9 +193,9 @@ def test_d4rl_id_cache_only(tmp_path, source, monkeypatch, storage_matches_file)
     storage_matches_file(rb, arrays)
     # a damaged cache and no network: it is dropped and the error says where
     # to bring the data from
-    serve_as_d4rl_download(monkeypatch, arrays, tmp_path)
+    d4rl_server(arrays)
     OfflineD4RLExperienceReplay("hopper-medium-v2", 8, root=root, download="force")
-    monkeypatch.setattr(urllib.request, "urlretrieve", no_download)
+    d4rl_server(None)
     _damage_meta(cache)
     with pytest.warns(UserWarning, match="meta.json"):
         with pytest.raises(DatasetUnavailableError, match="hopper_medium-v2.hdf5"):

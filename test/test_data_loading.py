@@ -6,7 +6,6 @@ import importlib.util
 import socket
 import time
 import urllib.request
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -154,38 +153,20 @@ def test_plain_path_and_prefix_are_the_same(tmp_path):
     assert (a.storage[:] == b.storage[:]).all()
 
 
-def serve_as_d4rl_download(monkeypatch, arrays, tmp_path):
-    """D4RL's download (``urlretrieve``) returns a D4RL-layout file of ``arrays``."""
-    served = write_d4rl_hdf5(tmp_path / "served.hdf5", arrays, {})
-    urls = []
-
-    def urlretrieve(url, dest):
-        urls.append(url)
-        Path(dest).write_bytes(served.read_bytes())
-
-    monkeypatch.setattr(urllib.request, "urlretrieve", urlretrieve)
-    return urls
-
-
 def test_d4rl_id_downloaded_then_read_from_the_cache_offline(
-    tmp_path, monkeypatch, storage_matches_file
+    tmp_path, d4rl_server, storage_matches_file
 ):
     arrays = toy_arrays(n=30, obs_dim=11, act_dim=3)
-    urls = serve_as_d4rl_download(monkeypatch, arrays, tmp_path)
+    urls = d4rl_server(arrays)
     root = tmp_path / "torchrl_cache"
     rb = OfflineD4RLExperienceReplay("hopper-medium-v2", batch_size=8, root=root)
     storage_matches_file(rb, arrays)
     assert urls == [D4RL_DATASETS["hopper-medium-v2"]]
     assert (root / "hopper-medium-v2").is_dir()
-    monkeypatch.undo()  # now only TorchRL's cache is left, and no network
-    monkeypatch.setattr(urllib.request, "urlretrieve", no_download)
+    d4rl_server(None)  # now only TorchRL's cache is left, and no network
     rb = load_offline_data("hopper-medium-v2", 8, root=root).replay_buffer
     storage_matches_file(rb, arrays)
     assert rb.sample()["observation"].shape == (8, 11)
-
-
-def no_download(*args, **kwargs):
-    raise OSError("network disabled in this test")
 
 
 def test_d4rl_id_no_cache_no_network(tmp_path, monkeypatch, no_network):
