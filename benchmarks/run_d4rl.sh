@@ -2,9 +2,10 @@
 # The D4RL-sized evidence, on the 2-core machine: two lanes side by side, Hopper-v5 and
 # Walker2d-v5. Each lane makes its task's two sets (a SAC run stopped at D4RL's medium
 # level), then trains every method's 5 seeds, one compiled group per method and set, at
-# 100k updates (learning.py's `d4rl` scale). After the Hopper lane, the authors' code runs
-# on Hopper medium-replay (5 seeds, benchmarks/parity/run_scale.sh) when JAX_PYTHON and
-# MISA_AUTHORS_DIR are set. Every step resumes where it stopped: rerun after an interruption.
+# 100k updates (learning.py's `d4rl` scale). In the Hopper lane, once MISA has trained on
+# Hopper medium-replay, the authors' code runs there (seeds 0-2,
+# benchmarks/parity/run_scale.sh) when JAX_PYTHON and MISA_AUTHORS_DIR are set, before the
+# other methods. Every step resumes where it stopped: rerun after an interruption.
 #
 #   JAX_PYTHON=/work/jaxenv/bin/python MISA_AUTHORS_DIR=/work/misa-authors \
 #       nohup bash benchmarks/run_d4rl.sh > benchmarks/results/logs/run_d4rl.log 2>&1 &
@@ -34,6 +35,12 @@ print(learning.GENERATE['$path'])")
             break  # one run makes both sets
         fi
     done
+    if [ "$task" = hopper ]; then
+        # MISA first, then the authors' code on the same set: the parity pair
+        "$PY" benchmarks/learning.py --scale d4rl --agents \
+            --datasets hopper-medium-replay-v0 --methods misa || return 1
+        authors || return 1
+    fi
     local stems
     stems=$(for p in $sets; do basename "$p" .hdf5; done)
     echo "$(date -u +%FT%TZ) $task: training on $stems"
@@ -46,10 +53,10 @@ authors() {
         echo "JAX_PYTHON or MISA_AUTHORS_DIR unset: the authors' code is left out"
         return 0
     fi
-    bash benchmarks/parity/run_scale.sh d4rl hopper-medium-replay-v0
+    SEEDS="0 1 2" OURS=misa bash benchmarks/parity/run_scale.sh d4rl hopper-medium-replay-v0
 }
 
-(lane hopper && authors) > benchmarks/results/logs/d4rl_hopper.log 2>&1 &
+lane hopper > benchmarks/results/logs/d4rl_hopper.log 2>&1 &
 hopper=$!
 lane walker2d > benchmarks/results/logs/d4rl_walker2d.log 2>&1 &
 walker=$!

@@ -5,6 +5,7 @@
 # dataset (learning.py's SCALES). Resumable: finished runs are in the csvs.
 #   JAX_PYTHON=/path/to/jax/venv/bin/python MISA_AUTHORS_DIR=/path/to/MISA \
 #     benchmarks/parity/run_scale.sh mujoco hopper-medium-replay-v0
+# SEEDS="0 1 2" and OURS="misa" choose other seeds and rows.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SCALE=${1:?usage: run_scale.sh SCALE DATASET_STEM}
@@ -12,7 +13,9 @@ STEM=${2:?usage: run_scale.sh SCALE DATASET_STEM}
 PY=${PYTHON:-python}
 JAX_PY=${JAX_PYTHON:?set JAX_PYTHON to the JAX environment python (see benchmarks/parity/README.md)}
 export OMP_NUM_THREADS=1
-for seed in 0 1 2 3 4; do
+SEEDS=${SEEDS:-0 1 2 3 4}
+OURS=${OURS:-misa misa-authors-sampler}
+for seed in $SEEDS; do
   # the overrides learning.py gives our MISA on this dataset at this seed
   mapfile -t SETTINGS < <("$PY" - "$SCALE" "$STEM" "$seed" <<'PYEOF'
 import sys
@@ -27,5 +30,6 @@ PYEOF
   )
   "$JAX_PY" benchmarks/parity/train_authors.py --scale "$SCALE" "${SETTINGS[@]}"
 done
+# shellcheck disable=SC2086
 "$PY" benchmarks/learning.py --scale "$SCALE" --agents --datasets "$STEM" \
-  --methods misa misa-authors-sampler --seeds 0 1 2 3 4
+  --methods $OURS --seeds $SEEDS
