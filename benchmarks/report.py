@@ -572,13 +572,74 @@ def parity_report(scale: str) -> Path:
     return dst
 
 
+def eval_curves(run_dir: Path) -> dict[int, list[float]]:
+    """``step -> [each agent's score]`` from a run folder's CSV logs, as far as it got.
+
+    Reads ``<run>/<experiment>/scalars/agent<i>/eval/normalized_score.csv`` (a
+    group) or ``.../scalars/eval/normalized_score.csv`` (one agent); steps that
+    not every agent has reached yet are left out.
+    """
+    files = sorted(run_dir.glob("*/scalars/agent*/eval/normalized_score.csv"))
+    files = files or sorted(run_dir.glob("*/scalars/eval/normalized_score.csv"))
+    per_agent = []
+    for path in files:
+        scores = {}
+        for line in path.read_text().splitlines():
+            step, value = line.split(",")
+            scores[int(float(step))] = float(value)  # a rerun step: its last value
+        per_agent.append(scores)
+    steps = set.intersection(*(set(s) for s in per_agent)) if per_agent else set()
+    return {step: [s[step] for s in per_agent] for step in sorted(steps)}
+
+
+def in_progress_report(scale: str) -> Path:
+    """``learning_<scale>_in_progress.md``: the runs not in the csv yet, as far as they got."""
+    src = RESULTS / f"learning_{scale}.csv"
+    done = {Path(r["run_dir"]).name for r in read_rows(src)} if src.exists() else set()
+    lines = [
+        f"# Learning benchmark ({scale}): runs under way",
+        "",
+        f"Made by `python benchmarks/report.py --scale {scale} --in-progress` from "
+        f"the run folders under `benchmarks/results/runs/{scale}/` that have no row "
+        f"in `learning_{scale}.csv` yet (a run resumes from its last checkpoint, "
+        "so evaluations past it are done again). Normalised score, mean ± std over "
+        "the run's seeds.",
+        "",
+        "| run | evaluations up to | last evaluation | best mean so far |",
+        "|---|---|---|---|",
+    ]
+    for run_dir in sorted((RESULTS / "runs" / scale).glob("*")):
+        curves = eval_curves(run_dir)
+        if run_dir.name in done or not curves:
+            continue
+        step = max(curves)
+        last = np.asarray(curves[step])
+        best = max(float(np.mean(v)) for v in curves.values())
+        lines.append(
+            f"| {run_dir.name} | {step} | {last.mean():.1f} ± {last.std(ddof=1) if last.size > 1 else 0:.1f} "
+            f"| {best:.1f} |"
+        )
+    dst = RESULTS / f"learning_{scale}_in_progress.md"
+    dst.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return dst
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="small")
     parser.add_argument(
         "--parity", action="store_true", help="ours next to the authors' code"
     )
+    parser.add_argument(
+        "--in-progress",
+        action="store_true",
+        help="the runs without a row yet, from their logs",
+    )
     args = parser.parse_args(argv)
+    if args.in_progress:
+        in_progress_report(args.scale)
+        return
     if args.parity:
         parity_report(args.scale)
         return

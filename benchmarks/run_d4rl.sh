@@ -9,7 +9,8 @@
 #
 #   JAX_PYTHON=/work/jaxenv/bin/python MISA_AUTHORS_DIR=/work/misa-authors \
 #       nohup bash benchmarks/run_d4rl.sh > benchmarks/results/logs/run_d4rl.log 2>&1 &
-#   python benchmarks/report.py --scale d4rl    # the tables and curves, at any point
+#   python benchmarks/report.py --scale d4rl    # the tables and curves of the finished runs
+#   python benchmarks/report.py --scale d4rl --in-progress   # the runs under way, so far
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

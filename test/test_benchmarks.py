@@ -67,6 +67,53 @@ def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file
     assert (tmp_path / "results" / "learning_tiny_main.png").exists()
 
 
+def test_in_progress_report_reads_the_runs_own_logs(
+    tmp_path, monkeypatch, tiny_d4rl_file
+):
+    learning, report = _load("learning"), _load("report")
+    dataset = tiny_d4rl_file(tmp_path / "tiny.hdf5", 3, 1, "Pendulum-v1", n=200)
+    tiny = {
+        "datasets": [str(dataset)],
+        "ablation_datasets": [],
+        "seeds": [0, 1],
+        "overrides": [
+            "preset=demo",
+            "optim.gradient_steps=10",
+            "logger.eval_iter=5",
+            "logger.eval_envs=2",
+            "logger.eval_steps=10",
+            "replay_buffer.batch_size=16",
+        ],
+    }
+    monkeypatch.setitem(learning.SCALES, "tiny", tiny)
+    monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    out = tmp_path / "results" / "learning_tiny.csv"
+    learning.main(["--scale", "tiny", "--methods", "bc", "--agents", "--out", str(out)])
+    (row,) = {r["run_dir"] for r in csv.DictReader(out.open())}
+    run_dir = Path(row)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # the logs hold what the run recorded in memory: steps 5 and 10, each agent
+    expected = {step: list(values) for step, values in summary["scores"]}
+    curves = report.eval_curves(run_dir)
+    assert list(curves) == [5, 10]
+    for step in curves:
+        np.testing.assert_allclose(curves[step], expected[step], rtol=1e-6)
+    # a finished run (a row in the csv) is left out; one without a row is listed
+    listed = tmp_path / "results" / "runs" / "tiny"
+    assert run_dir.parent == listed
+    text = report.in_progress_report("tiny").read_text()
+    assert run_dir.name not in text
+    out.unlink()
+    text = report.in_progress_report("tiny").read_text()
+    last = np.asarray(expected[10])
+    best = max(np.mean(v) for v in expected.values())
+    assert (
+        f"| {run_dir.name} | 10 | {last.mean():.1f} ± {last.std(ddof=1):.1f} "
+        f"| {best:.1f} |" in text
+    )
+
+
 def test_job_overrides_select_method_and_ablation(monkeypatch):
     learning = _load("learning")
     job = learning.Job("small", "datasets/x.hdf5", "misa-dv", 2)
