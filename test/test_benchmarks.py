@@ -24,13 +24,14 @@ def _load(name):
     return module
 
 
-def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file):
+def _tiny_scale(tmp_path, monkeypatch, tiny_d4rl_file, seeds, ablations):
+    """A ``tiny`` scale of 10 updates on a 200-row file, results under ``tmp_path``."""
     learning, report = _load("learning"), _load("report")
     dataset = tiny_d4rl_file(tmp_path / "tiny.hdf5", 3, 1, "Pendulum-v1", n=200)
     tiny = {
         "datasets": [str(dataset)],
-        "ablation_datasets": [str(dataset)],
-        "seeds": [0],
+        "ablation_datasets": [str(dataset)] if ablations else [],
+        "seeds": seeds,
         "overrides": [
             "preset=demo",
             "optim.gradient_steps=10",
@@ -44,7 +45,13 @@ def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file
     monkeypatch.setitem(learning.SCALES, "tiny", tiny)
     monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
-    out = tmp_path / "results" / "learning_tiny.csv"
+    return learning, report, tmp_path / "results" / "learning_tiny.csv"
+
+
+def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file):
+    learning, report, out = _tiny_scale(
+        tmp_path, monkeypatch, tiny_d4rl_file, seeds=[0], ablations=True
+    )
     learning.main(["--scale", "tiny", "--methods", "bc", "misa-k5", "--out", str(out)])
     rows = list(csv.DictReader(out.open()))
     assert [(r["method"], r["seed"], r["steps"]) for r in rows] == [
@@ -70,25 +77,9 @@ def test_harness_runs_a_method_and_reports(tmp_path, monkeypatch, tiny_d4rl_file
 def test_in_progress_report_reads_the_runs_own_logs(
     tmp_path, monkeypatch, tiny_d4rl_file
 ):
-    learning, report = _load("learning"), _load("report")
-    dataset = tiny_d4rl_file(tmp_path / "tiny.hdf5", 3, 1, "Pendulum-v1", n=200)
-    tiny = {
-        "datasets": [str(dataset)],
-        "ablation_datasets": [],
-        "seeds": [0, 1],
-        "overrides": [
-            "preset=demo",
-            "optim.gradient_steps=10",
-            "logger.eval_iter=5",
-            "logger.eval_envs=2",
-            "logger.eval_steps=10",
-            "replay_buffer.batch_size=16",
-        ],
-    }
-    monkeypatch.setitem(learning.SCALES, "tiny", tiny)
-    monkeypatch.setattr(learning, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
-    out = tmp_path / "results" / "learning_tiny.csv"
+    learning, report, out = _tiny_scale(
+        tmp_path, monkeypatch, tiny_d4rl_file, seeds=[0, 1], ablations=False
+    )
     learning.main(["--scale", "tiny", "--methods", "bc", "--agents", "--out", str(out)])
     (row,) = {r["run_dir"] for r in csv.DictReader(out.open())}
     run_dir = Path(row)
