@@ -614,10 +614,10 @@ def in_progress_report(scale: str) -> Path:
             continue
         step = max(curves)
         last = np.asarray(curves[step])
+        spread = last.std(ddof=1) if last.size > 1 else 0.0
         best = max(float(np.mean(v)) for v in curves.values())
         lines.append(
-            f"| {run_dir.name} | {step} | {last.mean():.1f} ± {last.std(ddof=1) if last.size > 1 else 0:.1f} "
-            f"| {best:.1f} |"
+            f"| {run_dir.name} | {step} | {last.mean():.1f} ± {spread:.1f} | {best:.1f} |"
         )
     dst = RESULTS / f"learning_{scale}_in_progress.md"
     dst.write_text("\n".join(lines) + "\n")
