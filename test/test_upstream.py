@@ -381,3 +381,81 @@ def test_missing_names_are_listed():
         "(private to TorchRL)",
         "sota-implementations/x/c.yaml:1: mentions 'name: torchrl_misa'",
     ]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_pr1_helpers_are_the_package_functions_and_run_in_torchrl(tmp_path):
+    """PR 1 calls the package's own fixes, copied into TorchRL's modules, and they run there."""
+    import torch
+    import torchrl
+    from tensordict import TensorDict
+
+    patch = make_pr.HERE / _pr("datasets").patch
+    installed = Path(torchrl.__file__).parent
+    for rel in make_pr.FIXES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(installed / rel.removeprefix("torchrl/"), tmp_path / rel)
+    subprocess.run(
+        ["git", "apply", "--include=torchrl/data/datasets/[du]*", str(patch)],
+        cwd=tmp_path,
+        check=True,
+    )
+    namespaces = {}
+    for rel, (module, names, _) in make_pr.FIXES.items():
+        edit = _pr("datasets").edits[rel]
+        text = edit((tmp_path / rel).read_text())
+        assert edit(text) == text  # a second run adds nothing
+        tree = ast.parse(text)
+        defined = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+        # each helper is the package function of the same name, renamed private
+        package = ast.parse((REPO / module).read_text())
+        for name in names:
+            ours = next(n for n in package.body if getattr(n, "name", "") == name)
+            theirs = defined[f"_{name}"]
+            assert len(theirs.body) == len(ours.body)
+            assert [type(s) for s in theirs.body] == [type(s) for s in ours.body]
+        # ... and runs with the module's own imports only (TorchRL's left out:
+        # the installed one predates the PR)
+        helpers = [defined[f"_{name}"] for name in names]
+        keep = [
+            n
+            for n in tree.body
+            if isinstance(n, ast.Import)
+            or isinstance(n, ast.ImportFrom)
+            and n.level == 0
+            and n.module.split(".")[0] != "torchrl"
+            or n in helpers
+        ]
+        namespace = {}
+        exec(compile(ast.Module(keep, []), rel, "exec"), namespace)
+        namespaces[rel] = namespace
+    d4rl = namespaces["torchrl/data/datasets/d4rl.py"]
+    rows = TensorDict(
+        observations=torch.arange(8.0).reshape(4, 2),
+        next_observations=torch.arange(2.0, 10.0).reshape(4, 2),
+        batch_size=[4],
+    )
+    out = d4rl["_repeat_last_row"](rows)
+    expected = torch.tensor([[2.0, 3], [4, 5], [6, 7], [8, 9], [8, 9]])
+    assert torch.equal(out["next_observations"], expected)
+    flags = TensorDict(
+        {
+            "next": {
+                "terminated": torch.tensor([[1], [0], [0]]).bool(),
+                "done": torch.tensor([[1], [1], [0]]).bool(),
+            }
+        },
+        [3],
+    )
+    unknown = d4rl["_unknown_next_observation"]
+    assert unknown(flags, has_next_observations=True).tolist() == [True, False, False]
+    assert unknown(flags, has_next_observations=False).tolist() == [True, True, False]
+    utils = namespaces["torchrl/data/datasets/utils.py"]
+    data = TensorDict(observation=torch.arange(6.0).reshape(3, 2), batch_size=[3])
+    (tmp_path / "cache" / "x").mkdir(parents=True)  # a folder in the way is replaced
+    stored = utils["_memmap_atomic"](
+        data, tmp_path / "cache" / "x", lambda folder, td: (folder / "extra").touch()
+    )
+    assert torch.equal(stored["observation"], data["observation"])
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["x"]
+    assert (tmp_path / "cache" / "x" / "extra").is_file()

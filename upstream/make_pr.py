@@ -12,7 +12,9 @@ below is the table of which file goes in which PR), has its own description
 1. ``datasets``: the D4RL and Minari fixes, as a patch of TorchRL's own
    ``torchrl/data/datasets`` files and ``test/libs/test_datasets.py``
    (``upstream/pr1_datasets.patch``, applied with ``git apply``; to change it,
-   apply it to a checkout, edit there and write ``git diff`` back);
+   apply it to a checkout, edit there and write ``git diff`` back), calling
+   helpers that are this package's own functions (``FIXES``), copied in as
+   private functions of TorchRL's modules: one text for both;
 2. ``mcmc``: ``torchrl/modules/mcmc`` (this repo's ``torchrl_misa/mcmc``) and
    its tests, merged into one file;
 3. ``misa_loss``: ``MISALoss`` and its helpers, ``TestMISA`` and the other
@@ -327,6 +329,62 @@ def _readme(text: str) -> str:
     return text.replace("IQL, CQL,", "IQL, CQL, MISA,", 1)
 
 
+# PR 1's helpers: functions of this package, copied in as private functions of
+# TorchRL's modules (before the anchor). The package applies the same functions
+# to today's TorchRL classes.
+FIXES = {
+    "torchrl/data/datasets/d4rl.py": (
+        "torchrl_misa/data/d4rl.py",
+        ["repeat_last_row", "unknown_next_observation"],
+        "\n\ndef _download_dataset_from_url(",
+    ),
+    "torchrl/data/datasets/utils.py": (
+        "torchrl_misa/data/cache.py",
+        ["partial_folder", "discard", "replace_folder", "memmap_atomic"],
+        "\n\ndef _normalize_prefix(",
+    ),
+}
+
+
+def package_functions(module: str, names: list[str], repo: Path = REPO) -> str:
+    """Top-level functions ``names`` of a package module, renamed ``_<name>``.
+
+    Every mention of a name is renamed (calls, docstrings, examples); the
+    functions must use only what the TorchRL module imports.
+    """
+    text = (repo / module).read_text()
+    nodes = {
+        node.name: node
+        for node in ast.parse(text).body
+        if isinstance(node, ast.FunctionDef)
+    }
+    missing = [n for n in names if n not in nodes]
+    if missing:
+        raise KeyError(f"{module} has no top-level function {missing}")
+    out = "\n\n\n".join(ast.get_source_segment(text, nodes[n]) for n in names)
+    for name in names:
+        out = re.sub(rf"(?<![\w.]){name}\b", f"_{name}", out)
+    return out
+
+
+def _insert_fixes(rel: str) -> Callable[[str], str]:
+    module, names, anchor = FIXES[rel]
+
+    def edit(text: str, repo: Path = REPO) -> str:
+        if f"def _{names[0]}(" in text:
+            return text
+        pos = text.index(anchor)
+        return (
+            text[:pos]
+            + "\n\n"
+            + package_functions(module, names, repo)
+            + "\n"
+            + text[pos:]
+        )
+
+    return edit
+
+
 # The series: which file goes in which pull request. A destination ending in
 # "/" takes every file of the source folder.
 SERIES = [
@@ -336,6 +394,7 @@ SERIES = [
         "[BugFix] D4RL and Minari conversions: the last transition, next states "
         "at time limits, Minari's data, caches written all or nothing",
         patch="pr1_datasets.patch",
+        edits={rel: _insert_fixes(rel) for rel in FIXES},
         tests=[
             "test/libs/test_datasets.py",
             "-k",
@@ -780,7 +839,8 @@ def describe_series(repo: Path = REPO) -> str:
         for rel in pr_files(pr, repo):
             out.append(f"  + {rel}")
         for rel in pr.edits:
-            out.append(f"  ~ {rel}")
+            source = f" (functions of {FIXES[rel][0]})" if rel in FIXES else ""
+            out.append(f"  ~ {rel}{source}")
         out.append(f"  tests: pytest {' '.join(pr.tests)}")
     return "\n".join(out)
 

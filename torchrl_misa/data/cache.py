@@ -33,6 +33,7 @@ import shutil
 import socket
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from tensordict import TensorDict, TensorDictBase
@@ -118,18 +119,18 @@ def reserve_space(
     folder = Path(folder)
     shown = Path(shown) if shown is not None else folder
     needed = int(needed)
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise _no_space(shown, needed, free)
-    if not hasattr(os, "posix_fallocate"):
-        return
-    placeholder = folder / ".space-reservation"
+    # a folder that cannot be written is named as such, full or not
+    placeholder = partial_folder(folder / "space", "reserve")  # one per process
     try:
         fd = os.open(placeholder, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as err:
         raise _cannot_write(shown, err) from err
     try:
-        os.posix_fallocate(fd, 0, needed)
+        free = shutil.disk_usage(folder).free
+        if free < needed:
+            raise _no_space(shown, needed, free)
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, needed)
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise _no_space(shown, needed, shutil.disk_usage(folder).free) from err
@@ -261,7 +262,7 @@ def open_cache(
 
 
 def partial_folder(final: str | Path, kind: str = "partial") -> Path:
-    """A fresh hidden sibling of ``final`` to build into (same file system)."""
+    """A fresh hidden sibling of ``final`` (same file system), named by host and pid."""
     final = Path(final)
     tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     return final.parent / f".{final.name}.{kind}-{tag}"
@@ -296,32 +297,73 @@ def _alive(pid: int) -> bool:
 
 
 def discard(folder: str | Path) -> None:
-    """Removes a cache folder: renamed aside first, so it vanishes at once."""
+    """Removes a folder: renamed aside first, so it vanishes at once, whole."""
     folder = Path(folder)
-    if not folder.exists():
+    if not folder.exists():  # (a read-only file system refuses even that rename)
         return
     aside = partial_folder(folder, "old")
-    os.replace(folder, aside)
+    try:
+        os.replace(folder, aside)
+    except FileNotFoundError:  # absent, or another process moved it first
+        return
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def publish(built: str | Path, final: str | Path) -> None:
-    """Renames the finished folder ``built`` to ``final``, replacing any folder there."""
+def replace_folder(built: str | Path, final: str | Path) -> None:
+    """Renames the finished folder ``built`` to ``final``, replacing any folder there.
+
+    When another process puts a folder at ``final`` in between, ours replaces it.
+    """
     built, final = Path(built), Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        discard(final)
+        try:
+            os.replace(built, final)
+            return
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+
+
+def memmap_atomic(
+    data: TensorDictBase,
+    path: str | Path,
+    write_extra: Callable[[Path, TensorDictBase], None] | None = None,
+) -> TensorDictBase:
+    """Writes ``data`` as a memory-mapped TensorDict at ``path``, all or nothing.
+
+    The files go to a hidden sibling folder (:func:`partial_folder`) that is
+    renamed to ``path`` once complete (:func:`replace_folder`), so an
+    interrupted write never leaves a folder that a later load takes for a
+    finished one. ``write_extra(folder, stored)`` adds files (a check file,
+    metadata) before the rename. Returns the TensorDict memory-mapped at
+    ``path``.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from tensordict import TensorDict
+        >>> data = TensorDict(observation=torch.arange(6.0).reshape(3, 2), batch_size=[3])
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     memmap_atomic(data, f"{d}/x")["observation"].sum().item()
+        15.0
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_folder(path)
     try:
-        os.replace(built, final)
-        return
-    except OSError as err:
-        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-    # another process finished the same cache first: ours replaces it
-    discard(final)
-    os.replace(built, final)
+        stored = data.memmap(tmp)
+        if write_extra is not None:
+            write_extra(tmp, stored)
+        replace_folder(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TensorDict.load_memmap(path)
 
 
 def write_cache(folder: str | Path, data: TensorDictBase, **extra) -> None:
     """Memory-maps ``data`` into ``folder`` atomically, with its check file.
+
+    The room the files need is reserved first (:func:`reserve_space`).
 
     Examples:
         >>> import tempfile, torch
@@ -333,17 +375,23 @@ def write_cache(folder: str | Path, data: TensorDictBase, **extra) -> None:
         15.0
     """
     folder = Path(folder)
-    tmp = make_partial_folder(folder)
+    _prepare_parent(folder)
+    reserve_space(folder.parent, nbytes(data))
     try:
-        reserve_space(tmp, nbytes(data), shown=folder.parent)
-        try:
-            stored = data.memmap(tmp)
-            write_check_file(tmp, stored, **extra)
-            publish(tmp, folder)
-        except OSError as err:  # e.g. another process took the space meanwhile
-            raise _cannot_write(folder.parent, err) from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        memmap_atomic(
+            data, folder, lambda tmp, stored: write_check_file(tmp, stored, **extra)
+        )
+    except OSError as err:  # e.g. another process took the space meanwhile
+        raise _cannot_write(folder.parent, err) from err
+
+
+def _prepare_parent(final: Path) -> None:
+    """Creates ``final``'s parent and clears dead builds there; names it if it cannot."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(final)
+    except OSError as err:
+        raise _cannot_write(final.parent, err) from err
 
 
 def make_partial_folder(final: str | Path) -> Path:
@@ -354,10 +402,9 @@ def make_partial_folder(final: str | Path) -> Path:
             (read-only, no permission, a file in the way), naming it.
     """
     final = Path(final)
+    _prepare_parent(final)
+    tmp = partial_folder(final)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(final)
-        tmp = partial_folder(final)
         tmp.mkdir()
     except OSError as err:
         raise _cannot_write(final.parent, err) from err

@@ -82,7 +82,7 @@ def d4rl_url(dataset_id: str) -> str:
 def repeat_last_row(dataset: TensorDictBase) -> TensorDictBase:
     """D4RL's raw rows (no ``metadata``) with the last row appended once more.
 
-    TorchRL's converter pairs row ``t`` with row ``t + 1`` and drops the last
+    The converter pairs row ``t`` with row ``t + 1`` and drops the last
     row. With ``next_observations`` (every D4RL MuJoCo v2 file) each row is a
     complete transition, the last one included: handing the converter a copy
     of the last row keeps it. Rows without ``next_observations`` are returned
@@ -108,9 +108,9 @@ def unknown_next_observation(
 ) -> torch.Tensor:
     """Rows (``[N]`` bool) whose ``("next", "observation")`` is not in the file.
 
-    TorchRL's class zeroes the next observation wherever ``("next", "done")``,
-    time-limit cuts included, whose TD targets bootstrap from it. A file with
-    ``next_observations`` holds that state: only terminal rows are unknown.
+    Not every ``("next", "done")`` row: time-limit cuts are done too, and TD
+    targets bootstrap from their next state. A file with ``next_observations``
+    holds that state: only terminal rows are unknown.
 
     Args:
         data: converted transitions, with ``("next", "terminated")`` and

@@ -38,7 +38,7 @@ from torchrl_misa.data.cache import (
     discard,
     make_partial_folder,
     open_cache,
-    publish,
+    replace_folder,
     reserve_space,
     write_check_file,
 )
@@ -243,7 +243,7 @@ def build_minari_cache(dataset_id: str, cache: Path) -> TensorDictBase:
             )
         # what reached the disk is what gets checked
         write_check_file(built, TensorDict.load_memmap(built), source_rows=rows)
-        publish(built, cache)
+        replace_folder(built, cache)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return open_cache(cache, source_rows=rows)
