@@ -295,3 +295,35 @@ def test_image_like_observations_stop_the_script_with_what_to_do(tmp_path, misa_
         misa_script.utils.ConfigError, match=r"observations of shape \[2, 3\]"
     ):
         misa_script.utils.make_offline_data(cfg, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("fault", ["no network", "bad values"])
+def test_a_dataset_that_cannot_load_stops_the_script_with_its_message(
+    tmp_path, misa_script, d4rl_server, fault
+):
+    """The loaders' errors reach the user as the setting plus what to do, no traceback."""
+    from hydra import compose, initialize_config_dir
+
+    if fault == "no network":
+        d4rl_server(None)
+        dataset, expected = "hopper-medium-v2", "could not be downloaded"
+    else:
+        data = arrays(n=40)
+        data["observations"][7, 1] = np.nan
+        dataset = str(write_d4rl_hdf5(tmp_path / "nan.hdf5", data))
+        expected = "key 'observations' holds NaN or inf values"
+    folder = Path(misa_script.misa_offline.__file__).parent
+    with initialize_config_dir(config_dir=str(folder), version_base="1.2"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "preset=demo",
+                f"replay_buffer.dataset={dataset}",
+                f"replay_buffer.root={tmp_path / 'cache'}",
+            ],
+        )
+    with pytest.raises(misa_script.utils.ConfigError) as err:
+        misa_script.utils.make_offline_data(cfg, torch.device("cpu"))
+    assert str(err.value).startswith(f"replay_buffer.dataset={dataset}: ")
+    assert expected in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__

@@ -199,9 +199,19 @@ buffer, MISA's processing in its transforms, and what evaluation and D4RL's
 normalised scores need. GroupOfflineToOnlineReplayBuffer mixes it with online
 transitions, one buffer per agent, for fine-tuning online.
 """,
-    # TorchRL's classes (with PR 1) instead of this package's fixed ones
+    # TorchRL's classes (with PR 1) instead of this package's fixed ones, which
+    # alone raise these errors
+    drop={
+        _DATA
+        + "errors.py": [
+            "DatasetUnavailableError",
+            "CacheDamagedError",
+            "CacheWriteError",
+        ]
+    },
     replace={
         _OFFLINE: [
+            ("        DatasetUnavailableError: not cached and no network.\n", ""),
             (
                 "from torchrl.data.datasets import load_dataset\n",
                 "from torchrl.data.datasets import (\n    D4RLExperienceReplay,\n"

@@ -63,7 +63,6 @@ from utils import (
 )
 
 from torchrl_misa.data import (
-    CacheWriteError,
     content_sha256,
     dataset_average_normalized_score,
     normalized_score,
@@ -133,10 +132,7 @@ def _train(
     num_agents = cfg.num_agents
 
     # Create replay buffer
-    try:
-        data = make_offline_data(cfg, device)
-    except CacheWriteError as err:
-        raise ConfigError(str(err)) from None
+    data = make_offline_data(cfg, device)
     replay_buffer = data.replay_buffer
     # the transitions' fingerprint: a resumed run must see the data it was trained on
     dataset_sha256 = content_sha256(replay_buffer.storage[:])

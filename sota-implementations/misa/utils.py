@@ -50,11 +50,11 @@ from torchrl.record.loggers import generate_exp_name, get_logger
 from torchrl_misa import MISALoss
 from torchrl_misa.data import (
     dataset_env_id,
-    DatasetUnavailableError,
     DEMO_DATASET_PATH,
     load_offline_data,
     make_env,
     OfflineData,
+    OfflineDataError,
 )
 
 # `${demo_dataset:}` in the configs: the shipped dataset, wherever the run starts.
@@ -310,13 +310,8 @@ def make_offline_data(cfg: DictConfig, device: torch.device) -> OfflineData:
             device=device,
             root=rb_cfg.root,
         )
-    except DatasetUnavailableError as err:
-        raise SystemExit(
-            f"{err}\n\nTo train without a download: pass a local D4RL-format file, "
-            "`replay_buffer.dataset=/path/to/file.hdf5`, or run the demo on the "
-            "dataset shipped in the repo: `python "
-            "sota-implementations/misa/misa_offline.py preset=demo`."
-        ) from None
+    except OfflineDataError as err:  # its message says what to do
+        raise ConfigError(f"replay_buffer.dataset={rb_cfg.dataset}: {err}") from None
     shape = data.replay_buffer.storage[:1]["observation"].shape[1:]
     if len(shape) != 1:
         raise ConfigError(

@@ -27,6 +27,7 @@ from torchrl_misa.data.errors import (
     CacheWriteError,
     DatasetFormatError,
     DatasetUnavailableError,
+    OfflineDataError,
 )
 from torchrl_misa.data.envs import make_env, make_eval_env
 from torchrl_misa.data.fingerprint import content_sha256
@@ -85,6 +86,7 @@ __all__ = [
     "GroupOfflineToOnlineReplayBuffer",
     "OfflineD4RLExperienceReplay",
     "OfflineData",
+    "OfflineDataError",
     "action_clip_transform",
     "antmaze_reward_transform",
     "as_bool_flags",
