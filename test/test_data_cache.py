@@ -122,7 +122,7 @@ def test_intact_cache_is_reused_without_reading_the_source(
     def no_read(*args, **kwargs):
         raise AssertionError("the source was read again")
 
-    monkeypatch.setattr(d4rl_module, "_read_d4rl_hdf5", no_read)
+    monkeypatch.setattr(d4rl_module, "read_d4rl_hdf5", no_read)
     rb = load(source, root)
     storage_matches_file(rb, read_h5(source))
     assert not [w for w in recwarn if "cache" in str(w.message)]

@@ -33,27 +33,19 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from tensordict import make_tensordict, TensorDictBase
+from tensordict import TensorDictBase
 from torchrl.collectors.utils import split_trajectories
 from torchrl.data.datasets import D4RLExperienceReplay
 from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
 
 from torchrl_misa.data.cache import discard, open_cache, write_cache
-from torchrl_misa.data.errors import (
-    CacheDamagedError,
-    DatasetFormatError,
-    DatasetUnavailableError,
-)
-from torchrl_misa.data.h5read import as_bool_flags, open_hdf5, read_metadata
+from torchrl_misa.data.errors import CacheDamagedError, DatasetUnavailableError
+from torchrl_misa.data.h5read import read_metadata
 from torchrl_misa.data.hdf5 import (
-    ARRAY_KEYS,
     check_not_a_folder,
-    FLAG_KEYS,
-    SCALAR_KEYS,
+    read_d4rl_hdf5,
     validate_d4rl_hdf5,
 )
 from torchrl_misa.data.tasks import DEMO_DATASET
@@ -129,79 +121,6 @@ def unknown_next_observation(
     """
     key = "terminated" if has_next_observations else "done"
     return data["next", key].reshape(-1)
-
-
-def _read_d4rl_hdf5(path: Path) -> tuple[Any, dict]:
-    """Reads a checked D4RL-layout file into a TensorDict (metadata left out).
-
-    Flags become bool, ``[N, 1]`` rewards and flags ``[N]``, and ``[N]``
-    actions or observations ``[N, 1]`` (with a warning). Integer, bool or
-    float16 observations, actions and rewards become float32 (with a warning;
-    integers beyond 2**24, which float32 cannot hold exactly, are refused).
-    """
-    import h5py
-
-    arrays = {}
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf":
-            arrays[name] = obj[()]
-
-    with open_hdf5(path) as f:
-        for key in f.keys():
-            if key == "metadata":
-                continue
-            if isinstance(f[key], h5py.Dataset):
-                visit(key, f[key])
-            else:
-                f[key].visititems(lambda n, o, k=key: visit(f"{k}/{n}", o))
-    for key in SCALAR_KEYS:
-        if key in arrays:
-            arrays[key] = arrays[key].reshape(-1)
-    for key in FLAG_KEYS:
-        if key in arrays:
-            arrays[key] = as_bool_flags(arrays[key], key, str(path))
-    for key in ARRAY_KEYS + ("rewards",):
-        if key in arrays:
-            arrays[key] = _as_float32(arrays[key], key, path)
-    flat = [k for k in ARRAY_KEYS if k in arrays and arrays[k].ndim == 1]
-    if flat:
-        warnings.warn(
-            f"{path}: {', '.join(repr(k) for k in flat)} stored as [N]; read as "
-            "[N, 1] (one dimension per row), as TorchRL's specs expect. Store "
-            "them as [N, 1] to silence this.",
-            stacklevel=2,
-        )
-        for key in flat:
-            arrays[key] = arrays[key][:, None]
-    # TorchRL's converter expects a batched TensorDict, as D4RL's files give
-    tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    raw = make_tensordict(tensors, auto_batch_size=True)
-    return raw.unflatten_keys("/"), read_metadata(path)
-
-
-#: the largest integer magnitude float32 holds exactly
-_FLOAT32_EXACT = 2**24
-
-
-def _as_float32(values, key: str, path: Path):
-    """Integer, bool or float16 ``values`` as float32, with a warning; others as they are."""
-    if values.dtype.kind == "f" and values.dtype.itemsize >= 4:
-        return values
-    if values.dtype.kind in "iu" and values.size:
-        largest = int(np.abs(values.astype(np.int64)).max())
-        if largest > _FLOAT32_EXACT:
-            raise DatasetFormatError(
-                f"{path}: key '{key}' holds {values.dtype} values up to {largest}, "
-                f"which float32 cannot hold exactly (beyond {_FLOAT32_EXACT}); store "
-                "it as float32 (the networks work in float32), scaled if need be."
-            )
-    warnings.warn(
-        f"{path}: key '{key}' is stored as {values.dtype}; read as float32 (the "
-        "networks work in floating point). Store it as float32 to silence this.",
-        stacklevel=3,
-    )
-    return values.astype(np.float32)
 
 
 def _source_rows(path: Path) -> int:
@@ -358,7 +277,7 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
         with tempfile.TemporaryDirectory() as tmpdir:
             path = self._raw_file(name, Path(tmpdir))
             validate_d4rl_hdf5(path)
-            raw, metadata = _read_d4rl_hdf5(path)
+            raw, metadata = read_d4rl_hdf5(path)
         self._source_rows_read = int(raw.batch_size[0])
         dataset = self._process_data_from_env(raw)
         self.metadata = metadata
