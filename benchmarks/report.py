@@ -5,7 +5,7 @@
 
 Reads ``benchmarks/results/learning_<scale>.csv`` (one row per run, written by
 ``benchmarks/learning.py``), the runs' ``summary.json`` (evaluation curves) and
-csv logs (update speed), and ``benchmarks/results/bench_update.json`` (the
+csv logs (update speed; MISA's training diagnostics next to its scores), and ``benchmarks/results/bench_update.json`` (the
 update-step throughput benchmark) when present. Writes
 ``benchmarks/results/learning_<scale>.md`` and ``learning_<scale>_*.png``.
 
@@ -572,24 +572,88 @@ def parity_report(scale: str) -> Path:
     return dst
 
 
-def eval_curves(run_dir: Path) -> dict[int, list[float]]:
-    """``step -> [each agent's score]`` from a run folder's CSV logs, as far as it got.
+def logged_curves(run_dir: Path, kind: str, key: str) -> dict[int, list[float]]:
+    """``step -> [each agent's value]`` of a logged scalar, as far as the run got.
 
-    Reads ``<run>/<experiment>/scalars/agent<i>/eval/normalized_score.csv`` (a
-    group) or ``.../scalars/eval/normalized_score.csv`` (one agent); steps that
-    not every agent has reached yet are left out.
+    Reads ``<run>/<experiment>/scalars/agent<i>/<kind>/<key>.csv`` (a group) or
+    ``.../scalars/<kind>/<key>.csv`` (one agent); steps that not every agent has
+    reached yet are left out.
     """
-    files = sorted(run_dir.glob("*/scalars/agent*/eval/normalized_score.csv"))
-    files = files or sorted(run_dir.glob("*/scalars/eval/normalized_score.csv"))
+    files = sorted(run_dir.glob(f"*/scalars/agent*/{kind}/{key}.csv"))
+    files = files or sorted(run_dir.glob(f"*/scalars/{kind}/{key}.csv"))
     per_agent = []
     for path in files:
-        scores = {}
+        values = {}
         for line in path.read_text().splitlines():
             step, value = line.split(",")
-            scores[int(float(step))] = float(value)  # a rerun step: its last value
-        per_agent.append(scores)
-    steps = set.intersection(*(set(s) for s in per_agent)) if per_agent else set()
-    return {step: [s[step] for s in per_agent] for step in sorted(steps)}
+            values[int(float(step))] = float(value)  # a rerun step: its last value
+        per_agent.append(values)
+    steps = set.intersection(*(set(v) for v in per_agent)) if per_agent else set()
+    return {step: [v[step] for v in per_agent] for step in sorted(steps)}
+
+
+def eval_curves(run_dir: Path) -> dict[int, list[float]]:
+    """``step -> [each agent's normalised score]`` from a run folder's CSV logs."""
+    return logged_curves(run_dir, "eval", "normalized_score")
+
+
+#: MISA's training diagnostics next to its scores: the policy's entropy and its
+#: temperature, the critic regulariser, the MI bound and the sampler's acceptance
+MISA_DIAGNOSTICS = ("entropy", "alpha", "q_gap", "mi_bound", "hmc_acceptance_rate")
+
+
+def diagnostics_lines(run_dir: Path, keys=MISA_DIAGNOSTICS, most: int = 6) -> list[str]:
+    """A table of the score and the training diagnostics at up to ``most`` evaluations.
+
+    Evenly spaced evaluation steps, the last included; each cell is the mean
+    over the run's agents (the score: mean ± std) of the value logged at that
+    step, or at the last step logged before it. Empty when nothing is logged.
+    """
+    scores = eval_curves(run_dir)
+    if not scores:
+        return []
+    steps = list(scores)
+    picks = sorted({steps[round(i)] for i in np.linspace(0, len(steps) - 1, most)})
+    curves = {key: logged_curves(run_dir, "train", key) for key in keys}
+    lines = [
+        "| updates | score | " + " | ".join(keys) + " |",
+        "|---:|---|" + "---:|" * len(keys),
+    ]
+    for step in picks:
+        score = np.asarray(scores[step])
+        spread = score.std(ddof=1) if score.size > 1 else 0.0
+        cells = []
+        for key in keys:
+            before = [s for s in curves[key] if s <= step]
+            cells.append(f"{np.mean(curves[key][before[-1]]):.3g}" if before else "-")
+        lines.append(
+            f"| {step} | {score.mean():.1f} ± {spread:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
+def diagnostics_section(run_dirs: list[Path]) -> list[str]:
+    """The diagnostics tables of the MISA runs among ``run_dirs``, one per run."""
+    out = []
+    for run_dir in run_dirs:
+        table = diagnostics_lines(run_dir)
+        if table:
+            out += [f"### {run_dir.name}", "", *table, ""]
+    if not out:
+        return []
+    return [
+        "## MISA's training diagnostics",
+        "",
+        "Per MISA run: the normalised score next to, averaged over the run's "
+        "agents, the policy's entropy, its temperature `alpha`, `q_gap` (the "
+        "critic regulariser, averaged over critics), `mi_bound` (the MI lower "
+        "bound's estimate, up to the data's action entropy) and the HMC "
+        "acceptance rate, each as logged at (or last before) that evaluation.",
+        "",
+        *out,
+    ]
 
 
 def in_progress_report(scale: str) -> Path:
@@ -619,6 +683,14 @@ def in_progress_report(scale: str) -> Path:
         lines.append(
             f"| {run_dir.name} | {step} | {last.mean():.1f} ± {spread:.1f} | {best:.1f} |"
         )
+    listed = [
+        run_dir
+        for run_dir in sorted((RESULTS / "runs" / scale).glob("*__misa__*"))
+        if run_dir.name not in done
+    ]
+    diagnostics = diagnostics_section(listed)
+    if diagnostics:
+        lines += ["", *diagnostics]
     dst = RESULTS / f"learning_{scale}_in_progress.md"
     dst.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -703,6 +775,9 @@ def main(argv=None) -> None:
             *plateaus,
             "",
         ]
+    out += diagnostics_section(
+        [Path(r["run_dir"]) for r in rows if r["method"] == "misa"]
+    )
     if ablations:
         out += [
             "## Ablations (Table 1 of the paper)",

@@ -914,3 +914,41 @@ def test_d4rl_scale_sets_and_their_commands():
         assert f"--reference-returns {random} {expert}" in cmd
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_d4rl.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_diagnostics_table_takes_each_value_logged_at_or_before_the_evaluation(
+    tmp_path,
+):
+    report = _load("report")
+    run = tmp_path / "set__misa__seeds0-1"
+    logs = {  # agent -> kind/key -> [(step, value)]
+        0: {
+            "eval/normalized_score": [(10, 1.0), (20, 3.0), (30, 5.0)],
+            "train/entropy": [(8, 0.5), (16, 0.25), (24, 0.125), (30, 0.0)],
+            "train/alpha": [(10, 2.0), (20, 4.0), (30, 6.0)],
+        },
+        1: {
+            "eval/normalized_score": [(10, 3.0), (20, 7.0), (30, 9.0), (40, 1.0)],
+            "train/entropy": [(8, 1.5), (16, 1.25), (24, 1.125), (30, 1.0)],
+            "train/alpha": [(10, 4.0), (20, 6.0), (30, 8.0)],
+        },
+    }
+    for agent, files in logs.items():
+        for name, rows in files.items():
+            path = run / "exp" / "scalars" / f"agent{agent}" / f"{name}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(f"{s},{v}\n" for s, v in rows))
+    lines = report.diagnostics_lines(run, keys=("entropy", "alpha"), most=2)
+    # steps every agent reached: 10, 20, 30; two picks: the first and the last
+    assert lines[0] == "| updates | score | entropy | alpha |"
+    # step 10: scores 1 and 3; entropy logged last at 8: (0.5 + 1.5) / 2
+    assert lines[2] == f"| 10 | 2.0 ± {np.std([1, 3], ddof=1):.1f} | 1 | 3 |"
+    assert lines[3] == f"| 30 | 7.0 ± {np.std([5, 9], ddof=1):.1f} | 0.5 | 7 |"
+    assert len(lines) == 4
+    # step 20: entropy logged last at 16, not at 24
+    middle = report.diagnostics_lines(run, keys=("entropy", "alpha"), most=3)[3]
+    assert middle == f"| 20 | 5.0 ± {np.std([3, 7], ddof=1):.1f} | 0.75 | 5 |"
+    assert report.diagnostics_lines(tmp_path / "empty") == []
+    section = report.diagnostics_section([run, tmp_path / "empty"])
+    assert section[0] == "## MISA's training diagnostics"
+    assert f"### {run.name}" in section and "### empty" not in section
