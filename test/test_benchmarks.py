@@ -4,6 +4,8 @@ import argparse
 import csv
 import json
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -952,3 +954,88 @@ def test_diagnostics_table_takes_each_value_logged_at_or_before_the_evaluation(
     section = report.diagnostics_section([run, tmp_path / "empty"])
     assert section[0] == "## MISA's training diagnostics"
     assert f"### {run.name}" in section and "### empty" not in section
+
+
+def test_authors_run_checkpoint_logs_and_refusals(tmp_path):
+    """The pieces of the authors' runs' resume that need no JAX: logs, checkpoint file."""
+    train_authors = _load_parity("train_authors")
+    log = train_authors._ScalarLog(tmp_path / "run")
+    for step in (5, 10, 15):
+        log.log({"train/a": step / 10, "eval/b": -step}, step)
+    log.truncate(10)
+    for name, values in (
+        ("train/a", ["5,0.5", "10,1.0"]),
+        ("eval/b", ["5,-5.0", "10,-10.0"]),
+    ):
+        assert (
+            tmp_path / "run" / "scalars" / f"{name}.csv"
+        ).read_text().split() == values
+    path = tmp_path / "run" / train_authors.CHECKPOINT
+    settings = {"ours": {"seed": 1}}
+    assert train_authors.load_checkpoint(path, settings) is None
+    left = path.with_name(f".{path.name}.123.tmp")  # a save killed half-way
+    left.write_bytes(b"\x80")
+    train_authors.save_checkpoint(path, {"settings": settings, "step": 10})
+    assert train_authors.load_checkpoint(path, settings)["step"] == 10
+    assert not left.exists()
+    with pytest.raises(SystemExit, match="other settings: delete it"):
+        train_authors.load_checkpoint(path, {"ours": {"seed": 2}})
+    path.write_bytes(path.read_bytes()[:7])
+    with pytest.raises(SystemExit, match="cannot be read .*delete it"):
+        train_authors.load_checkpoint(path, settings)
+
+
+AUTHORS_RESUME = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[1] + "/benchmarks/parity", sys.argv[1] + "/benchmarks"]
+import protocol, train_authors
+from authors import import_authors
+
+authors = import_authors(None)
+cfg = protocol.load_config([
+    "preset=demo", "optim.gradient_steps=40", "logger.eval_iter=10",
+    "logger.log_interval=5", "checkpoint.interval=10", "logger.eval_envs=2",
+    "logger.eval_steps=30", "replay_buffer.batch_size=32", "env.seed=3",
+])
+straight = train_authors.train(cfg, authors, Path(sys.argv[2]) / "straight")
+Learner = authors.MISA
+
+class Stopped(Learner):  # a run killed during its 26th update
+    def train(self, batch, bc=False):
+        if self.total_steps == 25:
+            raise KeyboardInterrupt
+        return super().train(batch, bc)
+
+authors.MISA = Stopped
+try:
+    train_authors.train(cfg, authors, Path(sys.argv[2]) / "resumed")
+except KeyboardInterrupt:
+    pass
+authors.MISA = Learner
+resumed = train_authors.train(cfg, authors, Path(sys.argv[2]) / "resumed")
+print(json.dumps({"straight": straight["scores"], "resumed": resumed["scores"]}))
+"""
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("JAX_PYTHON") and os.environ.get("MISA_AUTHORS_DIR")),
+    reason="needs the authors' code and its JAX environment (benchmarks/parity/README.md)",
+)
+def test_authors_run_resumed_after_a_kill_equals_one_uninterrupted(tmp_path):
+    done = subprocess.run(
+        [os.environ["JAX_PYTHON"], "-c", AUTHORS_RESUME, str(REPO), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = json.loads(done.stdout.splitlines()[-1])
+    assert "Resuming from" in done.stdout and "(step 20)" in done.stdout
+    assert scores["resumed"] == scores["straight"] and len(scores["straight"]) == 4
+    # the training metrics of every update after the checkpoint are the same floats
+    for name in ("policy_loss", "qf1_loss", "alpha", "log_pi"):
+        path = Path("misa-authors-code") / "scalars" / "train" / f"{name}.csv"
+        straight = (tmp_path / "straight" / path).read_text()
+        assert (tmp_path / "resumed" / path).read_text() == straight
+        assert straight.splitlines()[-1].startswith("40,")

@@ -16,7 +16,11 @@ A run writes, like ``benchmarks/learning.py`` for ours, one row (columns
 ``benchmarks/results/runs/<scale>/<dataset>__misa-authors-code__seed<k>`` with
 ``summary.json`` (the scores over steps), ``config.json`` (our settings and
 the authors' config they map to) and csv logs of the training metrics. A run
-already in the csv is skipped.
+already in the csv is skipped. Every ``checkpoint.interval`` updates (after that
+step's evaluation, if any) the run saves its learner, random states, scores and
+training time to ``<run folder>/checkpoint.pkl``; the same command then resumes
+from it, exactly (the authors' JAX key chain is replayed to the saved step),
+with the logs cut back to that step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import argparse
 import csv
 import json
 import os
+import pickle
+import random
 import sys
 import time
 from pathlib import Path
@@ -38,6 +44,7 @@ from learning import FIELDS  # noqa: E402  (the learning benchmark's csv columns
 REPO = protocol.REPO
 RESULTS = REPO / "benchmarks" / "results"
 METHOD = "misa-authors-code"
+CHECKPOINT = "checkpoint.pkl"
 
 
 def authors_config(cfg: dict, action_dim: int) -> dict:
@@ -119,6 +126,50 @@ class _ScalarLog:
             with path.open("a") as f:
                 f.write(f"{step},{float(value)}\n")
 
+    def truncate(self, step: int) -> None:
+        """Drops the lines logged after ``step`` (a resumed run logs them again)."""
+        for path in self.root.rglob("*.csv"):
+            lines = path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if int(float(line.split(",")[0])) <= step]
+            if len(kept) != len(lines):
+                path.write_text("".join(kept))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Pickles ``state`` to ``path`` all or nothing: a temporary file renamed over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        pickle.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, settings: dict) -> dict | None:
+    """The checkpoint at ``path`` (``None`` if there is none), made with ``settings``.
+
+    Temporary files of interrupted saves are removed. A checkpoint that cannot
+    be read, or that was made with other settings, stops the run with what to do.
+    """
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    if not path.exists():
+        return None
+    try:
+        with path.open("rb") as f:
+            state = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        raise SystemExit(
+            f"{path} cannot be read ({type(err).__name__}: {err}): delete it to "
+            "start the run afresh."
+        ) from None
+    if state["settings"] != settings:
+        raise SystemExit(
+            f"{path} was saved by a run with other settings: delete it to start "
+            "the run afresh with these, or rerun with the saved ones."
+        )
+    return state
+
 
 def done_runs(path: Path) -> set[str]:
     if not path.exists():
@@ -173,8 +224,6 @@ def train(
     # Seeding as the authors' main: numpy (batches), random, their JAX key chain.
     seed = int(cfg["env"]["seed"])
     np.random.seed(seed)
-    import random
-
     random.seed(seed)
     authors.init_rng(seed)
     policy = authors.TanhGaussianPolicy(
@@ -225,8 +274,28 @@ def train(
         cfg["logger"]["eval_iter"]
     )
     log_interval = int(cfg["logger"]["log_interval"])
-    scores, t_last, since = [], time.perf_counter(), 0
-    for step in range(total):
+    every = int(cfg["checkpoint"]["interval"])
+    scores, first, train_s = [], 0, 0.0
+    ckpt_path = run_dir / CHECKPOINT
+    settings = {"ours": cfg, "eval_seeding": eval_seeding, "env_id": env_id}
+    resumed = None if once else load_checkpoint(ckpt_path, settings)
+    if resumed is not None:
+        from flax import serialization
+
+        first, scores, train_s = resumed["step"], resumed["scores"], resumed["train_s"]
+        learner = serialization.from_bytes(_learner_state(agent), resumed["learner"])
+        # their learner has no setter: its state goes back where __init__ put it
+        agent._train_states = learner["train_states"]
+        agent._target_qf_params = learner["target_qf_params"]
+        agent._total_steps = first
+        for _ in range(first):  # one key of their chain per update, as train() draws
+            authors.next_rng()
+        np.random.set_state(resumed["numpy_rng"])
+        random.setstate(resumed["python_rng"])
+        log.truncate(first)
+        print(f"Resuming from {ckpt_path} (step {first})", flush=True)
+    t_start, t_last, since = time.perf_counter(), time.perf_counter(), 0
+    for step in range(first, total):
         idx = np.random.randint(n, size=batch_size)  # their RandSampler
         batch = {k: jnp.asarray(v[idx]) for k, v in data.items()}
         metrics = agent.train(batch)
@@ -264,6 +333,21 @@ def train(
                 flush=True,
             )
             t_last = time.perf_counter()  # evaluation time is not update time
+        if (step + 1) % every == 0 and not done and not once:
+            from flax import serialization
+
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "settings": settings,
+                    "step": step + 1,
+                    "scores": scores,
+                    "train_s": train_s + time.perf_counter() - t_start,
+                    "learner": serialization.to_bytes(_learner_state(agent)),
+                    "numpy_rng": np.random.get_state(),
+                    "python_rng": random.getstate(),
+                },
+            )
     envs.close()
     values = [s for _, s in scores]
     last = int(cfg["logger"]["eval_last"])
@@ -275,9 +359,19 @@ def train(
         "scores": scores,
         "steps": total,
         "algorithm": METHOD,
+        # seconds of training over every process of the run (evaluations included)
+        "train_s": train_s + time.perf_counter() - t_start,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _learner_state(agent) -> dict:
+    """What the authors' learner changes as it trains (its params, optimisers, targets)."""
+    return {
+        "train_states": agent.train_states,
+        "target_qf_params": agent._target_qf_params,
+    }
 
 
 def main(argv=None) -> None:
@@ -329,11 +423,10 @@ def main(argv=None) -> None:
         print(f"{name} is already in {out_csv}: skipped.")
         return
     run_dir = args.run_dir or RESULTS / "runs" / args.scale / name
-    start = time.perf_counter()
     summary = train(
         cfg, authors, run_dir, args.ref_returns, args.env_id, args.eval_seeding
     )
-    wall = time.perf_counter() - start
+    wall = summary["train_s"]
     try:  # as learning.py: relative to the repository (not resolved: runs/ may be a link)
         rel_dir = str(run_dir.absolute().relative_to(REPO))
     except ValueError:
