@@ -269,10 +269,24 @@ def test_transitions_of_any_source_are_checked(key, value, expected):
         check_transitions(data, "minari:x")
 
 
-def test_image_like_observations_stop_the_script_with_what_to_do(tmp_path, misa_script):
-    """The library loads [N, 2, 3] observations; the script's MLPs cannot take them."""
+def script_config(misa_script, dataset, root):
+    """The training script's demo config on ``dataset``, its cache under ``root``."""
     from hydra import compose, initialize_config_dir
 
+    folder = Path(misa_script.misa_offline.__file__).parent
+    with initialize_config_dir(config_dir=str(folder), version_base="1.2"):
+        return compose(
+            "config",
+            overrides=[
+                "preset=demo",
+                f"replay_buffer.dataset={dataset}",
+                f"replay_buffer.root={root}",
+            ],
+        )
+
+
+def test_image_like_observations_stop_the_script_with_what_to_do(tmp_path, misa_script):
+    """The library loads [N, 2, 3] observations; the script's MLPs cannot take them."""
     data = arrays(n=40)
     for key in ("observations", "next_observations"):
         data[key] = np.repeat(data[key][:, None, :], 2, axis=1)
@@ -281,16 +295,7 @@ def test_image_like_observations_stop_the_script_with_what_to_do(tmp_path, misa_
         2,
         3,
     )
-    folder = Path(misa_script.misa_offline.__file__).parent
-    with initialize_config_dir(config_dir=str(folder), version_base="1.2"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "preset=demo",
-                f"replay_buffer.dataset={path}",
-                f"replay_buffer.root={tmp_path}",
-            ],
-        )
+    cfg = script_config(misa_script, path, tmp_path)
     with pytest.raises(
         misa_script.utils.ConfigError, match=r"observations of shape \[2, 3\]"
     ):
@@ -302,8 +307,6 @@ def test_a_dataset_that_cannot_load_stops_the_script_with_its_message(
     tmp_path, misa_script, d4rl_server, fault
 ):
     """The loaders' errors reach the user as the setting plus what to do, no traceback."""
-    from hydra import compose, initialize_config_dir
-
     if fault == "no network":
         d4rl_server(None)
         dataset, expected = "hopper-medium-v2", "could not be downloaded"
@@ -312,16 +315,7 @@ def test_a_dataset_that_cannot_load_stops_the_script_with_its_message(
         data["observations"][7, 1] = np.nan
         dataset = str(write_d4rl_hdf5(tmp_path / "nan.hdf5", data))
         expected = "key 'observations' holds NaN or inf values"
-    folder = Path(misa_script.misa_offline.__file__).parent
-    with initialize_config_dir(config_dir=str(folder), version_base="1.2"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "preset=demo",
-                f"replay_buffer.dataset={dataset}",
-                f"replay_buffer.root={tmp_path / 'cache'}",
-            ],
-        )
+    cfg = script_config(misa_script, dataset, tmp_path / "cache")
     with pytest.raises(misa_script.utils.ConfigError) as err:
         misa_script.utils.make_offline_data(cfg, torch.device("cpu"))
     assert str(err.value).startswith(f"replay_buffer.dataset={dataset}: ")
