@@ -196,6 +196,7 @@ def train(
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from flax import serialization
 
     dataset = cfg["replay_buffer"]["dataset"]
     data, obs_norm = protocol.read_transitions(
@@ -280,8 +281,6 @@ def train(
     settings = {"ours": cfg, "eval_seeding": eval_seeding, "env_id": env_id}
     resumed = None if once else load_checkpoint(ckpt_path, settings)
     if resumed is not None:
-        from flax import serialization
-
         first, scores, train_s = resumed["step"], resumed["scores"], resumed["train_s"]
         learner = serialization.from_bytes(_learner_state(agent), resumed["learner"])
         # their learner has no setter: its state goes back where __init__ put it
@@ -334,8 +333,6 @@ def train(
             )
             t_last = time.perf_counter()  # evaluation time is not update time
         if (step + 1) % every == 0 and not done and not once:
-            from flax import serialization
-
             save_checkpoint(
                 ckpt_path,
                 {
