@@ -311,7 +311,12 @@ def make_offline_data(cfg: DictConfig, device: torch.device) -> OfflineData:
             root=rb_cfg.root,
         )
     except OfflineDataError as err:  # its message says what to do
-        raise ConfigError(f"replay_buffer.dataset={rb_cfg.dataset}: {err}") from None
+        raise ConfigError(
+            f"replay_buffer.dataset={rb_cfg.dataset}: {err}\n\nTo train on other "
+            "data: pass a local D4RL-format file, `replay_buffer.dataset="
+            "/path/to/file.hdf5`, or run the demo on the dataset shipped in the "
+            "repo: `python sota-implementations/misa/misa_offline.py preset=demo`."
+        ) from None
     shape = data.replay_buffer.storage[:1]["observation"].shape[1:]
     if len(shape) != 1:
         raise ConfigError(
