@@ -634,6 +634,13 @@ def diagnostics_lines(run_dir: Path, keys=MISA_DIAGNOSTICS, most: int = 6) -> li
     return lines
 
 
+def method_run_dirs(rows: list[dict], method: str) -> list[Path]:
+    """The run folders of ``method``'s rows, in order, each once (a group's seeds share one)."""
+    return list(
+        dict.fromkeys(REPO / r["run_dir"] for r in rows if r["method"] == method)
+    )
+
+
 def diagnostics_section(run_dirs: list[Path]) -> list[str]:
     """The diagnostics tables of the MISA runs among ``run_dirs``, one per run."""
     out = []
@@ -775,9 +782,7 @@ def main(argv=None) -> None:
             *plateaus,
             "",
         ]
-    out += diagnostics_section(
-        [Path(r["run_dir"]) for r in rows if r["method"] == "misa"]
-    )
+    out += diagnostics_section(method_run_dirs(rows, "misa"))
     if ablations:
         out += [
             "## Ablations (Table 1 of the paper)",

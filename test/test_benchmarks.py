@@ -1039,3 +1039,17 @@ def test_authors_run_resumed_after_a_kill_equals_one_uninterrupted(tmp_path):
         straight = (tmp_path / "straight" / path).read_text()
         assert (tmp_path / "resumed" / path).read_text() == straight
         assert straight.splitlines()[-1].startswith("40,")
+
+
+def test_a_groups_seeds_give_one_run_folder():
+    report = _load("report")
+    rows = [
+        {"method": "misa", "run_dir": "runs/a__misa__seeds0-1"},
+        {"method": "bc", "run_dir": "runs/a__bc__seeds0-1"},
+        {"method": "misa", "run_dir": "runs/a__misa__seeds0-1"},
+        {"method": "misa", "run_dir": "runs/b__misa__seed0"},
+    ]
+    assert report.method_run_dirs(rows, "misa") == [
+        report.REPO / "runs/a__misa__seeds0-1",
+        report.REPO / "runs/b__misa__seed0",
+    ]
