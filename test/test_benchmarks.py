@@ -971,18 +971,26 @@ def test_authors_run_checkpoint_logs_and_refusals(tmp_path):
             tmp_path / "run" / "scalars" / f"{name}.csv"
         ).read_text().split() == values
     path = tmp_path / "run" / train_authors.CHECKPOINT
-    settings = {"ours": {"seed": 1}}
-    assert train_authors.load_checkpoint(path, settings) is None
+
+    def settings(seed, dataset):
+        return {"ours": {"seed": seed, "replay_buffer": {"dataset": dataset}}}
+
+    saved = settings(1, "/work/a/datasets/x.hdf5")
+    assert train_authors.load_checkpoint(path, saved) is None
     left = path.with_name(f".{path.name}.123.tmp")  # a save killed half-way
     left.write_bytes(b"\x80")
-    train_authors.save_checkpoint(path, {"settings": settings, "step": 10})
-    assert train_authors.load_checkpoint(path, settings)["step"] == 10
+    train_authors.save_checkpoint(path, {"settings": saved, "step": 10})
+    assert train_authors.load_checkpoint(path, saved)["step"] == 10
     assert not left.exists()
-    with pytest.raises(SystemExit, match="other settings: delete it"):
-        train_authors.load_checkpoint(path, {"ours": {"seed": 2}})
+    # the same file in a clone at another path: the same run
+    clone = settings(1, "/elsewhere/clone/datasets/x.hdf5")
+    assert train_authors.load_checkpoint(path, clone)["step"] == 10
+    for other in (settings(2, "/work/a/datasets/x.hdf5"), settings(1, "/a/y.hdf5")):
+        with pytest.raises(SystemExit, match="other settings: delete it"):
+            train_authors.load_checkpoint(path, other)
     path.write_bytes(path.read_bytes()[:7])
     with pytest.raises(SystemExit, match="cannot be read .*delete it"):
-        train_authors.load_checkpoint(path, settings)
+        train_authors.load_checkpoint(path, saved)
 
 
 AUTHORS_RESUME = """

@@ -163,12 +163,25 @@ def load_checkpoint(path: Path, settings: dict) -> dict | None:
             f"{path} cannot be read ({type(err).__name__}: {err}): delete it to "
             "start the run afresh."
         ) from None
-    if state["settings"] != settings:
+    if _comparable(state["settings"]) != _comparable(settings):
         raise SystemExit(
             f"{path} was saved by a run with other settings: delete it to start "
             "the run afresh with these, or rerun with the saved ones."
         )
     return state
+
+
+def _comparable(settings: dict) -> dict:
+    """``settings`` with the dataset named by its file alone, as the run folder is.
+
+    A clone of the repository at another path resumes the same run.
+    """
+    ours = settings["ours"]
+    name = Path(ours["replay_buffer"]["dataset"]).name
+    return {
+        **settings,
+        "ours": {**ours, "replay_buffer": {**ours["replay_buffer"], "dataset": name}},
+    }
 
 
 def done_runs(path: Path) -> set[str]:
