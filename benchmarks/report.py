@@ -664,17 +664,25 @@ def diagnostics_section(run_dirs: list[Path]) -> list[str]:
 
 
 def in_progress_report(scale: str) -> Path:
-    """``learning_<scale>_in_progress.md``: the runs not in the csv yet, as far as they got."""
-    src = RESULTS / f"learning_{scale}.csv"
-    done = {Path(r["run_dir"]).name for r in read_rows(src)} if src.exists() else set()
+    """``learning_<scale>_in_progress.md``: the runs with no row yet, as far as they got.
+
+    A run is finished once it has a row in ``learning_<scale>.csv`` (our methods)
+    or ``parity_<scale>.csv`` (the authors' code).
+    """
+    done = {
+        Path(r["run_dir"]).name
+        for name in (f"learning_{scale}.csv", f"parity_{scale}.csv")
+        if (RESULTS / name).exists()
+        for r in read_rows(RESULTS / name)
+    }
     lines = [
         f"# Learning benchmark ({scale}): runs under way",
         "",
         f"Made by `python benchmarks/report.py --scale {scale} --in-progress` from "
         f"the run folders under `benchmarks/results/runs/{scale}/` that have no row "
-        f"in `learning_{scale}.csv` yet (a run resumes from its last checkpoint, "
-        "so evaluations past it are done again). Normalised score, mean ± std over "
-        "the run's seeds.",
+        f"in `learning_{scale}.csv` or `parity_{scale}.csv` yet (a run resumes from "
+        "its last checkpoint, so evaluations past it are done again). Normalised "
+        "score, mean ± std over the run's seeds.",
         "",
         "| run | evaluations up to | last evaluation | best mean so far |",
         "|---|---|---|---|",

@@ -105,6 +105,10 @@ def test_in_progress_report_reads_the_runs_own_logs(
         f"| {run_dir.name} | 10 | {last.mean():.1f} ± {last.std(ddof=1):.1f} "
         f"| {best:.1f} |" in text
     )
+    # a row in parity_<scale>.csv (the authors' code) also marks it finished
+    parity = tmp_path / "results" / "parity_tiny.csv"
+    parity.write_text(f"scale,method,run_dir\ntiny,misa-authors-code,{row}\n")
+    assert run_dir.name not in report.in_progress_report("tiny").read_text()
 
 
 def test_job_overrides_select_method_and_ablation(monkeypatch):
