@@ -500,6 +500,81 @@ def parity_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+#: (column, logged key, sign): the authors' code logs ``log_pi``, ours ``entropy``,
+#: both the mean log-likelihood of the actor's own actions (with opposite signs)
+PARITY_DIAGNOSTICS = {
+    "misa": (("entropy", "entropy", 1.0), ("alpha", "alpha", 1.0)),
+    THEIRS: (("entropy", "log_pi", -1.0), ("alpha", "alpha", 1.0)),
+}
+
+
+def pooled_at(run_dirs: list[Path], kind: str, key: str, step: int) -> list[float]:
+    """Every agent's value of ``kind/key`` logged at or last before ``step``, over runs."""
+    return [
+        v for d in run_dirs for v in at_or_before(logged_curves(d, kind, key), step)
+    ]
+
+
+def parity_diagnostics_lines(rows: list[dict], most: int = 6) -> list[str]:
+    """Per dataset: score, policy entropy and ``alpha`` of our MISA and the authors' code.
+
+    At up to ``most`` evaluation steps both reached; each cell is the mean over
+    every seed's value logged at (or last before) that step, from the run
+    folders on this machine. Empty without both codes' logs.
+    """
+    out = []
+    for d in sorted({r["dataset"] for r in rows}):
+        dirs = {
+            m: method_run_dirs([r for r in rows if r["dataset"] == d], m)
+            for m in PARITY_DIAGNOSTICS
+        }
+        steps = [set(eval_curves(p)) for ds in dirs.values() for p in ds]
+        common = set.intersection(*steps) if steps else set()
+        if not all(dirs.values()) or not common:
+            continue
+        names = [c for c, _, _ in PARITY_DIAGNOSTICS["misa"]]
+        out += [
+            f"### {d}",
+            "",
+            "| updates | "
+            + " | ".join(f"{c}, {m}" for c in ("score", *names) for m in dirs)
+            + " |",
+            "|---:|" + "---:|" * (len(dirs) * (1 + len(names))),
+        ]
+        for step in picked_steps(common, most):
+            cells = {}
+            for m, ds in dirs.items():
+                cells["score", m] = np.mean(
+                    pooled_at(ds, "eval", "normalized_score", step)
+                )
+                for column, key, sign in PARITY_DIAGNOSTICS[m]:
+                    values = pooled_at(ds, "train", key, step)
+                    # (+ 0.0: no "-0" for a zero)
+                    cells[column, m] = (
+                        sign * np.mean(values) + 0.0 if values else np.nan
+                    )
+            out.append(
+                f"| {step} | "
+                + " | ".join(
+                    f"{cells[c, m]:.3g}" for c in ("score", *names) for m in dirs
+                )
+                + " |"
+            )
+        out.append("")
+    if not out:
+        return []
+    return [
+        "## Training diagnostics, ours and theirs",
+        "",
+        "Means over seeds (ours: the group's agents) of the normalised score, the "
+        "policy's entropy (minus the mean log-likelihood of its own actions on the "
+        "training batch) and the temperature `alpha`, each as logged at (or last "
+        "before) that evaluation.",
+        "",
+        *out,
+    ]
+
+
 def parity_report(scale: str) -> Path:
     """Writes ``parity_<scale>.md`` and ``.png``: ours and the authors' code, side by side."""
     theirs_csv = RESULTS / f"parity_{scale}.csv"
@@ -538,6 +613,7 @@ def parity_report(scale: str) -> Path:
         settings_line(rows, OURS),
         "",
         *parity_lines(rows),
+        *parity_diagnostics_lines(rows),
     ]
     png = RESULTS / f"parity_{scale}.png"
     if plot_curves(rows, methods, png, "parity"):
@@ -602,6 +678,18 @@ def eval_curves(run_dir: Path) -> dict[int, list[float]]:
 MISA_DIAGNOSTICS = ("entropy", "alpha", "q_gap", "mi_bound", "hmc_acceptance_rate")
 
 
+def at_or_before(curve: dict[int, list[float]], step: int) -> list[float]:
+    """The values of ``curve`` (``step -> values``) logged at ``step`` or last before it."""
+    before = [s for s in curve if s <= step]
+    return curve[max(before)] if before else []
+
+
+def picked_steps(steps, most: int) -> list[int]:
+    """Up to ``most`` of ``steps``, evenly spaced, the first and the last included."""
+    steps = sorted(steps)
+    return sorted({steps[round(i)] for i in np.linspace(0, len(steps) - 1, most)})
+
+
 def diagnostics_lines(run_dir: Path, keys=MISA_DIAGNOSTICS, most: int = 6) -> list[str]:
     """A table of the score and the training diagnostics at up to ``most`` evaluations.
 
@@ -612,8 +700,7 @@ def diagnostics_lines(run_dir: Path, keys=MISA_DIAGNOSTICS, most: int = 6) -> li
     scores = eval_curves(run_dir)
     if not scores:
         return []
-    steps = list(scores)
-    picks = sorted({steps[round(i)] for i in np.linspace(0, len(steps) - 1, most)})
+    picks = picked_steps(scores, most)
     curves = {key: logged_curves(run_dir, "train", key) for key in keys}
     lines = [
         "| updates | score | " + " | ".join(keys) + " |",
@@ -624,8 +711,8 @@ def diagnostics_lines(run_dir: Path, keys=MISA_DIAGNOSTICS, most: int = 6) -> li
         spread = score.std(ddof=1) if score.size > 1 else 0.0
         cells = []
         for key in keys:
-            before = [s for s in curves[key] if s <= step]
-            cells.append(f"{np.mean(curves[key][before[-1]]):.3g}" if before else "-")
+            values = at_or_before(curves[key], step)
+            cells.append(f"{np.mean(values):.3g}" if values else "-")
         lines.append(
             f"| {step} | {score.mean():.1f} ± {spread:.1f} | "
             + " | ".join(cells)

@@ -960,6 +960,56 @@ def test_diagnostics_table_takes_each_value_logged_at_or_before_the_evaluation(
     assert f"### {run.name}" in section and "### empty" not in section
 
 
+def test_parity_diagnostics_pool_both_codes_seeds(tmp_path, monkeypatch):
+    report = _load("report")
+    monkeypatch.setattr(report, "REPO", tmp_path)
+
+    def write(path, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{s},{v}\n" for s, v in rows))
+
+    ours = tmp_path / "set__misa__seeds0-1"
+    for agent, (score, entropy) in enumerate([(2.0, 0.5), (4.0, 1.5)]):
+        logs = ours / "exp" / "scalars" / f"agent{agent}"
+        write(logs / "eval" / "normalized_score.csv", [(10, score), (20, 2 * score)])
+        write(logs / "train" / "entropy.csv", [(5, entropy), (15, -entropy)])
+        write(logs / "train" / "alpha.csv", [(5, 0.25), (15, 0.125)])
+    theirs = []
+    for seed, (score, log_pi) in enumerate([(1.0, -1.0), (3.0, -2.0), (5.0, -3.0)]):
+        run = tmp_path / f"set__misa-authors-code__seed{seed}"
+        logs = run / "misa-authors-code" / "scalars"
+        # the authors' runs evaluate at one more step: only common steps are shown
+        write(
+            logs / "eval" / "normalized_score.csv", [(10, score), (20, score), (30, 0)]
+        )
+        write(logs / "train" / "log_pi.csv", [(10, log_pi), (20, 0.0)])
+        write(logs / "train" / "alpha.csv", [(10, seed + 1.0), (20, 0.0)])
+        theirs.append(run)
+    rows = [
+        {"dataset": "set", "method": "misa", "run_dir": ours.name},
+        {"dataset": "set", "method": "misa", "run_dir": ours.name},
+        *[
+            {"dataset": "set", "method": report.THEIRS, "run_dir": r.name}
+            for r in theirs
+        ],
+        {"dataset": "other", "method": "misa", "run_dir": ours.name},  # no theirs
+    ]
+    lines = report.parity_diagnostics_lines(rows)
+    assert "### set" in lines and "### other" not in lines
+    table = lines[lines.index("### set") + 2 :]
+    assert table[0] == (
+        "| updates | score, misa | score, misa-authors-code | entropy, misa | "
+        "entropy, misa-authors-code | alpha, misa | alpha, misa-authors-code |"
+    )
+    # step 10: ours' scores 2, 4; entropy logged last at 5: 0.5, 1.5; alpha 0.25.
+    # theirs: scores 1, 3, 5; entropy = -log_pi: 1, 2, 3; alpha 1, 2, 3
+    assert table[2] == "| 10 | 3 | 3 | 1 | 2 | 0.25 | 2 |"
+    # step 20: ours 4, 8 and the values logged at 15; theirs those logged at 20
+    assert table[3] == "| 20 | 6 | 3 | -1 | 0 | 0.125 | 0 |"
+    assert table[4] == ""
+    assert report.parity_diagnostics_lines(rows[:2]) == []
+
+
 def test_authors_run_checkpoint_logs_and_refusals(tmp_path):
     """The pieces of the authors' runs' resume that need no JAX: logs, checkpoint file."""
     train_authors = _load_parity("train_authors")
