@@ -508,13 +508,6 @@ PARITY_DIAGNOSTICS = {
 }
 
 
-def pooled_at(run_dirs: list[Path], kind: str, key: str, step: int) -> list[float]:
-    """Every agent's value of ``kind/key`` logged at or last before ``step``, over runs."""
-    return [
-        v for d in run_dirs for v in at_or_before(logged_curves(d, kind, key), step)
-    ]
-
-
 def parity_diagnostics_lines(rows: list[dict], most: int = 6) -> list[str]:
     """Per dataset: score, policy entropy and ``alpha`` of our MISA and the authors' code.
 
@@ -522,44 +515,38 @@ def parity_diagnostics_lines(rows: list[dict], most: int = 6) -> list[str]:
     every seed's value logged at (or last before) that step, from the run
     folders on this machine. Empty without both codes' logs.
     """
+    names = [column for column, _, _ in PARITY_DIAGNOSTICS["misa"]]
     out = []
     for d in sorted({r["dataset"] for r in rows}):
-        dirs = {
-            m: method_run_dirs([r for r in rows if r["dataset"] == d], m)
-            for m in PARITY_DIAGNOSTICS
-        }
-        steps = [set(eval_curves(p)) for ds in dirs.values() for p in ds]
-        common = set.intersection(*steps) if steps else set()
-        if not all(dirs.values()) or not common:
+        # code -> column -> (sign, one curve per run folder)
+        logs = {}
+        for m, columns in PARITY_DIAGNOSTICS.items():
+            dirs = method_run_dirs([r for r in rows if r["dataset"] == d], m)
+            logs[m] = {"score": (1.0, [eval_curves(p) for p in dirs])}
+            for column, key, sign in columns:
+                logs[m][column] = (sign, [logged_curves(p, "train", key) for p in dirs])
+        evaluated = [set(c) for m in logs for c in logs[m]["score"][1]]
+        common = set.intersection(*evaluated) if evaluated else set()
+        if not all(logs[m]["score"][1] for m in logs) or not common:
             continue
-        names = [c for c, _, _ in PARITY_DIAGNOSTICS["misa"]]
+        header = [f"{column}, {m}" for column in ("score", *names) for m in logs]
         out += [
             f"### {d}",
             "",
-            "| updates | "
-            + " | ".join(f"{c}, {m}" for c in ("score", *names) for m in dirs)
-            + " |",
-            "|---:|" + "---:|" * (len(dirs) * (1 + len(names))),
+            "| updates | " + " | ".join(header) + " |",
+            "|---:|" + "---:|" * len(header),
         ]
         for step in picked_steps(common, most):
-            cells = {}
-            for m, ds in dirs.items():
-                cells["score", m] = np.mean(
-                    pooled_at(ds, "eval", "normalized_score", step)
-                )
-                for column, key, sign in PARITY_DIAGNOSTICS[m]:
-                    values = pooled_at(ds, "train", key, step)
+            cells = []
+            for column in ("score", *names):
+                for m in logs:
+                    sign, curves = logs[m][column]
+                    values = [v for c in curves for v in at_or_before(c, step)]
                     # (+ 0.0: no "-0" for a zero)
-                    cells[column, m] = (
-                        sign * np.mean(values) + 0.0 if values else np.nan
+                    cells.append(
+                        f"{sign * np.mean(values) + 0.0:.3g}" if values else "-"
                     )
-            out.append(
-                f"| {step} | "
-                + " | ".join(
-                    f"{cells[c, m]:.3g}" for c in ("score", *names) for m in dirs
-                )
-                + " |"
-            )
+            out.append(f"| {step} | " + " | ".join(cells) + " |")
         out.append("")
     if not out:
         return []
