@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -453,9 +455,25 @@ def test_pr1_helpers_are_the_package_functions_and_run_in_torchrl(tmp_path):
     utils = namespaces["torchrl/data/datasets/utils.py"]
     data = TensorDict(observation=torch.arange(6.0).reshape(3, 2), batch_size=[3])
     (tmp_path / "cache" / "x").mkdir(parents=True)  # a folder in the way is replaced
+    # builds killed on this host (another cache's too) are removed, others kept
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    host = socket.gethostname()
+    kept = [
+        f".x.partial-{host}-{os.getpid()}-0123abcd",
+        ".x.partial-elsewhere-1-0123abcd",
+    ]
+    for name in [*kept, f".y.partial-{host}-{dead}-0123abcd"]:
+        (tmp_path / "cache" / name).mkdir()
     stored = utils["_memmap_atomic"](
         data, tmp_path / "cache" / "x", lambda folder, td: (folder / "extra").touch()
     )
     assert torch.equal(stored["observation"], data["observation"])
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["x"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        ["x", *kept]
+    )
     assert (tmp_path / "cache" / "x" / "extra").is_file()

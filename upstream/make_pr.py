@@ -350,7 +350,13 @@ FIXES = {
     ),
     "torchrl/data/datasets/utils.py": (
         "torchrl_misa/data/cache.py",
-        ["partial_folder", "discard", "replace_folder", "memmap_atomic"],
+        [
+            "partial_folder",
+            "remove_stale_partials",
+            "discard",
+            "replace_folder",
+            "memmap_atomic",
+        ],
         "\n\ndef _normalize_prefix(",
     ),
 }

@@ -282,18 +282,14 @@ def remove_stale_partials(final: str | Path) -> None:
     )
     for path in final.parent.glob(".*"):
         match = own.match(path.name)
-        if match and not _alive(int(match[1])):
+        if match is None:
+            continue
+        try:
+            os.kill(int(match[1]), 0)  # signal 0: is the process there?
+        except ProcessLookupError:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        except PermissionError:  # another user's process: alive
+            pass
 
 
 def discard(folder: str | Path) -> None:
@@ -335,9 +331,10 @@ def memmap_atomic(
     The files go to a hidden sibling folder (:func:`partial_folder`) that is
     renamed to ``path`` once complete (:func:`replace_folder`), so an
     interrupted write never leaves a folder that a later load takes for a
-    finished one. ``write_extra(folder, stored)`` adds files (a check file,
-    metadata) before the rename. Returns the TensorDict memory-mapped at
-    ``path``.
+    finished one; those left by killed processes are removed first
+    (:func:`remove_stale_partials`). ``write_extra(folder, stored)`` adds
+    files (a check file, metadata) before the rename. Returns the TensorDict
+    memory-mapped at ``path``.
 
     Examples:
         >>> import tempfile, torch
@@ -349,6 +346,7 @@ def memmap_atomic(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
     tmp = partial_folder(path)
     try:
         stored = data.memmap(tmp)
@@ -386,7 +384,10 @@ def write_cache(folder: str | Path, data: TensorDictBase, **extra) -> None:
 
 
 def _prepare_parent(final: Path) -> None:
-    """Creates ``final``'s parent and clears dead builds there; names it if it cannot."""
+    """Creates ``final``'s parent and clears dead builds there; names it if it cannot.
+
+    (Before a reservation: the space dead builds hold counts as free.)
+    """
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(final)
