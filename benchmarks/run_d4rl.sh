@@ -5,7 +5,9 @@
 # 100k updates (learning.py's `d4rl` scale). In the Hopper lane, once MISA has trained on
 # Hopper medium-replay, the authors' code runs there (seeds 0-2,
 # benchmarks/parity/run_scale.sh) when JAX_PYTHON and MISA_AUTHORS_DIR are set, before the
-# other methods. Every step resumes where it stopped: rerun after an interruption.
+# other methods; the Walker2d lane ends with the authors' code on Walker2d medium-replay
+# (seeds 0-2: does their MISA fall there as ours does?). Every step resumes where it
+# stopped: rerun after an interruption.
 #
 #   JAX_PYTHON=/work/jaxenv/bin/python MISA_AUTHORS_DIR=/work/misa-authors \
 #       nohup bash benchmarks/run_d4rl.sh > benchmarks/results/logs/run_d4rl.log 2>&1 &
@@ -40,13 +42,16 @@ print(learning.GENERATE['$path'])")
         # MISA first, then the authors' code on the same set: the parity pair
         "$PY" benchmarks/learning.py --scale d4rl --agents \
             --datasets hopper-medium-replay-v0 --methods misa || return 1
-        authors || return 1
+        authors hopper-medium-replay-v0 || return 1
     fi
     local stems
     stems=$(for p in $sets; do basename "$p" .hdf5; done)
     echo "$(date -u +%FT%TZ) $task: training on $stems"
     # shellcheck disable=SC2086
     "$PY" benchmarks/learning.py --scale d4rl --agents --datasets $stems || return 1
+    if [ "$task" = walker2d ]; then
+        authors walker2d-medium-replay-v0 || return 1
+    fi
 }
 
 authors() {
@@ -54,7 +59,7 @@ authors() {
         echo "JAX_PYTHON or MISA_AUTHORS_DIR unset: the authors' code is left out"
         return 0
     fi
-    SEEDS="0 1 2" OURS=misa bash benchmarks/parity/run_scale.sh d4rl hopper-medium-replay-v0
+    SEEDS="0 1 2" OURS=misa bash benchmarks/parity/run_scale.sh d4rl "$1"
 }
 
 lane hopper > benchmarks/results/logs/d4rl_hopper.log 2>&1 &
