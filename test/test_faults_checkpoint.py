@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -194,6 +195,18 @@ def test_writers_do_not_share_a_temporary_name(misa_script, tmp_path):
         assert (tmp_path / name).read_bytes() == data, name
     assert not stale.exists()  # a dead writer's temporary is removed
     assert torch.equal(ckpt.load_checkpoint(path)["w"], torch.arange(5.0))
+
+
+def test_no_writer_is_signalled_on_windows(misa_script, tmp_path, monkeypatch):
+    # os.kill(pid, 0) is no probe there: it would signal the writer's process
+    path = tmp_path / "last.pt"
+    other = tmp_path / f"last.pt.{socket.gethostname()}.{_stopped_pid()}.0123abcd.tmp"
+    other.write_bytes(b"writer")
+    kills = []
+    windows = SimpleNamespace(name="nt", kill=lambda *args: kills.append(args))
+    monkeypatch.setattr(misa_script.checkpoint, "os", windows)
+    misa_script.checkpoint.remove_stale_temporaries(path)
+    assert kills == [] and other.exists()
 
 
 def _stopped_pid() -> int:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -186,6 +187,19 @@ def test_dead_builds_of_any_cache_in_the_folder_are_removed(tmp_path):
     load(source, root)
     names = visible(root)
     assert left.name not in names and other_host.name in names
+
+
+def test_no_process_is_signalled_on_windows(tmp_path, monkeypatch):
+    # os.kill(pid, 0) is no probe there: it would signal the build's process
+    host = cache_module.socket.gethostname()
+    left = tmp_path / f".x.partial-{host}-{os.getpid() + 10**6}-0123abcd"
+    left.mkdir()
+    final = tmp_path / "x"
+    kills = []
+    windows = SimpleNamespace(name="nt", kill=lambda *args: kills.append(args))
+    monkeypatch.setattr(cache_module, "os", windows)
+    cache_module.remove_stale_partials(final)
+    assert kills == [] and left.exists()
 
 
 # -------------------------------------------------- files that look right

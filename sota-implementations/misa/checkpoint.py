@@ -174,6 +174,8 @@ def glob_escape(name: str) -> str:
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would signal it there, not probe it
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

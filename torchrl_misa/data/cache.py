@@ -272,8 +272,11 @@ def remove_stale_partials(final: str | Path) -> None:
     """Deletes siblings left by builds whose process has died on this host.
 
     Any cache's of the folder, not only ``final``'s: a build killed on a full
-    disk may have been for another version of the source file.
+    disk may have been for another version of the source file. Not on
+    Windows, where ``os.kill(pid, 0)`` signals the process instead of probing it.
     """
+    if os.name == "nt":
+        return
     final = Path(final)
     if not final.parent.is_dir():
         return
