@@ -196,12 +196,19 @@ def settings_line(rows: list[dict], mcmc_methods=("misa",)) -> str:
 
 
 def run_speed(run_dir: Path) -> float | None:
-    """Median logged updates/s of a run (its csv logger's train/updates_per_s)."""
+    """Median logged updates/s of a run, per agent.
+
+    The authors' runs log ``train/updates_per_s``; ours ``time/updates_per_s``,
+    for a group of n agents (``scalars/agent<i>``) the group's updates, each
+    updating all n agents: n times it.
+    """
     files = list(run_dir.glob("*/scalars/train/updates_per_s.csv"))
+    files = files or list(run_dir.glob("*/scalars/time/updates_per_s.csv"))
     if not files:
         return None
     values = [float(line.split(",")[1]) for line in files[0].read_text().splitlines()]
-    return float(np.median(values[1:] or values))  # the first window holds warm-up
+    agents = len(list(files[0].parents[1].glob("agent*"))) or 1
+    return agents * float(np.median(values[1:] or values))  # 1st window: warm-up
 
 
 def read_curves(rows: list[dict], methods) -> dict:
@@ -320,9 +327,9 @@ def throughput_lines(rows: list[dict]) -> list[str]:
             speeds[r["method"]].append(s)
     if speeds:
         lines += [
-            "Training speed inside the learning runs above (median logged updates/s, "
-            "demo-size networks, runs sharing the 2-core CPU with other jobs, so only rough "
-            "ratios between methods mean anything):",
+            "Training speed inside the learning runs above (median logged updates/s "
+            "per agent, demo-size networks, runs sharing the 2-core CPU with other "
+            "jobs, so only rough ratios between methods mean anything):",
             "",
             "| method | updates/s |",
             "|---|---:|",
@@ -617,8 +624,9 @@ def parity_report(scale: str) -> Path:
             speeds[r["method"]].append(speed)
     if speeds:
         out += [
-            "Median logged updates/s of the runs whose folders are here (one thread "
-            "each, on a 2-core CPU shared with other jobs: rough):",
+            "Median logged updates/s per agent of the runs whose folders are here "
+            "(one thread each, ours a group of agents where the seeds are one "
+            "process, on a 2-core CPU shared with other jobs: rough):",
             "",
             "| code | runs | updates/s |",
             "|---|---:|---:|",

@@ -1010,6 +1010,30 @@ def test_parity_diagnostics_pool_both_codes_seeds(tmp_path, monkeypatch):
     assert report.parity_diagnostics_lines(rows[:2]) == []
 
 
+def test_run_speed_is_per_agent_for_both_codes(tmp_path):
+    report = _load("report")
+
+    def write(path, values):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{i},{v}\n" for i, v in enumerate(values)))
+
+    # the authors' code: train/updates_per_s; the first window (warm-up) left out
+    write(
+        tmp_path / "theirs" / "x" / "scalars" / "train" / "updates_per_s.csv",
+        [1, 40, 42, 50],
+    )
+    assert report.run_speed(tmp_path / "theirs") == 42.0
+    # ours, a group of 3 agents: time/updates_per_s counts group updates
+    group = tmp_path / "ours" / "x" / "scalars"
+    write(group / "time" / "updates_per_s.csv", [0.5, 10, 12, 11])
+    for agent in range(3):
+        (group / f"agent{agent}").mkdir()
+    assert report.run_speed(tmp_path / "ours") == 33.0
+    write(tmp_path / "one" / "x" / "scalars" / "time" / "updates_per_s.csv", [1, 7])
+    assert report.run_speed(tmp_path / "one") == 7.0
+    assert report.run_speed(tmp_path / "none") is None
+
+
 def test_authors_run_checkpoint_logs_and_refusals(tmp_path):
     """The pieces of the authors' runs' resume that need no JAX: logs, checkpoint file."""
     train_authors = _load_parity("train_authors")
