@@ -60,8 +60,7 @@ PARITY_ROWS = {
     "hidden layers, variance scaling 1e-2 on the last ones, zero biases; "
     "`benchmarks/parity/probe_init.py`): the recipe's default since commit f578c7b",
     "misa": "our recipe as is, which since commit f578c7b starts as the authors' "
-    "code (rows of `learning_<scale>.csv`; seeds 0-4 made at commit cc37b50 as "
-    "one agent group)",
+    "code (rows of `learning_<scale>.csv`, seeds 0-4 as one agent group)",
 }
 PARITY = (*PARITY_ROWS, THEIRS)
 OURS = tuple(PARITY_ROWS)
