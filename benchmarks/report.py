@@ -320,10 +320,11 @@ def throughput_lines(rows: list[dict]) -> list[str]:
             )
         lines.append("")
     speeds = defaultdict(list)
-    for r in rows:
-        s = run_speed(REPO / r["run_dir"])
-        if s is not None:
-            speeds[r["method"]].append(s)
+    for m in dict.fromkeys(r["method"] for r in rows):
+        for run_dir in method_run_dirs(rows, m):  # a group's seeds: one folder
+            s = run_speed(run_dir)
+            if s is not None:
+                speeds[m].append(s)
     if speeds:
         lines += [
             "Training speed inside the learning runs above (median logged updates/s "
@@ -617,10 +618,11 @@ def parity_report(scale: str) -> Path:
             "",
         ]
     speeds = defaultdict(list)
-    for r in rows:
-        speed = run_speed(REPO / r["run_dir"])
-        if speed is not None:
-            speeds[r["method"]].append(speed)
+    for m in methods:
+        for run_dir in method_run_dirs(rows, m):  # a group's seeds: one folder
+            speed = run_speed(run_dir)
+            if speed is not None:
+                speeds[m].append(speed)
     if speeds:
         out += [
             "Median logged updates/s per agent of the runs whose folders are here "
