@@ -2,12 +2,12 @@
 # The D4RL-sized evidence, on the 2-core machine: two lanes side by side, Hopper-v5 and
 # Walker2d-v5. Each lane makes its task's two sets (a SAC run stopped at D4RL's medium
 # level), then trains every method's 5 seeds, one compiled group per method and set, at
-# 100k updates (learning.py's `d4rl` scale). In the Hopper lane, once MISA has trained on
-# Hopper medium-replay, the authors' code runs there (seeds 0-2,
-# benchmarks/parity/run_scale.sh) when JAX_PYTHON and MISA_AUTHORS_DIR are set, before the
-# other methods; the Walker2d lane ends with the authors' code on Walker2d medium-replay
-# (seeds 0-2: does their MISA fall there as ours does?). Every step resumes where it
-# stopped: rerun after an interruption.
+# 100k updates (learning.py's `d4rl` scale): the medium-replay set first, then the medium
+# one. When JAX_PYTHON and MISA_AUTHORS_DIR are set, the authors' code runs on the
+# medium-replay set too (seeds 0-2, benchmarks/parity/run_scale.sh): in the Hopper lane
+# right after MISA there (the parity pair), in the Walker2d lane after every method there
+# (does their MISA fall as ours does?). Every step resumes where it stopped: rerun after an
+# interruption. LANES="walker2d" runs one lane (default: both).
 #
 #   JAX_PYTHON=/work/jaxenv/bin/python MISA_AUTHORS_DIR=/work/misa-authors \
 #       nohup bash benchmarks/run_d4rl.sh > benchmarks/results/logs/run_d4rl.log 2>&1 &
@@ -38,20 +38,22 @@ print(learning.GENERATE['$path'])")
             break  # one run makes both sets
         fi
     done
+    local replay=$task-medium-replay-v0 stems
     if [ "$task" = hopper ]; then
         # MISA first, then the authors' code on the same set: the parity pair
         "$PY" benchmarks/learning.py --scale d4rl --agents \
-            --datasets hopper-medium-replay-v0 --methods misa || return 1
-        authors hopper-medium-replay-v0 || return 1
+            --datasets "$replay" --methods misa || return 1
+        authors "$replay" || return 1
     fi
-    local stems
+    echo "$(date -u +%FT%TZ) $task: training on $replay"
+    "$PY" benchmarks/learning.py --scale d4rl --agents --datasets "$replay" || return 1
+    if [ "$task" = walker2d ]; then
+        authors "$replay" || return 1
+    fi
     stems=$(for p in $sets; do basename "$p" .hdf5; done)
     echo "$(date -u +%FT%TZ) $task: training on $stems"
     # shellcheck disable=SC2086
     "$PY" benchmarks/learning.py --scale d4rl --agents --datasets $stems || return 1
-    if [ "$task" = walker2d ]; then
-        authors walker2d-medium-replay-v0 || return 1
-    fi
 }
 
 authors() {
@@ -62,12 +64,14 @@ authors() {
     SEEDS="0 1 2" OURS=misa bash benchmarks/parity/run_scale.sh d4rl "$1"
 }
 
-lane hopper > benchmarks/results/logs/d4rl_hopper.log 2>&1 &
-hopper=$!
-lane walker2d > benchmarks/results/logs/d4rl_walker2d.log 2>&1 &
-walker=$!
+pids=()
+for task in ${LANES:-hopper walker2d}; do
+    lane "$task" >> "benchmarks/results/logs/d4rl_$task.log" 2>&1 &
+    pids+=($!)
+done
 failed=0
-wait "$hopper" || failed=$((failed + 1))
-wait "$walker" || failed=$((failed + 1))
+for pid in "${pids[@]}"; do
+    wait "$pid" || failed=$((failed + 1))
+done
 echo "$(date -u +%FT%TZ) done, $failed lane(s) failed (logs in benchmarks/results/logs/)"
 exit "$failed"

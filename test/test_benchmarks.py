@@ -922,6 +922,76 @@ def test_d4rl_scale_sets_and_their_commands():
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
 
+def _run_d4rl_with_stand_ins(tmp_path, **env):
+    """run_d4rl.sh in a copy of the tree whose training and parity commands only
+    log their arguments; returns the logged lines per lane."""
+    import shutil
+
+    bench = tmp_path / "benchmarks"
+    (bench / "parity").mkdir(parents=True)
+    shutil.copy(REPO / "benchmarks" / "run_d4rl.sh", bench / "run_d4rl.sh")
+    sets = {}
+    for task in ("hopper", "walker2d"):
+        for recipe in ("medium-replay", "medium"):
+            path = tmp_path / "data" / f"{task}-{recipe}-v0.hdf5"
+            path.parent.mkdir(exist_ok=True)
+            path.touch()  # present: nothing is generated
+            sets[(task, recipe)] = str(path)
+    (bench / "learning.py").write_text(
+        "import sys\n"
+        f"D4RL_SIZED = {sets!r}\n"
+        "GENERATE = {}\n"
+        "if __name__ == '__main__':\n"
+        "    args = sys.argv[sys.argv.index('--datasets') + 1:]\n"
+        "    task = args[0].split('-')[0]\n"
+        "    with open(f'calls_{task}.txt', 'a') as f:\n"
+        "        print('train', *args, file=f)\n"
+    )
+    (bench / "parity" / "run_scale.sh").write_text(
+        'task=${2%%-*}\necho "authors $2 seeds $SEEDS" >> "calls_$task.txt"\n'
+    )
+    result = subprocess.run(
+        ["bash", str(bench / "run_d4rl.sh")],
+        env={**os.environ, "PYTHON": sys.executable, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {
+        task: (tmp_path / f"calls_{task}.txt").read_text().splitlines()
+        for task in ("hopper", "walker2d")
+        if (tmp_path / f"calls_{task}.txt").exists()
+    }
+
+
+def test_d4rl_lanes_finish_medium_replay_and_its_parity_runs_first(tmp_path):
+    jax = {"JAX_PYTHON": "jax-python", "MISA_AUTHORS_DIR": "misa"}
+    calls = _run_d4rl_with_stand_ins(tmp_path, **jax)
+    mr, m = "medium-replay-v0", "medium-v0"
+    assert calls["hopper"] == [
+        f"train hopper-{mr} --methods misa",
+        f"authors hopper-{mr} seeds 0 1 2",
+        f"train hopper-{mr}",
+        f"train hopper-{mr} hopper-{m}",
+    ]
+    assert calls["walker2d"] == [
+        f"train walker2d-{mr}",
+        f"authors walker2d-{mr} seeds 0 1 2",
+        f"train walker2d-{mr} walker2d-{m}",
+    ]
+
+
+def test_d4rl_one_lane_and_no_authors_code_without_jax(tmp_path):
+    env = {"LANES": "walker2d", "JAX_PYTHON": "", "MISA_AUTHORS_DIR": ""}
+    calls = _run_d4rl_with_stand_ins(tmp_path, **env)
+    assert calls == {
+        "walker2d": [
+            "train walker2d-medium-replay-v0",
+            "train walker2d-medium-replay-v0 walker2d-medium-v0",
+        ]
+    }
+
+
 def test_diagnostics_table_takes_each_value_logged_at_or_before_the_evaluation(
     tmp_path,
 ):
