@@ -64,8 +64,15 @@ authors() {
     SEEDS="0 1 2" OURS=misa bash benchmarks/parity/run_scale.sh d4rl "$1"
 }
 
+lanes=${LANES:-hopper walker2d}
+for task in $lanes; do
+    case $task in
+        hopper | walker2d) ;;
+        *) echo "LANES: unknown lane '$task' (the lanes: hopper, walker2d)" >&2; exit 2 ;;
+    esac
+done
 pids=()
-for task in ${LANES:-hopper walker2d}; do
+for task in $lanes; do
     lane "$task" >> "benchmarks/results/logs/d4rl_$task.log" 2>&1 &
     pids+=($!)
 done

@@ -924,7 +924,8 @@ def test_d4rl_scale_sets_and_their_commands():
 
 def _run_d4rl_with_stand_ins(tmp_path, **env):
     """run_d4rl.sh in a copy of the tree whose training and parity commands only
-    log their arguments; returns the logged lines per lane."""
+    log their arguments; returns the logged lines per lane (the finished
+    process when the script fails)."""
     import shutil
 
     bench = tmp_path / "benchmarks"
@@ -956,7 +957,8 @@ def _run_d4rl_with_stand_ins(tmp_path, **env):
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    if result.returncode:
+        return result
     return {
         task: (tmp_path / f"calls_{task}.txt").read_text().splitlines()
         for task in ("hopper", "walker2d")
@@ -990,6 +992,13 @@ def test_d4rl_one_lane_and_no_authors_code_without_jax(tmp_path):
             "train walker2d-medium-replay-v0 walker2d-medium-v0",
         ]
     }
+
+
+def test_d4rl_unknown_lane_is_refused_before_any_lane_starts(tmp_path):
+    result = _run_d4rl_with_stand_ins(tmp_path, LANES="hopper walker")
+    assert result.returncode == 2
+    assert "unknown lane 'walker'" in result.stderr
+    assert not list(tmp_path.glob("calls_*.txt"))  # not even the hopper lane ran
 
 
 def test_diagnostics_table_takes_each_value_logged_at_or_before_the_evaluation(
