@@ -194,6 +194,18 @@ def settings_line(rows: list[dict], mcmc_methods=("misa",)) -> str:
     return line
 
 
+def method_speeds(rows: list[dict], methods) -> dict[str, list[float]]:
+    """Per method, the speed of each of its run folders that logged one (a
+    group's seeds share one folder: counted once)."""
+    speeds = {}
+    for m in methods:
+        found = [run_speed(d) for d in method_run_dirs(rows, m)]
+        found = [s for s in found if s is not None]
+        if found:
+            speeds[m] = found
+    return speeds
+
+
 def run_speed(run_dir: Path) -> float | None:
     """Median logged updates/s of a run, per agent.
 
@@ -319,12 +331,7 @@ def throughput_lines(rows: list[dict]) -> list[str]:
                 f"| {name} | {res['updates_per_s']:.2f} | {res['median_step_ms']:.1f} |"
             )
         lines.append("")
-    speeds = defaultdict(list)
-    for m in dict.fromkeys(r["method"] for r in rows):
-        for run_dir in method_run_dirs(rows, m):  # a group's seeds: one folder
-            s = run_speed(run_dir)
-            if s is not None:
-                speeds[m].append(s)
+    speeds = method_speeds(rows, dict.fromkeys(r["method"] for r in rows))
     if speeds:
         lines += [
             "Training speed inside the learning runs above (median logged updates/s "
@@ -617,12 +624,7 @@ def parity_report(scale: str) -> Path:
             "Curves: runs whose folder (summary.json) is on this machine.",
             "",
         ]
-    speeds = defaultdict(list)
-    for m in methods:
-        for run_dir in method_run_dirs(rows, m):  # a group's seeds: one folder
-            speed = run_speed(run_dir)
-            if speed is not None:
-                speeds[m].append(speed)
+    speeds = method_speeds(rows, methods)
     if speeds:
         out += [
             "Median logged updates/s per agent of the runs whose folders are here "
