@@ -56,7 +56,8 @@ FIELDS = [
     "run_dir",
 ]
 
-BASELINES = ("bc", "cql", "iql", "td3bc")
+# The order the jobs run in: the cheapest first, so a run cut short has finished the most.
+BASELINES = ("bc", "iql", "td3bc", "cql")
 # Table 1's ablations as overrides of the script's `loss` options.
 ABLATIONS = {
     "misa-ba": ["loss.mi_estimator=ba"],
