@@ -250,7 +250,8 @@ def plateau_step(steps, mean, tolerance: float = 5.0):
 
 
 def plateau_lines(rows: list[dict], methods=MAIN, tolerance: float = 5.0) -> list[str]:
-    """Per dataset and method: the budget at which the seed-mean curve plateaus."""
+    """Per dataset and method: the budget at which the seed-mean curve plateaus, and
+    the curve's peak (a method that peaks early and falls plateaus below it)."""
     curves = read_curves(rows, methods)
     datasets = sorted({d for d, _ in curves})
     present = [m for m in methods if any((d, m) in curves for d in datasets)]
@@ -271,7 +272,11 @@ def plateau_lines(rows: list[dict], methods=MAIN, tolerance: float = 5.0) -> lis
             mean = np.stack([c[:n, 1] for c in runs]).mean(0)
             step = plateau_step(runs[0][:n, 0], mean, tolerance)
             where = "still moving" if step is None else f"{step:,}"
-            cells.append(f"{where} ({mean[-3:].mean():.1f})")
+            peak = int(np.argmax(mean))
+            cells.append(
+                f"{where} ({mean[-3:].mean():.1f}); "
+                f"peak {mean[peak]:.1f} at {int(runs[0][peak, 0]):,}"
+            )
         out.append(f"| {d} | " + " | ".join(cells) + " |")
     return out
 
@@ -870,7 +875,8 @@ def main(argv=None) -> None:
             "",
             "The first evaluation step from which the seed-mean curve stays within "
             "5 points of its end (the mean of its last three evaluations, in "
-            'parentheses); "still moving" when the last evaluation is farther.',
+            'parentheses); "still moving" when the last evaluation is farther. '
+            "Then the curve's peak: its highest seed-mean evaluation and where.",
             "",
             *plateaus,
             "",

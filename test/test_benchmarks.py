@@ -900,6 +900,33 @@ def test_plateau_step(curve, expected):
     assert report.plateau_step(steps, curve) == expected
 
 
+def test_plateau_lines_give_the_seed_mean_peak(tmp_path):
+    report = _load("report")
+    # two seeds of one group: the peak is the seed mean's (35.0 at step 200), not
+    # seed 0's own (60 at step 100); the mean then settles near 5
+    seeds = {
+        0: [0.0, 60.0, 40.0, 5.0, 6.0, 5.0, 4.0],
+        1: [0.0, 0.0, 30.0, 6.0, 4.0, 5.0, 6.0],
+    }
+    steps = [100 * i for i in range(7)]
+    summary = {
+        "agents": [{"seed": 0}, {"seed": 1}],
+        "scores": [[st, [seeds[0][i], seeds[1][i]]] for i, st in enumerate(steps)],
+    }
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    rows = [
+        {"dataset": "d", "method": "misa", "seed": s, "run_dir": str(run_dir)}
+        for s in (0, 1)
+    ]
+    mean = [(seeds[0][i] + seeds[1][i]) / 2 for i in range(7)]
+    assert max(mean) == 35.0 and mean.index(35.0) == 2
+    (line,) = [x for x in report.plateau_lines(rows) if x.startswith("| d |")]
+    # the end (mean of the last three, 5.0) is reached from step 300 on
+    assert line == "| d | 300 (5.0); peak 35.0 at 200 |"
+
+
 def test_d4rl_scale_sets_and_their_commands():
     import subprocess
 
