@@ -73,6 +73,10 @@ ABLATIONS = {
     # only from 1 to about 0.6 in 5k updates: is the entropy weight what holds
     # MISA back at small budgets?
     "misa-alpha-lr-1e-3": ["optim.alpha_lr=1e-3"],
+    # the temperature held at about where MISA peaks on the D4RL-sized Walker2d
+    # medium-replay set (alpha 0.09 to 0.06 at 25k-30k updates) before it falls
+    # to 5e-5: does the falling temperature cause MISA's fall there?
+    "misa-fixed-alpha-0.1": ["loss.fixed_alpha=true", "loss.alpha_init=0.1"],
 }
 DEMO = "datasets/pendulum-medium-replay-v0.hdf5"
 
@@ -195,6 +199,10 @@ SCALES = {
     "d4rl": {
         "datasets": list(D4RL_SIZED.values()),
         "ablation_datasets": [],
+        # after the main methods: the temperature probe where MISA falls
+        "dataset_ablations": {
+            D4RL_SIZED["walker2d", "medium-replay"]: ["misa-fixed-alpha-0.1"]
+        },
         "seeds": [0, 1, 2, 3, 4],
         "overrides": [
             "preset=demo",

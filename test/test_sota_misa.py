@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensordict import TensorDict
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "sota-implementations" / "misa" / "misa_offline.py"
@@ -235,6 +236,44 @@ def test_group_agent_starts_as_the_single_run_of_its_seed(
         for key, value in single.state_dict().items():
             stacked = group.params.get(tuple(key.split(".")))
             torch.testing.assert_close(stacked[i], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("num_agents", [1, 2])
+def test_fixed_alpha_trains_without_an_alpha_optimiser(
+    pendulum_file, tmp_path, misa_script, num_agents
+):
+    """``loss.fixed_alpha=true``: the temperature stays at ``alpha_init``, the rest trains."""
+    from hydra import compose, initialize_config_dir
+
+    utils = misa_script.utils
+    cpu = torch.device("cpu")
+    with initialize_config_dir(config_dir=str(SCRIPT.parent), version_base="1.2"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "preset=demo",
+                f"replay_buffer.dataset={pendulum_file}",
+                f"replay_buffer.root={tmp_path}",
+                *TINY,
+                f"num_agents={num_agents}",
+                "loss.fixed_alpha=true",
+                "loss.alpha_init=0.1",
+            ],
+        )
+    data = utils.make_offline_data(cfg, cpu)
+    recipe = utils.make_misa_update(cfg, data, 1, cpu)
+    assert "alpha" not in recipe.optimizers
+    loss = recipe.loss_module
+    # a group holds every agent's tensors in `params`, with an agent dimension
+    tensors = loss.params if num_agents > 1 else TensorDict.from_module(loss)
+    before = tensors.clone()
+    for step in range(3):
+        batch = recipe.sample(data.replay_buffer)
+        utils.update_step(recipe, batch, recipe.active_groups(step))
+    alpha = tensors.get("log_alpha").exp()
+    torch.testing.assert_close(alpha, torch.full_like(alpha, 0.1), rtol=0, atol=1e-7)
+    for name in ("actor_network_params", "qvalue_network_params"):
+        assert (tensors.get(name) != before.get(name)).any(), name
 
 
 def test_resume_after_kill(pendulum_file, tmp_path, misa_script):

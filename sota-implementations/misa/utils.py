@@ -832,6 +832,8 @@ def make_misa_update(
         "critic": (["loss_qvalue"], ["qvalue_network_params"], o.critic_lr),
         "alpha": (["loss_alpha"], ["log_alpha"], o.alpha_lr),
     }
+    if loss_cfg.fixed_alpha:  # alpha is a buffer then: nothing for Adam to step
+        del groups["alpha"]
     if loss_cfg.lagrange_tau is not None:
         groups["alpha_prime"] = (
             ["loss_alpha_prime"],
