@@ -7,9 +7,9 @@
 # medium-replay set too (seeds 0-2, benchmarks/parity/run_scale.sh): in the Hopper lane
 # right after MISA there (the parity pair), in the Walker2d lane after every method there
 # (does their MISA fall as ours does?). The Walker2d lane ends with MISA at a fixed
-# temperature on its medium-replay set (learning.py's `misa-fixed-alpha-0.1`).
-# Every step resumes where it stopped: rerun after an
-# interruption. LANES="walker2d" runs one lane (default: both).
+# temperature on its medium-replay set (learning.py's `misa-fixed-alpha-0.1`). Every
+# step resumes where it stopped: rerun after an interruption. LANES="walker2d" runs one
+# lane (default: both).
 #
 #   JAX_PYTHON=/work/jaxenv/bin/python MISA_AUTHORS_DIR=/work/misa-authors \
 #       nohup bash benchmarks/run_d4rl.sh > benchmarks/results/logs/run_d4rl.log 2>&1 &
