@@ -206,29 +206,34 @@ def test_rerun_in_its_folder_continues_exactly(
             assert f"seed {3 + i}: final normalised score" in proc.stdout
 
 
-def test_group_agent_starts_as_the_single_run_of_its_seed(
-    pendulum_file, misa_script, tmp_path
-):
-    """Agent i of a group is built from seed + i: its first parameters are a single run's."""
+def make_recipe(misa_script, pendulum_file, tmp_path, *overrides):
+    """MISA's update recipe and data as the script builds them, on the tiny settings."""
     from hydra import compose, initialize_config_dir
 
     utils = misa_script.utils
     cpu = torch.device("cpu")
+    with initialize_config_dir(config_dir=str(SCRIPT.parent), version_base="1.2"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "preset=demo",
+                f"replay_buffer.dataset={pendulum_file}",
+                f"replay_buffer.root={tmp_path}",
+                *TINY,
+                *overrides,
+            ],
+        )
+    data = utils.make_offline_data(cfg, cpu)
+    return utils.make_misa_update(cfg, data, 1, cpu), data
+
+
+def test_group_agent_starts_as_the_single_run_of_its_seed(
+    pendulum_file, misa_script, tmp_path
+):
+    """Agent i of a group is built from seed + i: its first parameters are a single run's."""
 
     def recipe(*overrides):
-        with initialize_config_dir(config_dir=str(SCRIPT.parent), version_base="1.2"):
-            cfg = compose(
-                "config",
-                overrides=[
-                    "preset=demo",
-                    f"replay_buffer.dataset={pendulum_file}",
-                    f"replay_buffer.root={tmp_path}",
-                    *TINY,
-                    *overrides,
-                ],
-            )
-        data = utils.make_offline_data(cfg, cpu)
-        return utils.make_misa_update(cfg, data, 1, cpu)
+        return make_recipe(misa_script, pendulum_file, tmp_path, *overrides)[0]
 
     group = recipe("num_agents=3", "env.seed=5").loss_module
     for i in range(3):
@@ -243,25 +248,15 @@ def test_fixed_alpha_trains_without_an_alpha_optimiser(
     pendulum_file, tmp_path, misa_script, num_agents
 ):
     """``loss.fixed_alpha=true``: the temperature stays at ``alpha_init``, the rest trains."""
-    from hydra import compose, initialize_config_dir
-
     utils = misa_script.utils
-    cpu = torch.device("cpu")
-    with initialize_config_dir(config_dir=str(SCRIPT.parent), version_base="1.2"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "preset=demo",
-                f"replay_buffer.dataset={pendulum_file}",
-                f"replay_buffer.root={tmp_path}",
-                *TINY,
-                f"num_agents={num_agents}",
-                "loss.fixed_alpha=true",
-                "loss.alpha_init=0.1",
-            ],
-        )
-    data = utils.make_offline_data(cfg, cpu)
-    recipe = utils.make_misa_update(cfg, data, 1, cpu)
+    recipe, data = make_recipe(
+        misa_script,
+        pendulum_file,
+        tmp_path,
+        f"num_agents={num_agents}",
+        "loss.fixed_alpha=true",
+        "loss.alpha_init=0.1",
+    )
     assert "alpha" not in recipe.optimizers
     loss = recipe.loss_module
     # a group holds every agent's tensors in `params`, with an agent dimension
