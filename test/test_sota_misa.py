@@ -362,24 +362,17 @@ def test_network_initialisation_follows_its_formula(
     """Hidden weights: variance 1/fan_in (authors: lecun-normal truncated at 2 std)
     or 1/(3 fan_in) (torch: uniform); authors' heads uniform at variance 1e-2/fan_in
     and zero biases; every critic of the ensemble drawn on its own."""
-    from hydra import compose, initialize_config_dir
-
-    utils = misa_script.utils
-    with initialize_config_dir(config_dir=str(SCRIPT.parent), version_base="1.2"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "preset=demo",
-                f"replay_buffer.dataset={pendulum_file}",
-                f"replay_buffer.root={tmp_path}",
-                "network.actor_hidden_sizes=[256,256]",
-                "network.critic_hidden_sizes=[256,256]",
-                f"network.init={init}",
-                "num_agents=2",  # a group: no SoftUpdate syncs the targets
-            ],
-        )
-    data = utils.make_offline_data(cfg, torch.device("cpu"))
-    group = utils.make_misa_update(cfg, data, 1, torch.device("cpu")).loss_module
+    recipe, _ = make_recipe(
+        misa_script,
+        pendulum_file,
+        tmp_path,
+        # after the tiny sizes: the later value wins
+        "network.actor_hidden_sizes=[256,256]",
+        "network.critic_hidden_sizes=[256,256]",
+        f"network.init={init}",
+        "num_agents=2",  # a group: no SoftUpdate syncs the targets
+    )
+    group = recipe.loss_module
     for agent in range(2):
         _check_initialisation(group.params.data[agent], init)
 
