@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
+from torchrl.envs import ExplorationType, set_exploration_type
 import yaml
 from hydra import compose, initialize_config_dir
 
@@ -546,6 +547,45 @@ def test_evaluation_depends_on_its_seed_only(misa_script, pendulum_file):
     assert not np.array_equal(other, expected)  # the seed does matter
     fresh.close()
     used.close()
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_evaluation_stops_when_every_episode_has_ended(
+    misa_script, pendulum_file, copies
+):
+    """Pendulum's episodes end at 200 steps: an evaluation capped at 250 steps
+    takes 200 and returns each copy's first-episode return, as summed here
+    over a rollout that runs the full 250 steps."""
+    utils = misa_script.utils
+    cfg = make_cfg(pendulum_file, f"logger.eval_envs={copies}")
+    cpu = torch.device("cpu")
+    data = utils.make_offline_data(cfg, cpu)
+    torch.manual_seed(0)
+    policy = utils.make_actor(cfg, 1)
+    utils.initialize_lazy([policy], data.replay_buffer)
+    calls = []
+
+    def counted(td):
+        calls.append(None)
+        return policy(td)
+
+    env = utils.make_environment(cfg, data, cpu)
+    returns = utils.evaluate(env, counted, 250, seed=3)
+    assert len(calls) == 200
+    env.set_seed(3)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        full = env.rollout(250, policy, break_when_any_done=False)
+    env.close()
+    full = full.reshape(copies, 250)
+    expected = []
+    for copy in full.unbind(0):
+        total = 0.0
+        for step in copy.unbind(0):
+            total += step["next", "reward"].item()
+            if step["next", "done"].item():
+                break
+        expected.append(total)
+    np.testing.assert_allclose(returns, expected, rtol=1e-5)
 
 
 # ------------------------------------------------------------ validation

@@ -867,11 +867,18 @@ def evaluate(env, policy, max_steps: int, seed: int) -> np.ndarray:
 
     The env is seeded with ``seed`` first: an evaluation does not depend on the
     ones before it, so a resumed run reports the scores of an uninterrupted one.
+    A copy whose episode has ended stops stepping, and the rollout stops when
+    every copy's has (or after ``max_steps``): nothing past the first episode
+    counts, and a 200-step Pendulum episode costs 200 steps, not ``max_steps``.
     """
     env.set_seed(seed)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         td = env.rollout(
-            max_steps, policy, break_when_any_done=False, auto_cast_to_device=True
+            max_steps,
+            policy,
+            break_when_any_done=False,
+            break_when_all_done=True,
+            auto_cast_to_device=True,
         )
     reward = td["next", "reward"].reshape(*td.batch_size, -1).sum(-1)
     done = td["next", "done"].reshape(*td.batch_size, -1).any(-1)
