@@ -531,14 +531,23 @@ def test_loss_options_that_change_the_state_are_checked_on_resume(
 
 
 # ------------------------------------------------------------ evaluation
-def test_evaluation_depends_on_its_seed_only(misa_script, pendulum_file):
+def untrained_policy(misa_script, pendulum_file, *overrides):
+    """The script's config, data and a seeded, untrained actor on the tiny settings."""
     utils = misa_script.utils
-    cfg = make_cfg(pendulum_file, "logger.eval_steps=30")
-    cpu = torch.device("cpu")
-    data = utils.make_offline_data(cfg, cpu)
+    cfg = make_cfg(pendulum_file, *overrides)
+    data = utils.make_offline_data(cfg, torch.device("cpu"))
     torch.manual_seed(0)
     policy = utils.make_actor(cfg, 1)
     utils.initialize_lazy([policy], data.replay_buffer)
+    return cfg, data, policy
+
+
+def test_evaluation_depends_on_its_seed_only(misa_script, pendulum_file):
+    utils = misa_script.utils
+    cfg, data, policy = untrained_policy(
+        misa_script, pendulum_file, "logger.eval_steps=30"
+    )
+    cpu = torch.device("cpu")
     fresh = utils.make_environment(cfg, data, cpu)
     expected = utils.evaluate(fresh, policy, 30, seed=5)
     used = utils.make_environment(cfg, data, cpu)
@@ -557,19 +566,16 @@ def test_evaluation_stops_when_every_episode_has_ended(
     takes 200 and returns each copy's first-episode return, as summed here
     over a rollout that runs the full 250 steps."""
     utils = misa_script.utils
-    cfg = make_cfg(pendulum_file, f"logger.eval_envs={copies}")
-    cpu = torch.device("cpu")
-    data = utils.make_offline_data(cfg, cpu)
-    torch.manual_seed(0)
-    policy = utils.make_actor(cfg, 1)
-    utils.initialize_lazy([policy], data.replay_buffer)
+    cfg, data, policy = untrained_policy(
+        misa_script, pendulum_file, f"logger.eval_envs={copies}"
+    )
     calls = []
 
     def counted(td):
         calls.append(None)
         return policy(td)
 
-    env = utils.make_environment(cfg, data, cpu)
+    env = utils.make_environment(cfg, data, torch.device("cpu"))
     returns = utils.evaluate(env, counted, 250, seed=3)
     assert len(calls) == 200
     env.set_seed(3)
