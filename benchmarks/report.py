@@ -295,7 +295,7 @@ def plot_curves(rows: list[dict], methods, path: Path, title: str) -> bool:
         1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False
     )
     for ax, d in zip(axes[0], datasets):
-        for m in methods:
+        for i, m in enumerate(methods):
             runs = curves.get((d, m))
             if not runs:
                 continue
@@ -303,8 +303,9 @@ def plot_curves(rows: list[dict], methods, path: Path, title: str) -> bool:
             steps = runs[0][:n, 0]
             values = np.stack([c[:n, 1] for c in runs])
             mean, std = values.mean(0), values.std(0)
-            ax.plot(steps, mean, label=f"{m} ({len(runs)} seeds)")
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            color = f"C{i % 10}"  # a method's colour, whichever others a panel has
+            ax.plot(steps, mean, color=color, label=f"{m} ({len(runs)} seeds)")
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
         data_score = next(float(r["dataset_score"]) for r in rows if r["dataset"] == d)
         ax.axhline(data_score, color="k", ls="--", lw=1, label="dataset average")
         ax.set(

@@ -927,6 +927,53 @@ def test_plateau_lines_give_the_seed_mean_peak(tmp_path):
     assert line == "| d | 300 (5.0); peak 35.0 at 200 |"
 
 
+def test_a_method_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):
+    """Dataset "b" lacks CQL: IQL still gets the colour it has where CQL is."""
+    import matplotlib
+    from matplotlib.colors import to_rgba
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = _load("report")
+    rows = []
+    for dataset, methods in {"a": ["misa", "cql", "iql"], "b": ["misa", "iql"]}.items():
+        for method in methods:
+            run_dir = tmp_path / f"{dataset}_{method}"
+            run_dir.mkdir()
+            summary = {"agents": [{"seed": 0}], "scores": [[100, 1.0], [200, 2.0]]}
+            (run_dir / "summary.json").write_text(json.dumps(summary))
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "method": method,
+                    "seed": 0,
+                    "run_dir": str(run_dir),
+                    "dataset_score": "0",
+                }
+            )
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert report.plot_curves(rows, ["misa", "cql", "iql"], tmp_path / "c.png", "t")
+    (fig,) = figures
+    colours = [
+        {
+            line.get_label().split()[0]: to_rgba(line.get_color())
+            for line in ax.get_lines()
+        }
+        for ax in fig.axes
+    ]
+    assert set(colours[0]) == {"misa", "cql", "iql", "dataset"}
+    assert set(colours[1]) == {"misa", "iql", "dataset"}
+    for method in ("misa", "iql"):
+        assert colours[0][method] == colours[1][method], method
+    assert len({colours[0][m] for m in ("misa", "cql", "iql")}) == 3
+    # each band is its line's colour, lighter
+    for ax, panel in zip(fig.axes, colours):
+        bands = [to_rgba(c.get_facecolor()[0], 1.0) for c in ax.collections]
+        assert bands == [v for k, v in panel.items() if k != "dataset"]
+
+
 def test_d4rl_scale_sets_and_their_commands():
     import subprocess
 
