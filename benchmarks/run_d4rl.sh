@@ -7,9 +7,9 @@
 # medium-replay set too (seeds 0-2, benchmarks/parity/run_scale.sh): in the Hopper lane
 # right after MISA there (the parity pair), in the Walker2d lane after every method there
 # (does their MISA fall as ours does?). The Walker2d lane ends with MISA at a fixed
-# temperature on its medium-replay set (learning.py's `misa-fixed-alpha-0.1`). Every
-# step resumes where it stopped: rerun after an interruption. LANES="walker2d" runs one
-# lane (default: both).
+# temperature on its medium-replay set (learning.py's `misa-fixed-alpha-0.1`), after
+# every method on its medium set. Every step resumes where it stopped: rerun after an
+# interruption. LANES="walker2d" runs one lane (default: both).
 #
 #   JAX_PYTHON=/work/jaxenv/bin/python MISA_AUTHORS_DIR=/work/misa-authors \
 #       nohup bash benchmarks/run_d4rl.sh > benchmarks/results/logs/run_d4rl.log 2>&1 &
@@ -21,19 +21,18 @@ PY=${PYTHON:-.venv/bin/python}
 export PYTHON=$PY OMP_NUM_THREADS=1
 mkdir -p benchmarks/results/logs
 
+from_learning() {  # print a Python expression over benchmarks/learning.py
+    "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import learning; print($1)"
+}
+
 lane() {  # task: generate its sets, then train on them
     local task=$1 sets
-    sets=$("$PY" -c "
-import sys; sys.path.insert(0, 'benchmarks')
-import learning
-print(' '.join(p for (t, _), p in learning.D4RL_SIZED.items() if t == '$task'))")
+    sets=$(from_learning \
+        "' '.join(p for (t, _), p in learning.D4RL_SIZED.items() if t == '$task')")
     for path in $sets; do
         if [ ! -f "$path" ]; then
             local cmd
-            cmd=$("$PY" -c "
-import sys; sys.path.insert(0, 'benchmarks')
-import learning
-print(learning.GENERATE['$path'])")
+            cmd=$(from_learning "learning.GENERATE['$path']")
             echo "$(date -u +%FT%TZ) $task: $cmd"
             # the generator continues its SAC run from its last checkpoint
             ${cmd/python/$PY} --no-progress || return 1
@@ -48,7 +47,10 @@ print(learning.GENERATE['$path'])")
         authors "$replay" || return 1
     fi
     echo "$(date -u +%FT%TZ) $task: training on $replay"
-    "$PY" benchmarks/learning.py --scale d4rl --agents --datasets "$replay" || return 1
+    # the main methods: the set's ablations run last, after the medium set's methods
+    # shellcheck disable=SC2046
+    "$PY" benchmarks/learning.py --scale d4rl --agents --datasets "$replay" \
+        --methods $(from_learning "'misa', *learning.BASELINES") || return 1
     if [ "$task" = walker2d ]; then
         authors "$replay" || return 1
     fi

@@ -1016,6 +1016,7 @@ def _run_d4rl_with_stand_ins(tmp_path, **env):
         "import sys\n"
         f"D4RL_SIZED = {sets!r}\n"
         "GENERATE = {}\n"
+        "BASELINES = ('b1', 'b2')\n"
         "if __name__ == '__main__':\n"
         "    args = sys.argv[sys.argv.index('--datasets') + 1:]\n"
         "    task = args[0].split('-')[0]\n"
@@ -1047,11 +1048,12 @@ def test_d4rl_lanes_finish_medium_replay_and_its_parity_runs_first(tmp_path):
     assert calls["hopper"] == [
         f"train hopper-{mr} --methods misa",
         f"authors hopper-{mr} seeds 0 1 2",
-        f"train hopper-{mr}",
+        f"train hopper-{mr} --methods misa b1 b2",
         f"train hopper-{mr} hopper-{m}",
     ]
     assert calls["walker2d"] == [
-        f"train walker2d-{mr}",
+        # the main methods: the set's ablations after the medium set's methods
+        f"train walker2d-{mr} --methods misa b1 b2",
         f"authors walker2d-{mr} seeds 0 1 2",
         f"train walker2d-{mr} walker2d-{m}",
     ]
@@ -1062,7 +1064,7 @@ def test_d4rl_one_lane_and_no_authors_code_without_jax(tmp_path):
     calls = _run_d4rl_with_stand_ins(tmp_path, **env)
     assert calls == {
         "walker2d": [
-            "train walker2d-medium-replay-v0",
+            "train walker2d-medium-replay-v0 --methods misa b1 b2",
             "train walker2d-medium-replay-v0 walker2d-medium-v0",
         ]
     }
