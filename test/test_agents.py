@@ -229,6 +229,16 @@ def test_agents_equal_single_runs(name):
         assert_agent_equals(group, i, loss, outs_group, outs_single)
 
 
+def test_compiled_group_forward_compiles_once():
+    """A call leaves the group as it found it: the next call passes the guards
+    of the first one's compile (a recompile here costs a full compile per run)."""
+    group = AgentGroup.from_factory(make_misa, 2, seed=SEED, randomness="different")
+    forward = torch.compile(group, backend="eager")  # dynamo's guards, no codegen
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for t in range(3):
+            forward(make_batch(t, (2, BATCH)))
+
+
 _SAMPLER_DRAWS = mcmc_sampler._draws
 
 

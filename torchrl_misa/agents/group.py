@@ -150,6 +150,10 @@ class AgentGroup(nn.Module):
         # every parameter and buffer of the loss, with a leading agent dimension
         self.params = params
         template = make_vmap_compatible(copy.deepcopy(losses[0]))
+        # Its own tensors are placeholders (each call swaps one agent's slice of
+        # `params` in, then puts them back without grad): without grad from the
+        # start, so a compiled forward's guards hold from the second call on.
+        template.requires_grad_(False)
         # the group updates the targets itself (update_targets)
         for name in template._has_update_associated:
             template._has_update_associated[name] = True
