@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import h5py
@@ -41,6 +43,11 @@ def source(tmp_path, tiny_d4rl_file):
 def only_cache(root: Path) -> Path:
     (folder,) = [p for p in root.iterdir() if not p.name.startswith(".")]
     return folder
+
+
+def entries(folder: Path) -> list:
+    """What is in ``folder``, but the loads' lock files (``.<cache>.lock``, kept for reuse)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
 
 
 def load(path, root):
@@ -79,7 +86,7 @@ def test_interrupted_write_leaves_nothing_that_later_loads_trip_on(
     monkeypatch.undo()
     rb = load(source, root)
     storage_matches_file(rb, read_h5(source))
-    assert [p.name for p in root.iterdir()] == [only_cache(root).name]
+    assert entries(root) == [only_cache(root).name]
 
 
 def test_killed_load_then_reload(tmp_path, source, storage_matches_file):
@@ -105,12 +112,76 @@ def test_killed_load_then_reload(tmp_path, source, storage_matches_file):
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     # the killed write left a folder behind, but not under the cache's name
-    left = list(root.iterdir())
+    left = [root / name for name in entries(root)]
     assert left and all(p.name.startswith(".") for p in left), left
     rb = load(source, root)
     storage_matches_file(rb, read_h5(source))
     # the dead process's partial folder is gone, only the finished cache is left
-    assert [p.name for p in root.iterdir()] == [only_cache(root).name]
+    assert entries(root) == [only_cache(root).name]
+
+
+# a run of its own: waits for the file `go`, loads, prints the observations' sum
+LOADER = """
+import pathlib, sys, time
+from torchrl_misa.data import load_offline_data
+source, root, go = sys.argv[1:]
+while not pathlib.Path(go).exists():
+    time.sleep(0.01)
+print("loading", flush=True)
+rb = load_offline_data(source, 8, root=root, clip_actions=None).replay_buffer
+print(float(rb.storage[:]["observation"].double().sum()), flush=True)
+"""
+
+
+def start_loaders(n: int, source: Path, root: Path, go: Path) -> list:
+    # run from the test's folder: the package is imported as installed
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", LOADER, str(source), str(root), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=go.parent,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for _ in range(n)
+    ]
+
+
+def test_runs_loading_one_dataset_at_once_all_get_it(tmp_path, tiny_d4rl_file):
+    # e.g. the jobs of a sweep started together on one machine: each builds the
+    # cache; one that finished must not lose its folder to one that finished later
+    source = tiny_d4rl_file(tmp_path / "big.hdf5", 11, 3, "Hopper-v5", n=30000)
+    root, go = tmp_path / "cache", tmp_path / "go"
+    procs = start_loaders(4, source, root, go)
+    go.touch()
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 0, err[-3000:]
+    expected = read_h5(source)["observations"].astype(np.float64).sum()
+    for out, _ in outs:
+        np.testing.assert_allclose(float(out.split()[-1]), expected, rtol=1e-9)
+    assert entries(root) == [only_cache(root).name]
+
+
+def test_a_load_waits_while_another_run_holds_the_cache(tmp_path, source):
+    from torchrl_misa.data.cache import cache_lock
+
+    root, go = tmp_path / "cache", tmp_path / "go"
+    load(source, root)
+    cache = only_cache(root)
+    shutil.rmtree(cache)
+    with cache_lock(cache):  # as a run building or opening it would
+        (proc,) = start_loaders(1, source, root, go)
+        go.touch()
+        assert proc.stdout.readline().strip() == "loading"
+        time.sleep(3)  # a tiny file's load takes well under that
+        assert proc.poll() is None and not cache.exists()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    expected = read_h5(source)["observations"].astype(np.float64).sum()
+    np.testing.assert_allclose(float(out.split()[-1]), expected, rtol=1e-9)
+    assert cache.exists()
 
 
 def test_intact_cache_is_reused_without_reading_the_source(
@@ -258,7 +329,7 @@ def test_minari_cache_reused_and_rebuilt(tmp_path, monkeypatch, toy_minari):
     check_minari(load(name, root), episodes)
     cache = root / "toy" / "pendulum" / "random-v0"
     assert (cache / CHECK_FILE).exists()
-    assert sorted(p.name for p in cache.parent.iterdir()) == ["random-v0"]
+    assert entries(cache.parent) == ["random-v0"]
 
     # reused: not converted again
     build = minari_module.build_minari_cache

@@ -16,6 +16,10 @@ and trust any folder found there. Here a cache is:
 A cache that fails is reported with what is wrong (:class:`CacheDamagedError`)
 so the loader can rebuild it from its source.
 
+Loaders check, build and open a cache under :func:`cache_lock`, so two runs
+that load the same dataset at once take turns: the second finds the first's
+cache finished instead of replacing it while the first reads it.
+
 Before a cache is written, the space it needs is checked and reserved
 (:func:`reserve_space`): a memory-mapped write past the end of a full disk
 kills the process with SIGBUS, with no message, so a folder without the room
@@ -25,6 +29,7 @@ folder and the MiB needed and free.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -33,7 +38,7 @@ import shutil
 import socket
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tensordict import TensorDict, TensorDictBase
@@ -259,6 +264,40 @@ def open_cache(
                     "written (checksum mismatch)."
                 )
     return data
+
+
+@contextlib.contextmanager
+def cache_lock(final: str | Path) -> Iterator[None]:
+    """Holds an exclusive lock on the cache ``final`` for this process.
+
+    The lock is ``fcntl.flock`` on a hidden sibling file (``.<name>.lock``),
+    which the system releases when its holder dies, so a killed run leaves no
+    lock behind. Without ``fcntl`` (Windows), or where the lock file cannot be
+    made (a read-only cache folder, which no run can write anyway), nothing
+    is locked.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d, cache_lock(f"{d}/x"):
+        ...     pass
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(final.parent / f".{final.name}.lock", os.O_RDWR | os.O_CREAT)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def partial_folder(final: str | Path, kind: str = "partial") -> Path:

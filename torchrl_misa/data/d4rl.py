@@ -7,7 +7,8 @@ and TorchRL's class reads the memory-mapped cache. What they change:
 
 * the cache is written atomically, with a check file, and checked on every
   load (:mod:`torchrl_misa.data.cache`), so an interrupted or damaged cache is
-  rebuilt instead of read as zeros;
+  rebuilt instead of read as zeros; runs that load the same dataset at once
+  take turns (:func:`~torchrl_misa.data.cache.cache_lock`);
 * two fixes to TorchRL 0.14.1's conversion of files with
   ``next_observations`` (:func:`repeat_last_row`,
   :func:`unknown_next_observation`): the last transition is kept, and the next
@@ -40,7 +41,7 @@ from torchrl.collectors.utils import split_trajectories
 from torchrl.data.datasets import D4RLExperienceReplay
 from torchrl.data.datasets.d4rl_infos import D4RL_DATASETS
 
-from torchrl_misa.data.cache import discard, open_cache, write_cache
+from torchrl_misa.data.cache import cache_lock, discard, open_cache, write_cache
 from torchrl_misa.data.errors import CacheDamagedError, DatasetUnavailableError
 from torchrl_misa.data.h5read import read_metadata
 from torchrl_misa.data.hdf5 import (
@@ -190,22 +191,24 @@ class OfflineD4RLExperienceReplay(D4RLExperienceReplay):
         self.root = root
         self.dataset_id = dataset_id
         self.use_truncated_as_done = use_truncated_as_done
-        data = self._checked_cache(self.data_path, download, split_trajs)
-        _warn_if_no_episode_end(data, dataset_id)
-        source = self._local_source()
-        if source is not None:
-            self.metadata = read_metadata(source)
-        # the cache is in place and checked: TorchRL's class memory-maps it
-        super().__init__(
-            dataset_id,
-            batch_size,
-            root=root,
-            download=True,
-            direct_download=True,
-            split_trajs=split_trajs,
-            use_truncated_as_done=use_truncated_as_done,
-            **kwargs,
-        )
+        # another run loading the same dataset waits until this one has opened it
+        with cache_lock(self.data_path):
+            data = self._checked_cache(self.data_path, download, split_trajs)
+            _warn_if_no_episode_end(data, dataset_id)
+            source = self._local_source()
+            if source is not None:
+                self.metadata = read_metadata(source)
+            # the cache is in place and checked: TorchRL's class memory-maps it
+            super().__init__(
+                dataset_id,
+                batch_size,
+                root=root,
+                download=True,
+                direct_download=True,
+                split_trajs=split_trajs,
+                use_truncated_as_done=use_truncated_as_done,
+                **kwargs,
+            )
 
     # -- the cache ------------------------------------------------------------
     def _checked_cache(self, cache: Path, download, split_trajs: bool):

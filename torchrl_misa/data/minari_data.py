@@ -35,6 +35,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data.datasets import MinariExperienceReplay
 
 from torchrl_misa.data.cache import (
+    cache_lock,
     discard,
     make_partial_folder,
     open_cache,
@@ -280,39 +281,41 @@ def load_minari(
         root = Path("~/.cache/torchrl/minari").expanduser()
     root = Path(root)
     cache = root / dataset_id
-    local = minari_dir() / dataset_id / "data" / "main_data.hdf5"
-    data = None
-    if cache.exists():
-        try:
-            # a cache from TorchRL's stock class holds zeros (see above):
-            # only ours, with a check file, is used
-            data = open_cache(
-                cache, source_rows=_minari_rows(local) if local.exists() else None
-            )
-        except CacheDamagedError as err:
-            warnings.warn(
-                f"Rebuilding the cache of Minari dataset {dataset_id!r}: {err}",
-                stacklevel=2,
-            )
-    if data is None:
-        if not local.exists():
-            import minari
-
+    # another run loading the same dataset waits until this one has opened it
+    with cache_lock(cache):
+        local = minari_dir() / dataset_id / "data" / "main_data.hdf5"
+        data = None
+        if cache.exists():
             try:
-                minari.download_dataset(dataset_id)
-            except Exception as err:  # no network, server error, unknown id
-                raise DatasetUnavailableError(
-                    f"Minari dataset {dataset_id!r} is not in Minari's folder "
-                    f"({minari_dir()}) and could not be downloaded "
-                    f"({type(err).__name__}: {err}). On a machine with network run "
-                    f"`minari download {dataset_id}` and copy "
-                    f"{Path('~/.minari/datasets') / dataset_id} to "
-                    f"{minari_dir() / dataset_id}, or use a local D4RL-layout file "
-                    f"('d4rl_file:...', e.g. '{DEMO_DATASET}')."
-                ) from err
-        discard(cache)
-        data = build_minari_cache(dataset_id, cache)
-    _warn_if_no_episode_end(data, f"minari:{dataset_id}")
-    return MinariFilledExperienceReplay(
-        dataset_id, batch_size=batch_size, root=root, download=False, **kwargs
-    )
+                # a cache from TorchRL's stock class holds zeros (see above):
+                # only ours, with a check file, is used
+                data = open_cache(
+                    cache, source_rows=_minari_rows(local) if local.exists() else None
+                )
+            except CacheDamagedError as err:
+                warnings.warn(
+                    f"Rebuilding the cache of Minari dataset {dataset_id!r}: {err}",
+                    stacklevel=2,
+                )
+        if data is None:
+            if not local.exists():
+                import minari
+
+                try:
+                    minari.download_dataset(dataset_id)
+                except Exception as err:  # no network, server error, unknown id
+                    raise DatasetUnavailableError(
+                        f"Minari dataset {dataset_id!r} is not in Minari's folder "
+                        f"({minari_dir()}) and could not be downloaded "
+                        f"({type(err).__name__}: {err}). On a machine with network run "
+                        f"`minari download {dataset_id}` and copy "
+                        f"{Path('~/.minari/datasets') / dataset_id} to "
+                        f"{minari_dir() / dataset_id}, or use a local D4RL-layout file "
+                        f"('d4rl_file:...', e.g. '{DEMO_DATASET}')."
+                    ) from err
+            discard(cache)
+            data = build_minari_cache(dataset_id, cache)
+        _warn_if_no_episode_end(data, f"minari:{dataset_id}")
+        return MinariFilledExperienceReplay(
+            dataset_id, batch_size=batch_size, root=root, download=False, **kwargs
+        )
