@@ -369,3 +369,25 @@ def test_minari_interrupted_build(tmp_path, monkeypatch, toy_minari):
     monkeypatch.undo()
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     check_minari(load(name, root), episodes)
+
+
+@needs_minari
+def test_a_minari_load_waits_while_another_run_holds_the_cache(tmp_path, toy_minari):
+    import threading
+
+    from torchrl_misa.data.cache import cache_lock
+
+    episodes = toy_minari(tmp_path / "minari")
+    root = tmp_path / "cache"
+    cache = root / "toy" / "pendulum" / "random-v0"
+    loaded = []
+    # flock: two opens of the lock file conflict, in one process too
+    with cache_lock(cache):
+        thread = threading.Thread(
+            target=lambda: loaded.append(load("minari:toy/pendulum/random-v0", root))
+        )
+        thread.start()
+        thread.join(timeout=3)  # a toy set's load takes well under that
+        assert thread.is_alive() and not cache.exists()
+    thread.join(timeout=120)
+    check_minari(loaded[0], episodes)
