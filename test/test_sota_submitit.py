@@ -45,6 +45,8 @@ def multirun(sweep_dir: Path, *overrides: str) -> subprocess.Popen:
         "--multirun",
         "hydra/launcher=submitit_local",
         f"hydra.sweep.dir={sweep_dir}",
+        # a fresh dataset cache: the jobs of a sweep build it at the same time
+        f"replay_buffer.root={sweep_dir.parent / 'cache'}",
         *SETTINGS,
         *overrides,
     ]
